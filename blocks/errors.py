@@ -1,0 +1,117 @@
+"""One error tree for devmesh; entry points map it to exit codes, HTTP statuses or tool errors.
+
+    AppError
+    ├── ConfigError                 bad settings, unknown model, missing block
+    ├── InputError                  bad user input: empty text, NUL bytes, binary file, wrong dimension,
+    │                               unknown filter key ... (never retried; names the item)
+    ├── StoreError                  the database refused or is unreachable
+    ├── GuardError                  OperationDenied | ApprovalRejected (never retried)
+    └── ProviderError(.provider, .operation)
+        ├── TransientError          RateLimited | ProviderTimeout (retried)
+        └── PermanentError          AuthFailed | InvalidRequest | NotFound (never retried)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AppError",
+    "ConfigError",
+    "InputError",
+    "StoreError",
+    "GuardError",
+    "OperationDenied",
+    "ApprovalRejected",
+    "ProviderError",
+    "TransientError",
+    "RateLimited",
+    "ProviderTimeout",
+    "PermanentError",
+    "AuthFailed",
+    "InvalidRequest",
+    "NotFound",
+    "is_transient",
+]
+
+
+class AppError(Exception):
+    """Base of every error devmesh raises on purpose."""
+
+
+class ConfigError(AppError):
+    """Settings, blocks or models are missing or inconsistent."""
+
+
+class InputError(AppError):
+    """Input that can never succeed as given; `item` names what was wrong (a path, a document id)."""
+
+    def __init__(self, message: str, *, item: str | None = None) -> None:
+        self.item = item
+        super().__init__(f"{item}: {message}" if item else message)
+
+
+class StoreError(AppError):
+    """The database failed or refused a statement."""
+
+
+class GuardError(AppError):
+    """A guarded operation may not run."""
+
+
+class OperationDenied(GuardError):
+    """The policy denied the operation; the message names the rule."""
+
+
+class ApprovalRejected(GuardError):
+    """A human rejected the operation, or the approval expired."""
+
+
+class ProviderError(AppError):
+    """An external provider (embedding API, GitHub, Kubernetes, AWS) failed."""
+
+    def __init__(self, message: str, *, provider: str, operation: str) -> None:
+        self.provider = provider
+        self.operation = operation
+        super().__init__(f"{provider} {operation}: {message}")
+
+
+class TransientError(ProviderError):
+    """Worth retrying: rate limits, timeouts, 5xx."""
+
+
+class RateLimited(TransientError):
+    """The provider asked us to slow down; `retry_after` is in seconds when it said so."""
+
+    def __init__(self, message: str, *, provider: str, operation: str, retry_after: float | None = None):
+        self.retry_after = retry_after
+        super().__init__(message, provider=provider, operation=operation)
+
+
+class ProviderTimeout(TransientError):
+    """The provider did not answer in time."""
+
+
+class PermanentError(ProviderError):
+    """Retrying cannot help."""
+
+
+class AuthFailed(PermanentError):
+    """Credentials were refused."""
+
+
+class InvalidRequest(PermanentError):
+    """The provider rejected the request as malformed."""
+
+
+class NotFound(PermanentError):
+    """The target does not exist."""
+
+
+def is_transient(task, task_run, state) -> bool:
+    """Prefect `retry_condition_fn`: retry only TransientError, never validation or guard errors."""
+    try:
+        state.result()
+    except TransientError:
+        return True
+    except Exception:
+        return False
+    return False

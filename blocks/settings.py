@@ -1,0 +1,66 @@
+"""Settings: the non-secret knobs of devmesh, read from DEVMESH_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["ChunkSettings", "SearchSettings", "IngestSettings", "Settings"]
+
+
+class ChunkSettings(BaseModel):
+    """How documents are cut into chunks (sizes in model tokens)."""
+
+    size: int = Field(256, ge=16, le=8192, description="Target chunk size in model tokens.")
+    overlap: int = Field(32, ge=0, description="Overlap between neighbouring chunks in model tokens.")
+
+    @field_validator("overlap")
+    @classmethod
+    def _overlap_below_size(cls, v: int, info) -> int:
+        size = info.data.get("size", 256)
+        if v >= size:
+            raise ValueError(f"overlap ({v}) must be smaller than size ({size})")
+        return v
+
+
+class SearchSettings(BaseModel):
+    """Ranking knobs for vector, keyword and hybrid search."""
+
+    rrf_k: int = Field(60, ge=1, description="Reciprocal Rank Fusion constant k.")
+    vector_weight: float = Field(1.0, ge=0, description="Weight of the vector ranking in RRF.")
+    keyword_weight: float = Field(1.0, ge=0, description="Weight of the BM25 ranking in RRF.")
+    bm25_k1: float = Field(0.9, gt=0, description="BM25 term-frequency saturation.")
+    bm25_b: float = Field(0.4, ge=0, le=1, description="BM25 length normalisation.")
+    ef_search: int = Field(100, ge=1, le=1000, description="HNSW candidate list size at query time.")
+    candidates: int = Field(50, ge=1, le=1000, description="Rows each ranking contributes to hybrid fusion.")
+    max_scan_tuples: int = Field(20000, ge=1, description="Cap of pgvector iterative scans for filtered search.")
+
+
+class IngestSettings(BaseModel):
+    """Limits of the ingest pipeline."""
+
+    max_file_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Larger files are refused.")
+    embed_batch: int = Field(64, ge=1, description="Texts per embedder call.")
+    store_batch: int = Field(2000, ge=1, description="Chunks per store transaction.")
+    workers: int = Field(2, ge=1, le=32, description="Bound of the flow's task runner thread pool.")
+
+
+class Settings(BaseSettings):
+    """All devmesh settings; build once at the entry point and pass it down."""
+
+    model_config = SettingsConfigDict(env_prefix="DEVMESH_", env_nested_delimiter="__", extra="ignore")
+
+    database_url: str | None = Field(
+        None, description="PostgreSQL URL. Unset: an embedded PostgreSQL under home/pgdata."
+    )
+    home: Path = Field(Path(".devmesh"), description="Where embedded data lives.")
+    tenant: str = Field("default", min_length=1, max_length=128, description="Default tenant id.")
+    embedder: str = Field(
+        "local", description="Embedder: 'local' (in-process MiniLM) or a block slug such as 'openai-embedder/prod'."
+    )
+    pool_max_size: int = Field(8, ge=1, le=256, description="Connections in the pool.")
+    chunk: ChunkSettings = ChunkSettings()
+    search: SearchSettings = SearchSettings()
+    ingest: IngestSettings = IngestSettings()
