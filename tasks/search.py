@@ -1,0 +1,199 @@
+"""Search: vector (HNSW, iterative scans), keyword (BM25 over Postgres lexemes) and hybrid (RRF)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from psycopg import sql
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from blocks.errors import ConfigError, InputError
+from blocks.settings import SearchSettings
+
+__all__ = ["SearchRequest", "SearchHit", "resolve_model", "vector_ranking", "keyword_ranking", "rrf", "run_search"]
+
+SearchMode = Literal["vector", "keyword", "hybrid"]
+
+MODEL_BY_NAME = "SELECT id, dimensions FROM embedding_models WHERE name = %(name)s"
+MODEL_NAMES = "SELECT name FROM embedding_models ORDER BY name"
+# Filters apply inside the ORDER BY ... LIMIT so that pgvector's iterative scan keeps reading the index
+# until `limit` rows pass them (https://github.com/pgvector/pgvector#iterative-index-scans).
+VECTOR_RANKING = """
+WITH nearest AS MATERIALIZED (
+  SELECT e.chunk_id, (e.embedding::vector({dims}) <=> %(q)s::vector({dims})) AS distance
+  FROM embeddings e JOIN chunks c ON c.id = e.chunk_id
+  WHERE e.model_id = {model_id} AND e.tenant_id = %(tenant)s {filters}
+  ORDER BY distance LIMIT %(n)s)
+SELECT chunk_id, 1 - distance FROM nearest ORDER BY distance, chunk_id"""
+# BM25 (Robertson/Sparck Jones idf with +1, as Lucene) over the english lexemes of each chunk; document
+# frequencies and lengths come from term_stats/tenant_stats, so only chunks matching a query term are read.
+KEYWORD_RANKING = """
+WITH q AS (SELECT DISTINCT lexeme FROM unnest(tsvector_to_array(to_tsvector('english', %(query)s))) AS lexeme),
+stats AS (SELECT n_chunks::float8 AS n, greatest(total_len::float8 / greatest(n_chunks, 1), 1) AS avgdl
+          FROM tenant_stats WHERE tenant_id = %(tenant)s),
+idf AS (SELECT t.lexeme, ln(1 + (s.n - t.df + 0.5) / (t.df + 0.5)) AS idf
+        FROM term_stats t JOIN q USING (lexeme) CROSS JOIN stats s
+        WHERE t.tenant_id = %(tenant)s AND t.df > 0),
+cand AS (SELECT c.id, c.tsv, c.tsv_length FROM chunks c
+         WHERE c.tenant_id = %(tenant)s {filters}
+           AND c.tsv @@ (SELECT string_agg('''' || replace(replace(lexeme, '\\', '\\\\'), '''', '''''') || '''', ' | ')
+                         FROM idf)::tsquery)
+SELECT cand.id, sum(idf.idf * tf.v * (%(k1)s + 1)
+                    / (tf.v + %(k1)s * (1 - %(b)s + %(b)s * cand.tsv_length / s.avgdl))) AS score
+FROM cand CROSS JOIN LATERAL unnest(cand.tsv) AS u
+JOIN idf ON idf.lexeme = u.lexeme
+CROSS JOIN stats s
+CROSS JOIN LATERAL (SELECT coalesce(array_length(u.positions, 1), 1)::float8 AS v) AS tf
+GROUP BY cand.id ORDER BY score DESC, cand.id LIMIT %(n)s"""
+SIMILARITIES = """
+SELECT chunk_id, 1 - (embedding::vector({dims}) <=> %(q)s::vector({dims})) FROM embeddings
+WHERE model_id = {model_id} AND chunk_id = ANY(%(ids)s)"""
+HIT_ROWS = """
+SELECT id, document_id, seq, content, metadata FROM chunks WHERE tenant_id = %(tenant)s AND id = ANY(%(ids)s)"""
+
+
+class SearchRequest(BaseModel):
+    """One search: the query, the mode, filters and (optionally) ranking overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(..., min_length=1, max_length=10_000, description="What to look for.")
+    mode: SearchMode = Field("hybrid", description="vector, keyword or hybrid (RRF of both).")
+    limit: int = Field(10, ge=1, le=200, description="Hits to return.")
+    tenant: str = Field("default", min_length=1, max_length=128, description="Tenant whose data is searched.")
+    document_ids: list[str] | None = Field(None, description="Only these documents (or context ids).")
+    metadata: dict | None = Field(None, description="Only chunks whose metadata contains this JSON object.")
+    min_similarity: float | None = Field(None, ge=-1, le=1, description="Drop hits below this cosine similarity.")
+    model: str | None = Field(None, description="Embedding model to search; default: the embedder's.")
+    rrf_k: int | None = Field(None, ge=1, description="Override of the RRF constant.")
+    vector_weight: float | None = Field(None, ge=0)
+    keyword_weight: float | None = Field(None, ge=0)
+
+    @field_validator("query")
+    @classmethod
+    def _no_nul(cls, v: str) -> str:
+        if "\x00" in v:
+            raise ValueError("query contains a NUL byte")
+        if not v.strip():
+            raise ValueError("query is blank")
+        return v
+
+
+class SearchHit(BaseModel):
+    """One ranked chunk."""
+
+    chunk_id: int
+    document_id: str
+    seq: int
+    text: str
+    score: float = Field(description="Ranking score of the mode (cosine, BM25 or RRF).")
+    similarity: float | None = Field(None, description="Cosine similarity to the query, when embedded.")
+    keyword_score: float | None = Field(None, description="BM25 score, when the keyword side matched.")
+    metadata: dict
+    relevance: Literal["high", "medium", "low"]
+
+
+def resolve_model(pool: ConnectionPool, name: str) -> tuple[int, int]:
+    """(id, dimensions) of a stored embedding model; a clear error names the known ones."""
+    with pool.connection() as conn:
+        row = conn.execute(MODEL_BY_NAME, {"name": name}).fetchone()
+        if row is None:
+            known = [r[0] for r in conn.execute(MODEL_NAMES)]
+            raise ConfigError(f"unknown embedding model {name!r}; stored models: {', '.join(known) or 'none yet'}")
+    return row
+
+
+def _filters(request: SearchRequest) -> tuple[sql.Composable, dict]:
+    parts, params = [], {}
+    if request.document_ids is not None:
+        parts.append(sql.SQL("AND c.document_id = ANY(%(document_ids)s)"))
+        params["document_ids"] = request.document_ids
+    if request.metadata is not None:
+        parts.append(sql.SQL("AND c.metadata @> %(metadata)s"))
+        params["metadata"] = Jsonb(request.metadata)
+    return sql.SQL(" ").join(parts), params
+
+
+def vector_ranking(pool, model: tuple[int, int], vector: np.ndarray, request: SearchRequest, n: int,
+                   settings: SearchSettings) -> list[tuple[int, float]]:
+    """[(chunk_id, cosine similarity)] nearest first, filtered, from the model's HNSW index."""
+    model_id, dims = model
+    vector = np.asarray(vector, dtype=np.float32)
+    if vector.shape != (dims,):
+        raise InputError(f"expected a query vector of {dims} dimensions, got shape {vector.shape}", item="vector")
+    filters, params = _filters(request)
+    query = sql.SQL(VECTOR_RANKING).format(dims=sql.Literal(dims), model_id=sql.Literal(model_id), filters=filters)
+    with pool.connection() as conn:
+        conn.execute("SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'relaxed_order', true),"
+                     " set_config('hnsw.max_scan_tuples', %s, true)",
+                     [str(max(settings.ef_search, n)), str(settings.max_scan_tuples)])
+        rows = conn.execute(query, {**params, "q": vector, "tenant": request.tenant, "n": n}).fetchall()
+    return [(r[0], float(r[1])) for r in rows]
+
+
+def keyword_ranking(pool, request: SearchRequest, n: int, settings: SearchSettings) -> list[tuple[int, float]]:
+    """[(chunk_id, BM25 score)] best first, over chunks that share at least one query lexeme."""
+    filters, params = _filters(request)
+    query = sql.SQL(KEYWORD_RANKING).format(filters=filters)
+    with pool.connection() as conn:
+        rows = conn.execute(query, {**params, "query": request.query, "tenant": request.tenant, "n": n,
+                                    "k1": settings.bm25_k1, "b": settings.bm25_b}).fetchall()
+    return [(r[0], float(r[1])) for r in rows]
+
+
+def rrf(rankings: list[list[int]], weights: list[float], k: int) -> list[tuple[int, float]]:
+    """Reciprocal Rank Fusion: score(d) = sum_i w_i / (k + rank_i(d)), ranks from 1; ties by first appearance."""
+    scores: dict[int, float] = {}
+    for ranking, weight in zip(rankings, weights):
+        for rank, item in enumerate(ranking, start=1):
+            scores[item] = scores.get(item, 0.0) + weight / (k + rank)
+    return sorted(scores.items(), key=lambda kv: -kv[1])
+
+
+def _relevance(similarity: float | None, score: float, top: float) -> str:
+    if similarity is not None:  # all-MiniLM-L6-v2 cosine: > 0.6 is a near paraphrase, < 0.35 mostly unrelated
+        return "high" if similarity >= 0.6 else "medium" if similarity >= 0.35 else "low"
+    ratio = score / top if top > 0 else 0.0
+    return "high" if ratio >= 0.75 else "medium" if ratio >= 0.4 else "low"
+
+
+def run_search(pool: ConnectionPool, request: SearchRequest, *, settings: SearchSettings,
+               model: tuple[int, int] | None = None, vector: np.ndarray | None = None) -> list[SearchHit]:
+    """Rank, fuse and hydrate hits; `vector` is the embedded query (needed unless mode is keyword)."""
+    n = max(settings.candidates, request.limit)
+    sims: dict[int, float] = {}
+    kw: dict[int, float] = {}
+    if request.mode != "keyword":
+        if model is None or vector is None:
+            raise ConfigError(f"{request.mode} search needs an embedding model and a query vector")
+        sims = dict(vector_ranking(pool, model, vector, request, n if request.mode == "hybrid" else request.limit, settings))
+    if request.mode != "vector":
+        kw = dict(keyword_ranking(pool, request, n if request.mode == "hybrid" else request.limit, settings))
+    if request.mode == "vector":
+        ranked = list(sims.items())
+    elif request.mode == "keyword":
+        ranked = list(kw.items())
+    else:
+        ranked = rrf([list(sims), list(kw)],
+                     [request.vector_weight if request.vector_weight is not None else settings.vector_weight,
+                      request.keyword_weight if request.keyword_weight is not None else settings.keyword_weight],
+                     request.rrf_k or settings.rrf_k)
+    with pool.connection() as conn:
+        missing = [cid for cid, _ in ranked if cid not in sims]
+        if model is not None and vector is not None and missing:
+            q = sql.SQL(SIMILARITIES).format(dims=sql.Literal(model[1]), model_id=sql.Literal(model[0]))
+            sims.update((r[0], float(r[1])) for r in conn.execute(q, {"q": np.asarray(vector, np.float32), "ids": missing}))
+        if request.min_similarity is not None:
+            ranked = [(cid, s) for cid, s in ranked if sims.get(cid, -2.0) >= request.min_similarity]
+        ranked = ranked[: request.limit]
+        rows = {r[0]: r for r in conn.execute(HIT_ROWS, {"tenant": request.tenant, "ids": [c for c, _ in ranked]})}
+    top = ranked[0][1] if ranked else 0.0
+    return [
+        SearchHit(chunk_id=cid, document_id=rows[cid][1], seq=rows[cid][2], text=rows[cid][3], score=score,
+                  similarity=sims.get(cid), keyword_score=kw.get(cid), metadata=rows[cid][4],
+                  relevance=_relevance(sims.get(cid), score, top))
+        for cid, score in ranked if cid in rows
+    ]
