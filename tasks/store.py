@@ -9,9 +9,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from psycopg import Connection, sql
 from psycopg.types.json import Jsonb
+from prefect import task
+from prefect.cache_policies import NONE
 from psycopg_pool import ConnectionPool
 
 from blocks.errors import ConfigError, InputError, StoreError
+from blocks.postgres import PgVectorStore
 
 __all__ = [
     "DocumentIn",
@@ -26,6 +29,8 @@ __all__ = [
     "delete_documents",
     "count_model_rows",
     "document_hash",
+    "write_batch",
+    "ensure_model",
 ]
 
 GET_MODEL = "SELECT id, dimensions FROM embedding_models WHERE name = %(name)s"
@@ -276,3 +281,16 @@ def document_hash(text: str, *parameters: object) -> str:
     h = hashlib.sha256(text.encode("utf-8", "surrogatepass"))
     h.update(repr(parameters).encode())
     return h.hexdigest()
+
+
+@task(name="write-documents", task_run_name="write-{label}", cache_policy=NONE)
+def write_batch(store: PgVectorStore, tenant: str, model_id: int, dimensions: int, docs: list[DocumentIn],
+                vectors: dict[str, np.ndarray], label: str = "batch") -> StoreResult:
+    """Write one batch of documents in a single transaction."""
+    return write_documents(store.pool(), tenant, model_id, dimensions, docs, vectors)
+
+
+def ensure_model(pool: ConnectionPool, name: str, dimensions: int) -> int:
+    """Id of an embedding model, registering it (and its HNSW index) on first use."""
+    with pool.connection() as conn:
+        return register_model(conn, name, dimensions)

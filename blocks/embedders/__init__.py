@@ -1,0 +1,33 @@
+"""Embedders: one interface, one block per provider, chosen by name or block slug."""
+
+from __future__ import annotations
+
+from blocks.embedders.base import Embedder, EmbedderBlock
+from blocks.errors import ConfigError
+
+__all__ = ["Embedder", "EmbedderBlock", "load_embedder"]
+
+_cache: dict[str, Embedder] = {}
+
+
+def load_embedder(name: str) -> Embedder:
+    """'local' is the in-process MiniLM; anything else is a block slug such as 'openai-embedder/prod'."""
+    if name in _cache:
+        return _cache[name]
+    if name == "local":
+        from blocks.embedders.local import LocalEmbedder
+
+        embedder: Embedder = LocalEmbedder()
+    elif "/" in name:
+        from prefect.blocks.core import Block
+
+        try:
+            embedder = Block.load(name)
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(f"unknown embedder block {name!r}: {exc}") from exc
+        if not isinstance(embedder, Embedder):
+            raise ConfigError(f"block {name!r} is a {type(embedder).__name__}, not an embedder")
+    else:
+        raise ConfigError(f"unknown embedder {name!r}: use 'local' or a block slug like 'openai-embedder/prod'")
+    _cache[name] = embedder
+    return embedder

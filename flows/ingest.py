@@ -1,0 +1,224 @@
+"""The ingest flow: read → chunk → skip what is unchanged → embed what is new → store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, ConfigDict, Field
+
+from blocks.embedders import load_embedder
+from blocks.postgres import PgVectorStore
+from blocks.settings import Settings
+from tasks.embed import EmbedStats, embed_batch
+from tasks.migrate import ensure_schema
+from tasks.runtime import call, in_flow_run
+from tasks.prepare import prepare_batch
+from tasks.read import ItemError, SourceDoc, read_sources
+from tasks.store import (
+    StoreResult, build_model_index, count_model_rows, drop_model_index, ensure_model, hashes_needing_embedding,
+    unchanged_documents, write_batch,
+)
+
+__all__ = ["DocumentSpec", "IngestRequest", "ingest", "run_ingest", "BULK_THRESHOLD"]
+
+# Above this many new embeddings (and more than are stored), the model's HNSW index is dropped and rebuilt
+# after the load: pgvector builds an index far faster than it inserts into one row by row.
+BULK_THRESHOLD = 20_000
+Progress = Callable[[str, int, int], None]
+
+
+class DocumentSpec(BaseModel):
+    """A document given inline rather than as a file."""
+
+    model_config = ConfigDict(extra="forbid")
+    document_id: str = Field(..., min_length=1, max_length=1024)
+    text: str
+    kind: Literal["auto", "text", "markdown", "code"] = "auto"
+    path: str | None = Field(None, description="Original path; its extension picks the code language.")
+    metadata: dict = Field(default_factory=dict)
+
+
+class IngestRequest(BaseModel):
+    """What to ingest and how to chunk it."""
+
+    model_config = ConfigDict(extra="forbid")
+    tenant: str = Field("default", min_length=1, max_length=128)
+    paths: list[str] = Field(default_factory=list, description="Files or directories to read.")
+    documents: list[DocumentSpec] = Field(default_factory=list, description="Inline documents.")
+    kind: Literal["auto", "text", "markdown", "code"] = "auto"
+    chunk_size: int | None = Field(None, ge=16, le=8192, description="Tokens per chunk (default from settings).")
+    chunk_overlap: int | None = Field(None, ge=0, description="Overlap in tokens (default from settings).")
+    embedder: str | None = Field(None, description="'local' or an embedder block slug (default from settings).")
+    metadata: dict = Field(default_factory=dict, description="Merged into every document's metadata.")
+
+
+def _batches(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def run_ingest(request: IngestRequest, settings: Settings | None = None, progress: Progress | None = None) -> dict:
+    """The pipeline behind the `ingest` flow; inside a flow run its steps are task runs."""
+    settings = settings or Settings()
+    report = progress or (lambda stage, done, total: None)
+    size = request.chunk_size or settings.chunk.size
+    overlap = request.chunk_overlap if request.chunk_overlap is not None else settings.chunk.overlap
+    if overlap >= size:
+        raise ValueError(f"chunk_overlap ({overlap}) must be smaller than chunk_size ({size})")
+    store = PgVectorStore.from_settings(settings)
+    pool = store.pool()
+    ensure_schema(pool)
+    embedder = load_embedder(request.embedder or settings.embedder)
+    model_id = ensure_model(pool, embedder.model_id, embedder.dimensions)
+    calls_before, texts_before = EmbedStats.calls, EmbedStats.texts
+
+    sources = [SourceDoc(d.document_id, d.text, d.kind, d.path, {**request.metadata, **d.metadata})
+               for d in request.documents]
+    errors: list[ItemError] = []
+    skipped: list[str] = []
+    if request.paths:
+        read, read_errors, skipped = call(read_sources, request.paths, settings.ingest.max_file_bytes)
+        sources += [SourceDoc(d.document_id, d.text, request.kind, d.path, {**request.metadata, **d.metadata})
+                    for d in read]
+        errors += read_errors
+    seen: set[str] = set()
+    for doc in sources:
+        if doc.document_id in seen:
+            errors.append(ItemError(doc.document_id, "document id given twice in one ingest"))
+        seen.add(doc.document_id)
+    sources = [d for d in sources if d.document_id not in {e.item for e in errors}]
+
+    prepared = []
+    for i, batch in enumerate(_batches(sources, 200)):
+        docs, batch_errors = call(prepare_batch, batch, request.kind, size, overlap, embedder, label=f"{i}")
+        prepared += docs
+        errors += batch_errors
+        report("chunk", min((i + 1) * 200, len(sources)), len(sources))
+
+    unchanged = unchanged_documents(pool, request.tenant, model_id, prepared)
+    todo = [d for d in prepared if d.document_id not in unchanged]
+    needed = hashes_needing_embedding(pool, request.tenant, model_id, [c.content_hash for d in todo for c in d.chunks])
+    bulk = False
+    if len(needed) >= BULK_THRESHOLD:
+        with pool.connection() as conn:
+            if len(needed) > count_model_rows(conn, model_id):
+                drop_model_index(conn, model_id)
+                bulk = True
+
+    total = StoreResult()
+    pending = None
+    try:
+        # Documents go in batches of about store_batch chunks: embed batch i+1 while batch i is written.
+        batches, current = [], []
+        for doc in todo:
+            current.append(doc)
+            if sum(len(d.chunks) for d in current) >= settings.ingest.store_batch:
+                batches.append(current)
+                current = []
+        if current:
+            batches.append(current)
+        done_chunks, total_chunks = 0, sum(len(d.chunks) for d in todo)
+        for i, batch in enumerate(batches):
+            texts = {c.content_hash: c.text for d in batch for c in d.chunks if c.content_hash in needed}
+            vectors = {}
+            if texts:
+                hashes = list(texts)
+                array = call(embed_batch, embedder, [texts[h] for h in hashes], label=f"{i}")
+                vectors = dict(zip(hashes, array))
+                needed -= set(hashes)  # a hash shared by later batches is stored by then
+            if pending is not None:
+                total.add(_settle(pending, errors))
+            pending = _submit_write(store, request.tenant, model_id, embedder.dimensions, batch, vectors, f"{i}")
+            done_chunks += sum(len(d.chunks) for d in batch)
+            report("embed+store", done_chunks, total_chunks)
+        if pending is not None:
+            total.add(_settle(pending, errors))
+    finally:
+        if bulk:
+            with pool.connection() as conn:
+                build_model_index(conn, model_id, embedder.dimensions)
+                conn.execute("ANALYZE embeddings")
+
+    summary = {
+        "tenant": request.tenant,
+        "model": embedder.model_id,
+        "documents": len(prepared),
+        "documents_unchanged": len(unchanged),
+        "chunks": sum(len(d.chunks) for d in prepared),
+        "chunks_inserted": total.chunks_inserted,
+        "chunks_kept": total.chunks_kept + sum(len(d.chunks) for d in prepared if d.document_id in unchanged),
+        "chunks_deleted": total.chunks_deleted,
+        "embedding_calls": EmbedStats.calls - calls_before,
+        "texts_embedded": EmbedStats.texts - texts_before,
+        "bulk_index_rebuild": bulk,
+        "skipped": skipped,
+        "errors": [{"item": e.item, "error": e.error} for e in errors],
+        "where": store.describe(),
+    }
+    return summary
+
+
+def _submit_write(store, tenant, model_id, dims, batch, vectors, label):
+    if not in_flow_run():  # plain Python call: write in this thread
+        return ("done", _write_isolating(store, tenant, model_id, dims, batch, vectors, label))
+    return ("future", write_batch.submit(store, tenant, model_id, dims, batch, vectors, label=label),
+            (store, tenant, model_id, dims, batch, vectors, label))
+
+
+def _settle(pending, errors: list[ItemError]) -> StoreResult:
+    """Wait for a write; if the batch failed, retry its documents one by one so one bad item fails alone."""
+    if pending[0] == "done":
+        result, item_errors = pending[1]
+        errors += item_errors
+        return result
+    future, args = pending[1], pending[2]
+    try:
+        return future.result()
+    except Exception:
+        result, item_errors = _write_isolating(*args, whole_batch_failed=True)
+        errors += item_errors
+        return result
+
+
+def _write_isolating(store, tenant, model_id, dims, batch, vectors, label, whole_batch_failed=False):
+    from tasks.store import write_documents
+
+    pool = store.pool()
+    if not whole_batch_failed:
+        try:
+            return write_documents(pool, tenant, model_id, dims, batch, vectors), []
+        except Exception:
+            pass
+    result, errors = StoreResult(), []
+    for doc in batch:
+        try:
+            result.add(write_documents(pool, tenant, model_id, dims, [doc], vectors))
+        except Exception as exc:  # noqa: BLE001 - the error is reported per item, the others proceed
+            errors.append(ItemError(doc.document_id, f"not stored: {exc}"))
+    return result, errors
+
+
+@flow(name="ingest", log_prints=False, task_runner=ThreadPoolTaskRunner(max_workers=2))
+def ingest(request: IngestRequest) -> dict:
+    """Ingest files and inline documents: chunk, embed only what changed, store; items fail one by one."""
+    summary = run_ingest(request)
+    logger = get_run_logger()
+    logger.info(
+        "%s documents (%s unchanged), %s chunks: %s inserted, %s kept, %s deleted; %s texts embedded; %s errors",
+        summary["documents"], summary["documents_unchanged"], summary["chunks"], summary["chunks_inserted"],
+        summary["chunks_kept"], summary["chunks_deleted"], summary["texts_embedded"], len(summary["errors"]),
+    )
+    rows = "\n".join(f"| `{e['item']}` | {e['error']} |" for e in summary["errors"][:200])
+    create_markdown_artifact(
+        key="ingest-summary",
+        markdown=(f"## Ingest into tenant `{summary['tenant']}`\n\n"
+                  f"{summary['documents']} documents, {summary['chunks_inserted']} chunks inserted, "
+                  f"{summary['chunks_kept']} kept, {summary['chunks_deleted']} deleted, "
+                  f"{summary['texts_embedded']} texts embedded with `{summary['model']}`.\n\n"
+                  + (f"### Errors\n\n| item | error |\n|---|---|\n{rows}\n" if rows else "No errors.\n")),
+        description="What the ingest stored and what it refused.",
+    )
+    return summary

@@ -1,0 +1,76 @@
+"""Embed texts in batches through any Embedder, checking what comes back."""
+
+from __future__ import annotations
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NONE
+
+from blocks.embedders.base import Embedder
+from blocks.errors import InputError, ProviderError, is_transient
+
+__all__ = ["embed_texts", "embed_batch", "embed_query", "check_texts", "EmbedStats"]
+
+
+class EmbedStats:
+    """Counts calls and texts per process: the benchmark and tests read them."""
+
+    calls = 0
+    texts = 0
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.calls = cls.texts = 0
+
+
+def embed_texts(embedder: Embedder, texts: list[str]) -> np.ndarray:
+    """(len(texts), dimensions) float32 vectors, in calls of at most embedder.max_batch texts."""
+    out = np.empty((len(texts), embedder.dimensions), dtype=np.float32)
+    for start in range(0, len(texts), embedder.max_batch):
+        batch = texts[start : start + embedder.max_batch]
+        vectors = np.asarray(embedder.embed(batch), dtype=np.float32)
+        EmbedStats.calls += 1
+        EmbedStats.texts += len(batch)
+        if vectors.shape != (len(batch), embedder.dimensions):
+            raise ProviderError(
+                f"expected {len(batch)} vectors of {embedder.dimensions} dimensions, got shape {vectors.shape}",
+                provider=embedder.model_id, operation="embed",
+            )
+        if not np.all(np.isfinite(vectors)):
+            raise ProviderError("returned NaN or infinite values", provider=embedder.model_id, operation="embed")
+        out[start : start + len(batch)] = vectors
+    return out
+
+
+def check_texts(texts: list[str]) -> None:
+    """Refuse texts no embedder should see."""
+    for i, text in enumerate(texts):
+        if not text or not text.strip():
+            raise InputError("empty text", item=f"text {i}")
+        if "\x00" in text:
+            raise InputError("text contains a NUL byte", item=f"text {i}")
+
+
+@task(
+    name="embed-batch", task_run_name="embed-{label}", retries=3, retry_delay_seconds=[2, 10, 30],
+    retry_condition_fn=is_transient, cache_policy=NONE,
+)
+def embed_batch(embedder: Embedder, texts: list[str], label: str = "batch") -> np.ndarray:
+    """Embed one batch of chunk texts (hundreds per task run, never one each)."""
+    check_texts(texts)
+    return embed_texts(embedder, texts)
+
+
+_query_cache: dict[tuple[str, str], np.ndarray] = {}
+
+
+def embed_query(embedder: Embedder, text: str) -> np.ndarray:
+    """One query vector, memoised per process (agents repeat queries; the local model costs ~30 ms each)."""
+    key = (embedder.model_id, text)
+    vector = _query_cache.get(key)
+    if vector is None:
+        vector = embed_texts(embedder, [text])[0]
+        if len(_query_cache) >= 1024:
+            _query_cache.pop(next(iter(_query_cache)))
+        _query_cache[key] = vector
+    return vector
