@@ -5,7 +5,7 @@ from __future__ import annotations
 from blocks.embedders.base import Embedder, EmbedderBlock
 from blocks.errors import ConfigError
 
-__all__ = ["Embedder", "EmbedderBlock", "load_embedder"]
+__all__ = ["Embedder", "EmbedderBlock", "load_embedder", "register_embedder"]
 
 _cache: dict[str, Embedder] = {}
 
@@ -31,3 +31,10 @@ def load_embedder(name: str) -> Embedder:
         raise ConfigError(f"unknown embedder {name!r}: use 'local' or a block slug like 'openai-embedder/prod'")
     _cache[name] = embedder
     return embedder
+
+
+def register_embedder(name: str, embedder: Embedder) -> None:
+    """Make an embedder instance loadable by `name` in this process (custom providers, tests)."""
+    if not isinstance(embedder, Embedder):
+        raise ConfigError(f"{type(embedder).__name__} does not implement the Embedder interface")
+    _cache[name] = embedder

@@ -1,0 +1,153 @@
+"""`devmesh`: ingest, search and evaluate from the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from blocks.errors import AppError
+from blocks.settings import Settings
+
+app = typer.Typer(help="devmesh: memory, recall and guarded DevOps actions for AI agents.", no_args_is_help=True)
+eval_app = typer.Typer(help="Measure retrieval quality.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def _prefect_server_configured() -> bool:
+    from prefect.settings import PREFECT_API_URL
+
+    return bool(os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value())
+
+
+@app.command()
+def ingest(
+    paths: list[Path] = typer.Argument(..., help="Files or directories to ingest."),
+    tenant: str = typer.Option(None, help="Tenant id (default: DEVMESH_TENANT or 'default')."),
+    kind: str = typer.Option("auto", help="auto, text, markdown or code."),
+    as_flow: Optional[bool] = typer.Option(
+        None, "--flow/--direct", help="Run as a Prefect flow run (default: when PREFECT_API_URL is set)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Chunk, embed and store files; unchanged files cost nothing. Exit 1 if any item failed."""
+    from flows.ingest import IngestRequest, ingest as ingest_flow, run_ingest
+
+    settings = Settings()
+    try:
+        request = IngestRequest(tenant=tenant or settings.tenant, paths=[str(p) for p in paths], kind=kind)
+    except ValidationError as exc:
+        _fail(str(exc))
+    use_flow = _prefect_server_configured() if as_flow is None else as_flow
+    try:
+        if use_flow:
+            summary = ingest_flow(request)
+        else:
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          console=console, transient=True) as bar:
+                tasks: dict[str, int] = {}
+
+                def progress(stage: str, done: int, total: int) -> None:
+                    if stage not in tasks:
+                        tasks[stage] = bar.add_task(stage, total=total)
+                    bar.update(tasks[stage], completed=done, total=total)
+
+                summary = run_ingest(request, settings, progress=progress)
+    except AppError as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        console.print(
+            f"{summary['documents']} documents ({summary['documents_unchanged']} unchanged), {summary['chunks']} chunks: "
+            f"{summary['chunks_inserted']} inserted, {summary['chunks_kept']} kept, {summary['chunks_deleted']} deleted; "
+            f"{summary['texts_embedded']} texts embedded in {summary['embedding_calls']} calls. Data: {summary['where']}"
+        )
+        for err in summary["errors"]:
+            console.print(f"[red]failed[/red] {err['item']}: {err['error']}")
+    if summary["errors"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def search(
+    query: str = typer.Argument(..., help="What to look for."),
+    mode: str = typer.Option("hybrid", help="vector, keyword or hybrid."),
+    limit: int = typer.Option(10, help="Hits to return."),
+    tenant: str = typer.Option(None, help="Tenant id."),
+    metadata: Optional[str] = typer.Option(None, help='JSON object the chunk metadata must contain, e.g. \'{"path": "README.md"}\'.'),
+    as_json: bool = typer.Option(False, "--json", help="Print hits as JSON."),
+) -> None:
+    """Search what was ingested (a direct call: no flow run on the hot path)."""
+    from flows.search import search_now
+    from tasks.search import SearchRequest
+
+    settings = Settings()
+    try:
+        request = SearchRequest(query=query, mode=mode, limit=limit, tenant=tenant or settings.tenant,
+                                metadata=json.loads(metadata) if metadata else None)
+        hits = search_now(request, settings)
+    except (ValidationError, json.JSONDecodeError, AppError) as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps([h.model_dump() for h in hits], indent=2))
+        return
+    print_hits(hits)
+
+
+def print_hits(hits, out: Console | None = None) -> None:
+    """A ranked table of hits with scores."""
+    table = Table(show_lines=False)
+    for col in ("#", "score", "similarity", "bm25", "relevance", "document", "text"):
+        table.add_column(col, overflow="fold" if col == "text" else "ellipsis")
+    for i, h in enumerate(hits, 1):
+        table.add_row(str(i), f"{h.score:.4f}", "-" if h.similarity is None else f"{h.similarity:.3f}",
+                      "-" if h.keyword_score is None else f"{h.keyword_score:.2f}", h.relevance,
+                      f"{h.document_id}#{h.seq}", " ".join(h.text.split())[:160])
+    (out or Console()).print(table)
+
+
+@eval_app.command("beir")
+def eval_beir(
+    directory: Path = typer.Argument(..., help="A BEIR dataset folder (corpus.jsonl, queries.jsonl, qrels-test.tsv)."),
+    embed: bool = typer.Option(False, "--embed", help="Embed the corpus even if precomputed vectors sit beside it."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+) -> None:
+    """nDCG@10 and recall@100 of vector, keyword and hybrid search on a BEIR dataset."""
+    from flows.evaluate import run_beir_eval
+
+    try:
+        result = run_beir_eval(directory, settings=Settings(), use_precomputed=not embed)
+    except (AppError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"BEIR {directory.name}: {result['queries']} queries, {result['documents']} documents")
+    for col in ("mode", "nDCG@10", "recall@100", "p50 ms"):
+        table.add_column(col)
+    for mode, m in result["modes"].items():
+        table.add_row(mode, f"{m['ndcg@10']:.4f}", f"{m['recall@100']:.4f}", f"{m['p50_ms']:.1f}")
+    Console().print(table)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

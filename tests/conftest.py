@@ -1,0 +1,82 @@
+"""Shared fixtures: one embedded PostgreSQL per session, rows cleared per test; one Prefect harness."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from blocks.embedders import register_embedder
+from blocks.postgres import PgVectorStore
+from blocks.settings import Settings
+from tasks.migrate import ensure_schema
+from tests.factories import FakeEmbedder
+
+SHARED_TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
+
+
+def shared_testdata(*parts: str) -> Path:
+    """A path under ../shared/testdata, or skip the test with the reason."""
+    path = SHARED_TESTDATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not present: ../shared/testdata travels with CI, not with a clone of this repository")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    """No DEVMESH_* variable of the developer's shell leaks into a test."""
+    for key in list(os.environ):
+        if key.startswith("DEVMESH_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture(scope="session")
+def pg_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("devmesh-home")
+
+
+@pytest.fixture(scope="session")
+def fake_embedder() -> FakeEmbedder:
+    embedder = FakeEmbedder()
+    register_embedder("fake", embedder)
+    return embedder
+
+
+@pytest.fixture(scope="session")
+def session_pool(pg_home):
+    pool = PgVectorStore(home=str(pg_home)).pool()
+    ensure_schema(pool)
+    return pool
+
+
+@pytest.fixture
+def pool(session_pool):
+    """The session's pool, with every row of the previous test gone."""
+    with session_pool.connection() as conn:
+        conn.execute("TRUNCATE documents, chunks, embeddings, term_stats, tenant_stats CASCADE")
+    return session_pool
+
+
+@pytest.fixture
+def settings(pg_home, pool, fake_embedder, monkeypatch) -> Settings:
+    """Settings on the session database with the fake embedder; also exported as DEVMESH_* for flows."""
+    monkeypatch.setenv("DEVMESH_HOME", str(pg_home))
+    monkeypatch.setenv("DEVMESH_EMBEDDER", "fake")
+    return Settings(home=pg_home, embedder="fake")
+
+
+@pytest.fixture
+def tenant() -> str:
+    return f"t-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test server for the whole session (it takes ~15-20 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

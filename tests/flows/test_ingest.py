@@ -1,0 +1,84 @@
+"""The ingest pipeline end to end on the real database, with the fake embedder (plain calls)."""
+
+from __future__ import annotations
+
+from flows.ingest import DocumentSpec, IngestRequest, run_ingest
+from flows.search import search_now
+from tasks.search import SearchRequest
+from tests.factories import paragraphs
+
+
+def _ingest(settings, tenant, docs, **kw):
+    return run_ingest(IngestRequest(tenant=tenant, documents=docs, **kw), settings)
+
+
+def test_reingest_unchanged_makes_zero_embedding_calls(settings, tenant):
+    docs = [DocumentSpec(document_id=f"doc{i}", text=paragraphs(12, f"topic{i}")) for i in range(3)]
+    first = _ingest(settings, tenant, docs, chunk_size=40, chunk_overlap=8)
+    assert first["chunks_inserted"] == first["chunks"] > 3
+    assert first["texts_embedded"] == first["chunks"]
+    second = _ingest(settings, tenant, docs, chunk_size=40, chunk_overlap=8)
+    assert second["embedding_calls"] == 0
+    assert second["documents_unchanged"] == 3
+    assert second["chunks_inserted"] == 0
+
+
+def test_editing_one_paragraph_reembeds_only_its_chunks(settings, tenant):
+    text = paragraphs(30, "ingest")
+    first = _ingest(settings, tenant, [DocumentSpec(document_id="a.txt", text=text)], chunk_size=40, chunk_overlap=0)
+    edited = text.replace("Paragraph 15 about ingest", "Paragraph fifteen, rewritten, about ingest")
+    second = _ingest(settings, tenant, [DocumentSpec(document_id="a.txt", text=edited)], chunk_size=40, chunk_overlap=0)
+    assert 1 <= second["texts_embedded"] <= 2
+    assert second["texts_embedded"] < first["chunks"] / 4
+    assert second["chunks_inserted"] == second["texts_embedded"]
+    assert second["chunks_deleted"] >= 1
+    hits = search_now(SearchRequest(query="fifteen rewritten", mode="keyword", tenant=tenant), settings)
+    assert hits and "fifteen" in hits[0].text
+
+
+def test_removed_chunks_are_deleted(settings, tenant, pool):
+    _ingest(settings, tenant, [DocumentSpec(document_id="d", text=paragraphs(20))], chunk_size=40, chunk_overlap=0)
+    result = _ingest(settings, tenant, [DocumentSpec(document_id="d", text=paragraphs(5))], chunk_size=40, chunk_overlap=0)
+    assert result["chunks_deleted"] > 0
+    assert result["texts_embedded"] <= 1  # only the chunk at the new end of the text can differ
+    with pool.connection() as conn:
+        n = conn.execute("SELECT count(*) FROM chunks WHERE tenant_id = %s", [tenant]).fetchone()[0]
+        orphans = conn.execute(
+            "SELECT count(*) FROM embeddings e LEFT JOIN chunks c ON c.id = e.chunk_id WHERE c.id IS NULL"
+        ).fetchone()[0]
+    assert n == result["chunks"]
+    assert orphans == 0
+
+
+def test_bad_items_fail_alone_and_are_named(settings, tenant, pool, tmp_path):
+    good = tmp_path / "good.md"
+    good.write_text("# Runbook\n\nRestart the payment service with kubectl rollout restart.")
+    (tmp_path / "empty.txt").write_text("   \n")
+    (tmp_path / "nul.txt").write_bytes(b"abc\x00def")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"a" * 1024)
+    settings.ingest.max_file_bytes = 512
+    paths = [str(p) for p in (good, tmp_path / "empty.txt", tmp_path / "nul.txt", tmp_path / "latin1.txt", big,
+                              tmp_path / "missing.txt")]
+    summary = run_ingest(IngestRequest(tenant=tenant, paths=paths), settings)
+    errors = {e["item"].rsplit("/", 1)[-1]: e["error"] for e in summary["errors"]}
+    assert set(errors) == {"empty.txt", "nul.txt", "latin1.txt", "big.txt", "missing.txt"}
+    assert "empty" in errors["empty.txt"]
+    assert "binary" in errors["nul.txt"]
+    assert "invalid UTF-8 at byte 3" in errors["latin1.txt"]
+    assert "limit" in errors["big.txt"]
+    with pool.connection() as conn:
+        stored = [r[0] for r in conn.execute("SELECT document_id FROM documents WHERE tenant_id = %s", [tenant])]
+    assert len(stored) == 1 and stored[0].endswith("good.md")
+
+
+def test_metadata_flows_into_chunks_and_filters(settings, tenant):
+    docs = [
+        DocumentSpec(document_id="k8s", text="Scale the deployment to three replicas.", metadata={"team": "platform"}),
+        DocumentSpec(document_id="db", text="Scale the database replicas carefully.", metadata={"team": "data"}),
+    ]
+    _ingest(settings, tenant, docs)
+    hits = search_now(SearchRequest(query="scale replicas", tenant=tenant, metadata={"team": "data"}), settings)
+    assert [h.document_id for h in hits] == ["db"]
+    assert hits[0].metadata["team"] == "data"
