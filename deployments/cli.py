@@ -110,15 +110,16 @@ def search(
 
 
 def print_hits(hits, out: Console | None = None) -> None:
-    """A ranked table of hits with scores."""
-    table = Table(show_lines=False)
-    for col in ("#", "score", "similarity", "bm25", "relevance", "document", "text"):
-        table.add_column(col, overflow="fold" if col == "text" else "ellipsis")
+    """Ranked hits, two lines each: scores and where, then the start of the text."""
+    out = out or Console()
+    if not hits:
+        out.print("no hits")
     for i, h in enumerate(hits, 1):
-        table.add_row(str(i), f"{h.score:.4f}", "-" if h.similarity is None else f"{h.similarity:.3f}",
-                      "-" if h.keyword_score is None else f"{h.keyword_score:.2f}", h.relevance,
-                      f"{h.document_id}#{h.seq}", " ".join(h.text.split())[:160])
-    (out or Console()).print(table)
+        sim = "-" if h.similarity is None else f"{h.similarity:.3f}"
+        bm25 = "-" if h.keyword_score is None else f"{h.keyword_score:.2f}"
+        out.print(f"[bold]{i:>2}. {h.document_id}#{h.seq}[/bold]  score {h.score:.4f}  cosine {sim}  bm25 {bm25}"
+                  f"  [{h.relevance}]", highlight=False)
+        out.print("    " + " ".join(h.text.split())[:220], highlight=False, markup=False)
 
 
 @eval_app.command("beir")
