@@ -15,6 +15,7 @@ from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from tasks.embed import EmbedStats, embed_batch
 from tasks.migrate import ensure_schema
+from tasks.models import set_embedder_name, tenant_model
 from tasks.runtime import call, in_flow_run
 from tasks.prepare import prepare_batch
 from tasks.read import ItemError, SourceDoc, read_sources
@@ -71,8 +72,11 @@ def run_ingest(request: IngestRequest, settings: Settings | None = None, progres
     store = PgVectorStore.from_settings(settings)
     pool = store.pool()
     ensure_schema(pool)
-    embedder = load_embedder(request.embedder or settings.embedder)
+    default = tenant_model(pool, request.tenant)
+    embedder_name = request.embedder or (default.embedder if default and default.embedder else settings.embedder)
+    embedder = load_embedder(embedder_name)
     model_id = ensure_model(pool, embedder.model_id, embedder.dimensions)
+    set_embedder_name(pool, model_id, embedder_name)
     calls_before, texts_before = EmbedStats.calls, EmbedStats.texts
 
     sources = [SourceDoc(d.document_id, d.text, d.kind, d.path, {**request.metadata, **d.metadata})

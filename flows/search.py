@@ -10,6 +10,7 @@ from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from tasks.embed import embed_query
 from tasks.migrate import ensure_schema
+from tasks.models import tenant_model
 from tasks.search import SearchHit, SearchRequest, resolve_model, run_search
 
 __all__ = ["search", "search_now"]
@@ -22,15 +23,25 @@ def search_now(request: SearchRequest, settings: Settings | None = None) -> list
     ensure_schema(pool)
     if request.mode == "keyword":
         return run_search(pool, request, settings=settings.search)
-    embedder = load_embedder(settings.embedder)
-    name = request.model or embedder.model_id
+    default = tenant_model(pool, request.tenant)
+    name = request.model or (default.name if default else None)
+    if name is None:
+        embedder = load_embedder(settings.embedder)
+        name = embedder.model_id
     model = resolve_model(pool, name)
-    if name != embedder.model_id:
+    embedder = load_embedder(_embedder_for(pool, name, settings))
+    if embedder.model_id != name:
         raise ConfigError(
-            f"model {name!r} is stored, but the configured embedder is {embedder.model_id!r}; "
-            "set DEVMESH_EMBEDDER to that model's block to search it"
+            f"model {name!r} is stored, but its embedder gives {embedder.model_id!r}; "
+            "set DEVMESH_EMBEDDER to that model's embedder to search it"
         )
     return run_search(pool, request, settings=settings.search, model=model, vector=embed_query(embedder, request.query))
+
+
+def _embedder_for(pool, model_name: str, settings: Settings) -> str:
+    from tasks.models import embedder_name
+
+    return embedder_name(pool, model_name) or settings.embedder
 
 
 @flow(name="search")

@@ -31,6 +31,7 @@ __all__ = [
     "document_hash",
     "write_batch",
     "ensure_model",
+    "model_index_exists",
 ]
 
 GET_MODEL = "SELECT id, dimensions FROM embedding_models WHERE name = %(name)s"
@@ -294,3 +295,8 @@ def ensure_model(pool: ConnectionPool, name: str, dimensions: int) -> int:
     """Id of an embedding model, registering it (and its HNSW index) on first use."""
     with pool.connection() as conn:
         return register_model(conn, name, dimensions)
+
+
+def model_index_exists(conn: Connection, model_id: int) -> bool:
+    """Whether the model's HNSW index exists (it is absent during a bulk load)."""
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", [model_index_name(model_id)]).fetchone()[0]

@@ -56,7 +56,7 @@ def session_pool(pg_home):
 def pool(session_pool):
     """The session's pool, with every row of the previous test gone."""
     with session_pool.connection() as conn:
-        conn.execute("TRUNCATE documents, chunks, embeddings, term_stats, tenant_stats CASCADE")
+        conn.execute("TRUNCATE tenant_models, model_switches, documents, chunks, embeddings, term_stats, tenant_stats CASCADE")
     return session_pool
 
 
