@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
@@ -48,7 +50,7 @@ def run_switch(request: SwitchModelRequest, settings: Settings | None = None) ->
         if model_index_exists(conn, model_id) and count_model_rows(conn, model_id) == 0:
             drop_model_index(conn, model_id)
         rebuild = not model_index_exists(conn, model_id)
-    embedded = 0
+    embedded, index_seconds = 0, 0.0
     try:
         while True:
             n, cursor = call(embed_missing_wave, store, embedder, request.tenant, model_id, switch_id, cursor, batch,
@@ -57,9 +59,10 @@ def run_switch(request: SwitchModelRequest, settings: Settings | None = None) ->
             if n:
                 continue
             if rebuild:
+                started = time.perf_counter()
                 with pool.connection() as conn:
                     build_model_index(conn, model_id, embedder.dimensions)
-                rebuild = False
+                index_seconds, rebuild = time.perf_counter() - started, False
             if finish_switch(pool, request.tenant, model_id, switch_id):
                 break
             cursor = 0  # chunks committed behind the cursor meanwhile: sweep again from the start
@@ -69,7 +72,7 @@ def run_switch(request: SwitchModelRequest, settings: Settings | None = None) ->
     if in_flow_run():
         get_run_logger().info("tenant %s now searches %s (%s chunks backfilled)", request.tenant, embedder.model_id, embedded)
     return {"tenant": request.tenant, "model": embedder.model_id, "switched": True, "embedded": embedded,
-            "previous": current.name if current else None}
+            "previous": current.name if current else None, "index_seconds": round(index_seconds, 3)}
 
 
 @flow(name="switch-model", task_runner=ThreadPoolTaskRunner(max_workers=2))

@@ -119,13 +119,17 @@ def fail_switch(pool: ConnectionPool, switch_id: int, error: str) -> None:
 
 @task(name="embed-missing", task_run_name="backfill-{switch_id}-after-{after}", cache_policy=NONE)
 def embed_missing_wave(store: PgVectorStore, embedder: Embedder, tenant: str, model_id: int, switch_id: int,
-                       after: int, batch: int, concurrency: int) -> tuple[int, int]:
-    """Embed up to concurrency × batch missing chunks, `concurrency` provider calls at a time; (count, cursor)."""
+                       after: int, batch: int, concurrency: int, calls_per_slot: int = 8) -> tuple[int, int]:
+    """Embed up to batch × concurrency × calls_per_slot missing chunks with `concurrency` provider calls in flight.
+
+    Several calls per slot keep the provider busy while the pool refills; one COPY per task run keeps the
+    database's share (and Prefect's ~20 ms per task run) small against the provider's latency.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     pool = store.pool()
     with pool.connection() as conn:
-        rows = missing_chunks(conn, tenant, model_id, after, batch * concurrency)
+        rows = missing_chunks(conn, tenant, model_id, after, batch * concurrency * calls_per_slot)
         if not rows:
             return 0, after
         groups = [rows[i : i + batch] for i in range(0, len(rows), batch)]
