@@ -39,7 +39,7 @@ def fake32():
 
 @pytest.fixture
 def corpus(settings, tenant):
-    docs = [DocumentSpec(document_id=f"d{i}", text=paragraphs(6, f"svc{i}")) for i in range(10)]
+    docs = [DocumentSpec(document_id=f"d{i}", text=paragraphs(6, f"svc{i}")) for i in range(30)]
     summary = run_ingest(IngestRequest(tenant=tenant, documents=docs, chunk_size=30, chunk_overlap=0), settings)
     return summary["chunks"]
 
@@ -72,7 +72,7 @@ def test_switch_backfills_everything_then_search_uses_new_model(settings, tenant
 
 
 def test_crashed_switch_keeps_old_model_and_resumes_without_redoing_work(settings, tenant, corpus, fake32, pool):
-    crashing = CrashingEmbedder(fake32, crash_on_call=4)
+    crashing = CrashingEmbedder(fake32, crash_on_call=10)
     register_embedder("crashing32", crashing)
     with pytest.raises(RuntimeError, match="worker killed"):
         run_switch(SwitchModelRequest(tenant=tenant, embedder="crashing32", batch=8, concurrency=1), settings)
@@ -82,7 +82,7 @@ def test_crashed_switch_keeps_old_model_and_resumes_without_redoing_work(setting
         done = conn.execute("SELECT count(*) FROM embeddings e JOIN embedding_models m ON m.id = e.model_id "
                             "WHERE m.name = 'fake-words-32' AND e.tenant_id = %s", [tenant]).fetchone()[0]
         status = conn.execute("SELECT status FROM model_switches WHERE tenant_id = %s", [tenant]).fetchone()[0]
-    assert done == 24 and status == "failed"  # three waves of 8 landed before the crash
+    assert done == 64 and status == "failed"  # the first task run (8 calls of 8) landed whole, the second not at all
     result = run_switch(SwitchModelRequest(tenant=tenant, embedder="fake32", batch=8, concurrency=1), settings)
     assert result["switched"] and result["embedded"] == corpus - done
 
