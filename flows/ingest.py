@@ -21,7 +21,7 @@ from tasks.prepare import prepare_batch
 from tasks.read import ItemError, SourceDoc, read_sources
 from tasks.store import (
     StoreResult, build_model_index, count_model_rows, drop_model_index, ensure_model, hashes_needing_embedding,
-    unchanged_documents, write_batch,
+    unchanged_documents, write_batch, write_documents,
 )
 
 __all__ = ["DocumentSpec", "IngestRequest", "ingest", "run_ingest", "BULK_THRESHOLD"]
@@ -134,12 +134,12 @@ def run_ingest(request: IngestRequest, settings: Settings | None = None, progres
                 vectors = dict(zip(hashes, array))
                 needed -= set(hashes)  # a hash shared by later batches is stored by then
             if pending is not None:
-                total.add(_settle(pending, errors))
+                _settle(pending, total, errors)
             pending = _submit_write(store, request.tenant, model_id, embedder.dimensions, batch, vectors, f"{i}")
             done_chunks += sum(len(d.chunks) for d in batch)
             report("embed+store", done_chunks, total_chunks)
         if pending is not None:
-            total.add(_settle(pending, errors))
+            _settle(pending, total, errors)
     finally:
         if bulk:
             with pool.connection() as conn:
@@ -165,37 +165,38 @@ def run_ingest(request: IngestRequest, settings: Settings | None = None, progres
     return summary
 
 
-def _submit_write(store, tenant, model_id, dims, batch, vectors, label):
-    if not in_flow_run():  # plain Python call: write in this thread
-        return ("done", _write_isolating(store, tenant, model_id, dims, batch, vectors, label))
-    return ("future", write_batch.submit(store, tenant, model_id, dims, batch, vectors, label=label),
-            (store, tenant, model_id, dims, batch, vectors, label))
+def _submit_write(store, tenant, model_id, dims, batch, vectors, label) -> Callable[[], tuple[StoreResult, list]]:
+    """Start writing a batch; returns a function that waits for it and gives (result, item errors).
 
-
-def _settle(pending, errors: list[ItemError]) -> StoreResult:
-    """Wait for a write; if the batch failed, retry its documents one by one so one bad item fails alone."""
-    if pending[0] == "done":
-        result, item_errors = pending[1]
-        errors += item_errors
-        return result
-    future, args = pending[1], pending[2]
-    try:
-        return future.result()
-    except Exception:
-        result, item_errors = _write_isolating(*args, whole_batch_failed=True)
-        errors += item_errors
-        return result
-
-
-def _write_isolating(store, tenant, model_id, dims, batch, vectors, label, whole_batch_failed=False):
-    from tasks.store import write_documents
-
-    pool = store.pool()
-    if not whole_batch_failed:
+    In a flow run the write is a task run in the bounded pool (the next batch embeds meanwhile); its future is
+    always awaited and its state checked. If the batch fails as a whole, its documents are written one by one
+    so that one bad item fails alone and the others land.
+    """
+    args = (store.pool(), tenant, model_id, dims)
+    if not in_flow_run():
         try:
-            return write_documents(pool, tenant, model_id, dims, batch, vectors), []
-        except Exception:
-            pass
+            outcome = (write_documents(*args, batch, vectors), [])
+        except Exception:  # noqa: BLE001 - retried item by item below
+            outcome = _write_one_by_one(*args, batch, vectors)
+        return lambda: outcome
+    future = write_batch.submit(store, tenant, model_id, dims, batch, vectors, label=label)
+
+    def wait() -> tuple[StoreResult, list]:
+        try:
+            return future.result(), []
+        except Exception:  # noqa: BLE001 - retried item by item below
+            return _write_one_by_one(*args, batch, vectors)
+
+    return wait
+
+
+def _settle(pending, total: StoreResult, errors: list[ItemError]) -> None:
+    result, item_errors = pending()
+    total.add(result)
+    errors += item_errors
+
+
+def _write_one_by_one(pool, tenant, model_id, dims, batch, vectors) -> tuple[StoreResult, list[ItemError]]:
     result, errors = StoreResult(), []
     for doc in batch:
         try:
