@@ -4,11 +4,14 @@
     ├── ConfigError                 bad settings, unknown model, missing block
     ├── InputError                  bad user input: empty text, NUL bytes, binary file, wrong dimension,
     │                               unknown filter key ... (never retried; names the item)
+    │   ├── ContextNotFound         no such conversation context in the tenant (names the id)
+    │   ├── ContextExpired          the context's ttl has passed (the expire-contexts flow deletes it)
+    │   └── ContextLimitExceeded    max_messages, max_bytes or the per-message size would be exceeded
     ├── StoreError                  the database refused or is unreachable
     ├── GuardError                  OperationDenied | ApprovalRejected (never retried)
     └── ProviderError(.provider, .operation)
         ├── TransientError          RateLimited | ProviderTimeout (retried)
-        └── PermanentError          AuthFailed | InvalidRequest | NotFound (never retried)
+        └── PermanentError          AuthFailed | InvalidRequest | NotFound | MalformedResponse (never retried)
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ __all__ = [
     "AppError",
     "ConfigError",
     "InputError",
+    "ContextNotFound",
+    "ContextExpired",
+    "ContextLimitExceeded",
     "StoreError",
     "GuardError",
     "OperationDenied",
@@ -29,6 +35,7 @@ __all__ = [
     "AuthFailed",
     "InvalidRequest",
     "NotFound",
+    "MalformedResponse",
     "is_transient",
 ]
 
@@ -47,6 +54,18 @@ class InputError(AppError):
     def __init__(self, message: str, *, item: str | None = None) -> None:
         self.item = item
         super().__init__(f"{item}: {message}" if item else message)
+
+
+class ContextNotFound(InputError):
+    """No context with this id in the tenant."""
+
+
+class ContextExpired(InputError):
+    """The context's ttl has passed; it is no longer readable or writable."""
+
+
+class ContextLimitExceeded(InputError):
+    """Appending would exceed a size limit; the message names the limit and nothing was written."""
 
 
 class StoreError(AppError):
@@ -104,6 +123,10 @@ class InvalidRequest(PermanentError):
 
 class NotFound(PermanentError):
     """The target does not exist."""
+
+
+class MalformedResponse(PermanentError):
+    """The provider answered 2xx with a body we cannot use (bad JSON, missing fields, wrong shape)."""
 
 
 def is_transient(task, task_run, state) -> bool:

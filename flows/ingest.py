@@ -11,10 +11,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.embedders import load_embedder
+from blocks.embedders.hosted import collect_usage
 from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from tasks.embed import EmbedStats, embed_batch
 from tasks.migrate import ensure_schema
+from tasks.usage import record_usage
 from tasks.models import set_embedder_name, tenant_model
 from tasks.runtime import call, in_flow_run
 from tasks.prepare import prepare_batch
@@ -113,33 +115,13 @@ def run_ingest(request: IngestRequest, settings: Settings | None = None, progres
                 bulk = True
 
     total = StoreResult()
-    pending = None
     try:
-        # Documents go in batches of about store_batch chunks: embed batch i+1 while batch i is written.
-        batches, current = [], []
-        for doc in todo:
-            current.append(doc)
-            if sum(len(d.chunks) for d in current) >= settings.ingest.store_batch:
-                batches.append(current)
-                current = []
-        if current:
-            batches.append(current)
-        done_chunks, total_chunks = 0, sum(len(d.chunks) for d in todo)
-        for i, batch in enumerate(batches):
-            texts = {c.content_hash: c.text for d in batch for c in d.chunks if c.content_hash in needed}
-            vectors = {}
-            if texts:
-                hashes = list(texts)
-                array = call(embed_batch, embedder, [texts[h] for h in hashes], label=f"{i}")
-                vectors = dict(zip(hashes, array))
-                needed -= set(hashes)  # a hash shared by later batches is stored by then
-            if pending is not None:
-                _settle(pending, total, errors)
-            pending = _submit_write(store, request.tenant, model_id, embedder.dimensions, batch, vectors, f"{i}")
-            done_chunks += sum(len(d.chunks) for d in batch)
-            report("embed+store", done_chunks, total_chunks)
-        if pending is not None:
-            _settle(pending, total, errors)
+        with collect_usage() as usages:
+            try:
+                _embed_and_write(store, pool, embedder, model_id, request.tenant, todo, needed, settings, total,
+                                 errors, report)
+            finally:
+                record_usage(pool, request.tenant, usages)  # tokens and cost of hosted providers, even on failure
     finally:
         if bulk:
             with pool.connection() as conn:
@@ -163,6 +145,35 @@ def run_ingest(request: IngestRequest, settings: Settings | None = None, progres
         "where": store.describe(),
     }
     return summary
+
+
+def _embed_and_write(store, pool, embedder, model_id, tenant, todo, needed, settings, total, errors, report) -> None:
+    """Documents go in batches of about store_batch chunks: embed batch i+1 while batch i is written."""
+    batches, current = [], []
+    for doc in todo:
+        current.append(doc)
+        if sum(len(d.chunks) for d in current) >= settings.ingest.store_batch:
+            batches.append(current)
+            current = []
+    if current:
+        batches.append(current)
+    pending = None
+    done_chunks, total_chunks = 0, sum(len(d.chunks) for d in todo)
+    for i, batch in enumerate(batches):
+        texts = {c.content_hash: c.text for d in batch for c in d.chunks if c.content_hash in needed}
+        vectors = {}
+        if texts:
+            hashes = list(texts)
+            array = call(embed_batch, embedder, [texts[h] for h in hashes], label=f"{i}")
+            vectors = dict(zip(hashes, array))
+            needed -= set(hashes)  # a hash shared by later batches is stored by then
+        if pending is not None:
+            _settle(pending, total, errors)
+        pending = _submit_write(store, tenant, model_id, embedder.dimensions, batch, vectors, f"{i}")
+        done_chunks += sum(len(d.chunks) for d in batch)
+        report("embed+store", done_chunks, total_chunks)
+    if pending is not None:
+        _settle(pending, total, errors)
 
 
 def _submit_write(store, tenant, model_id, dims, batch, vectors, label) -> Callable[[], tuple[StoreResult, list]]:

@@ -25,10 +25,14 @@ class EmbedStats:
 
 def embed_texts(embedder: Embedder, texts: list[str]) -> np.ndarray:
     """(len(texts), dimensions) float32 vectors, in calls of at most embedder.max_batch texts."""
+    return _embed_checked(embedder.embed, embedder, texts)
+
+
+def _embed_checked(embed, embedder: Embedder, texts: list[str]) -> np.ndarray:
     out = np.empty((len(texts), embedder.dimensions), dtype=np.float32)
     for start in range(0, len(texts), embedder.max_batch):
         batch = texts[start : start + embedder.max_batch]
-        vectors = np.asarray(embedder.embed(batch), dtype=np.float32)
+        vectors = np.asarray(embed(batch), dtype=np.float32)
         EmbedStats.calls += 1
         EmbedStats.texts += len(batch)
         if vectors.shape != (len(batch), embedder.dimensions):
@@ -52,7 +56,9 @@ def check_texts(texts: list[str]) -> None:
 
 
 @task(
-    name="embed-batch", task_run_name="embed-{label}", retries=3, retry_delay_seconds=[2, 10, 30],
+    # Provider blocks already retry transient errors (honouring Retry-After); the task retries once more, later,
+    # for an outage longer than that.
+    name="embed-batch", task_run_name="embed-{label}", retries=1, retry_delay_seconds=30,
     retry_condition_fn=is_transient, cache_policy=NONE,
 )
 def embed_batch(embedder: Embedder, texts: list[str], label: str = "batch") -> np.ndarray:
@@ -69,7 +75,8 @@ def embed_query(embedder: Embedder, text: str) -> np.ndarray:
     key = (embedder.model_id, text)
     vector = _query_cache.get(key)
     if vector is None:
-        vector = embed_texts(embedder, [text])[0]
+        # Providers that embed queries differently from documents (Voyage, Cohere) expose embed_queries.
+        vector = _embed_checked(getattr(embedder, "embed_queries", embedder.embed), embedder, [text])[0]
         if len(_query_cache) >= 1024:
             _query_cache.pop(next(iter(_query_cache)))
         _query_cache[key] = vector

@@ -56,7 +56,8 @@ def session_pool(pg_home):
 def pool(session_pool):
     """The session's pool, with every row of the previous test gone."""
     with session_pool.connection() as conn:
-        conn.execute("TRUNCATE tenant_models, model_switches, documents, chunks, embeddings, term_stats, tenant_stats CASCADE")
+        conn.execute("TRUNCATE embedding_usage, tenant_models, model_switches, documents, chunks, embeddings, term_stats, tenant_stats,"
+                     " contexts, context_messages CASCADE")
     return session_pool
 
 

@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import re
+
 from blocks.embedders.base import Embedder, EmbedderBlock
 from blocks.errors import ConfigError
 
-__all__ = ["Embedder", "EmbedderBlock", "load_embedder", "register_embedder"]
+__all__ = ["Embedder", "EmbedderBlock", "check_embedding_model", "load_embedder", "register_embedder"]
 
 _cache: dict[str, Embedder] = {}
+# claude-..., anthropic/..., anthropic.claude-... and Bedrock's regional profiles such as us.anthropic.claude-...
+_ANTHROPIC = re.compile(r"^(?:[a-z]+\.)?(?:claude|anthropic[./:])", re.IGNORECASE)
+
+
+def check_embedding_model(name: str) -> str:
+    """`name`, or ConfigError when it names a model that cannot embed (Anthropic's)."""
+    if _ANTHROPIC.match(name.strip()):
+        raise ConfigError(
+            f"Anthropic has no embeddings API (model {name!r}); use Voyage AI (Anthropic's recommended embedding "
+            "provider: voyage-3.5), OpenAI, Bedrock or the local model"
+        )
+    return name
 
 
 def load_embedder(name: str) -> Embedder:
     """'local' is the in-process MiniLM; anything else is a block slug such as 'openai-embedder/prod'."""
     if name in _cache:
         return _cache[name]
+    check_embedding_model(name)
     if name == "local":
         from blocks.embedders.local import LocalEmbedder
 

@@ -1,0 +1,8 @@
+"""Fake provider APIs on loopback that speak the vendors' wire formats; scriptable, and they record requests."""
+
+from tests.fakes.bedrock_server import FakeBedrock
+from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.server import Fault, FakeAPI, Seen, vector
+from tests.fakes.voyage_server import FakeVoyage
+
+__all__ = ["FakeAPI", "FakeBedrock", "FakeOpenAI", "FakeVoyage", "Fault", "Seen", "vector"]
