@@ -9,9 +9,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.embedders import load_embedder
+from blocks.embedders.hosted import collect_usage
 from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from tasks.migrate import ensure_schema
+from tasks.usage import record_usage
 from tasks.models import embed_missing_wave, fail_switch, finish_switch, set_embedder_name, start_switch, tenant_model
 from tasks.runtime import call, in_flow_run
 from tasks.store import build_model_index, count_model_rows, drop_model_index, ensure_model, model_index_exists
@@ -50,22 +52,13 @@ def run_switch(request: SwitchModelRequest, settings: Settings | None = None) ->
         if model_index_exists(conn, model_id) and count_model_rows(conn, model_id) == 0:
             drop_model_index(conn, model_id)
         rebuild = not model_index_exists(conn, model_id)
-    embedded, index_seconds = 0, 0.0
     try:
-        while True:
-            n, cursor = call(embed_missing_wave, store, embedder, request.tenant, model_id, switch_id, cursor, batch,
-                             request.concurrency)
-            embedded += n
-            if n:
-                continue
-            if rebuild:
-                started = time.perf_counter()
-                with pool.connection() as conn:
-                    build_model_index(conn, model_id, embedder.dimensions)
-                index_seconds, rebuild = time.perf_counter() - started, False
-            if finish_switch(pool, request.tenant, model_id, switch_id):
-                break
-            cursor = 0  # chunks committed behind the cursor meanwhile: sweep again from the start
+        with collect_usage() as usages:
+            try:
+                embedded, index_seconds = _backfill(store, pool, embedder, request, model_id, switch_id, cursor,
+                                                    batch, rebuild)
+            finally:
+                record_usage(pool, request.tenant, usages)
     except BaseException as exc:
         fail_switch(pool, switch_id, f"{type(exc).__name__}: {exc}")
         raise
@@ -73,6 +66,25 @@ def run_switch(request: SwitchModelRequest, settings: Settings | None = None) ->
         get_run_logger().info("tenant %s now searches %s (%s chunks backfilled)", request.tenant, embedder.model_id, embedded)
     return {"tenant": request.tenant, "model": embedder.model_id, "switched": True, "embedded": embedded,
             "previous": current.name if current else None, "index_seconds": round(index_seconds, 3)}
+
+
+def _backfill(store, pool, embedder, request, model_id, switch_id, cursor, batch, rebuild) -> tuple[int, float]:
+    """Waves of provider calls until nothing is missing, the index (re)built, and the switch made."""
+    embedded, index_seconds = 0, 0.0
+    while True:
+        n, cursor = call(embed_missing_wave, store, embedder, request.tenant, model_id, switch_id, cursor, batch,
+                         request.concurrency)
+        embedded += n
+        if n:
+            continue
+        if rebuild:
+            started = time.perf_counter()
+            with pool.connection() as conn:
+                build_model_index(conn, model_id, embedder.dimensions)
+            index_seconds, rebuild = time.perf_counter() - started, False
+        if finish_switch(pool, request.tenant, model_id, switch_id):
+            return embedded, index_seconds
+        cursor = 0  # chunks committed behind the cursor meanwhile: sweep again from the start
 
 
 @flow(name="switch-model", task_runner=ThreadPoolTaskRunner(max_workers=2))

@@ -14,6 +14,7 @@ from psycopg_pool import ConnectionPool
 
 from blocks.cipher import ContextCipher, load_cipher
 from blocks.embedders.base import Embedder
+from blocks.embedders.hosted import collect_usage
 from blocks.errors import ContextExpired, ContextLimitExceeded, ContextNotFound, InputError, StoreError
 from blocks.settings import ChunkSettings
 from tasks.chunk import Chunk, Message, chunk_conversation
@@ -22,6 +23,7 @@ from tasks.context_models import (
     document_id, open_message, parse_input,
 )
 from tasks.embed import embed_texts
+from tasks.usage import record_usage
 from tasks.store import COPY_CHUNKS, COPY_EMBEDDINGS, NEXT_IDS, ensure_model
 
 __all__ = ["append_messages", "append_chunks", "live_context", "resolve_cipher", "render", "carried_messages",
@@ -80,6 +82,18 @@ _SEPARATOR = "\n\n"  # tasks.chunk joins turns with it
 def append_messages(pool: ConnectionPool, tenant: str, context_id, messages: list[MessageIn | dict], *,
                     embedder: Embedder, chunk: ChunkSettings | None = None, model_id: int | None = None,
                     cipher: ContextCipher | None = None) -> AppendResult:
+    """Append messages and their new chunks in one transaction; tokens and cost of hosted embedders recorded."""
+    with collect_usage() as usages:
+        try:
+            return _append_messages(pool, tenant, context_id, messages, embedder=embedder, chunk=chunk,
+                                    model_id=model_id, cipher=cipher)
+        finally:
+            record_usage(pool, tenant, usages)
+
+
+def _append_messages(pool: ConnectionPool, tenant: str, context_id, messages: list[MessageIn | dict], *,
+                     embedder: Embedder, chunk: ChunkSettings | None = None, model_id: int | None = None,
+                     cipher: ContextCipher | None = None) -> AppendResult:
     """Append messages and their new chunks in one transaction; chunk and embed only them (plus overlap).
 
     Chunks are planned and embedded before the transaction, from the tail read then. If another append

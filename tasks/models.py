@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextvars
+
 import numpy as np
 from prefect import task
 from prefect.cache_policies import NONE
@@ -134,6 +136,9 @@ def embed_missing_wave(store: PgVectorStore, embedder: Embedder, tenant: str, mo
             return 0, after
         groups = [rows[i : i + batch] for i in range(0, len(rows), batch)]
         with ThreadPoolExecutor(max_workers=concurrency) as executor:
-            arrays = list(executor.map(lambda g: embed_texts(embedder, [text for _, text in g]), groups))
+            # Each call runs in a copy of this context, so usage collectors (ContextVars) see the calls.
+            futures = [executor.submit(contextvars.copy_context().run, embed_texts, embedder, [t for _, t in g])
+                       for g in groups]
+            arrays = [f.result() for f in futures]
         store_backfill(conn, tenant, model_id, switch_id, [cid for cid, _ in rows], np.concatenate(arrays))
     return len(rows), rows[-1][0]
