@@ -22,14 +22,15 @@ from tasks.runtime import call, in_flow_run
 from tasks.prepare import prepare_batch
 from tasks.read import ItemError, SourceDoc, read_sources
 from tasks.store import (
-    StoreResult, build_model_index, count_model_rows, drop_model_index, ensure_model, hashes_needing_embedding,
+    StoreResult, build_keyword_index, build_model_index, count_model_rows, drop_keyword_index, drop_model_index, ensure_model, hashes_needing_embedding,
     unchanged_documents, write_batch, write_documents,
 )
 
 __all__ = ["DocumentSpec", "IngestRequest", "ingest", "run_ingest", "BULK_THRESHOLD"]
 
-# Above this many new embeddings (and more than are stored), the model's HNSW index is dropped and rebuilt
-# after the load: pgvector builds an index far faster than it inserts into one row by row.
+# Above this many new embeddings (and more than are stored), the model's HNSW index and the full-text GIN
+# index are dropped and rebuilt after the load: both build far faster than they take rows one by one.
+# Meanwhile searches still answer, by exact scans.
 BULK_THRESHOLD = 20_000
 Progress = Callable[[str, int, int], None]
 
@@ -112,6 +113,7 @@ def run_ingest(request: IngestRequest, settings: Settings | None = None, progres
         with pool.connection() as conn:
             if len(needed) > count_model_rows(conn, model_id):
                 drop_model_index(conn, model_id)
+                drop_keyword_index(conn)
                 bulk = True
 
     total = StoreResult()
@@ -126,6 +128,8 @@ def run_ingest(request: IngestRequest, settings: Settings | None = None, progres
         if bulk:
             with pool.connection() as conn:
                 build_model_index(conn, model_id, embedder.dimensions)
+                build_keyword_index(conn)
+                conn.execute("ANALYZE chunks")
                 conn.execute("ANALYZE embeddings")
 
     summary = {

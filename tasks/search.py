@@ -37,12 +37,12 @@ stats AS (SELECT n_chunks::float8 AS n, greatest(total_len::float8 / greatest(n_
 idf AS (SELECT t.lexeme, ln(1 + (s.n - t.df + 0.5) / (t.df + 0.5)) AS idf
         FROM term_stats t JOIN q USING (lexeme) CROSS JOIN stats s
         WHERE t.tenant_id = %(tenant)s AND t.df > 0),
-cand AS (SELECT c.id, c.tsv, c.tsv_length FROM chunks c
+cand AS (SELECT c.id, c.tsv, c.token_count FROM chunks c
          WHERE c.tenant_id = %(tenant)s {filters}
            AND c.tsv @@ (SELECT string_agg('''' || replace(replace(lexeme, '\\', '\\\\'), '''', '''''') || '''', ' | ')
                          FROM idf)::tsquery)
 SELECT cand.id, sum(idf.idf * tf.v * (%(k1)s + 1)
-                    / (tf.v + %(k1)s * (1 - %(b)s + %(b)s * cand.tsv_length / s.avgdl))) AS score
+                    / (tf.v + %(k1)s * (1 - %(b)s + %(b)s * cand.token_count / s.avgdl))) AS score
 FROM cand CROSS JOIN LATERAL unnest(cand.tsv) AS u
 JOIN idf ON idf.lexeme = u.lexeme
 CROSS JOIN stats s

@@ -32,6 +32,8 @@ __all__ = [
     "write_batch",
     "ensure_model",
     "model_index_exists",
+    "drop_keyword_index",
+    "build_keyword_index",
 ]
 
 GET_MODEL = "SELECT id, dimensions FROM embedding_models WHERE name = %(name)s"
@@ -141,6 +143,20 @@ def build_model_index(conn: Connection, model_id: int, dimensions: int, *, m: in
             efc=sql.Literal(ef_construction), model_id=sql.Literal(model_id),
         )
     )
+    conn.execute("RESET maintenance_work_mem")
+    conn.commit()
+
+
+def drop_keyword_index(conn: Connection) -> None:
+    """Drop the full-text GIN index before a bulk load; build_keyword_index restores it."""
+    conn.execute("DROP INDEX IF EXISTS chunks_tsv")
+    conn.commit()
+
+
+def build_keyword_index(conn: Connection) -> None:
+    """Create the full-text GIN index if missing (PostgreSQL 18 builds GIN indexes in parallel)."""
+    conn.execute("SET maintenance_work_mem = '1GB'")
+    conn.execute("CREATE INDEX IF NOT EXISTS chunks_tsv ON chunks USING gin (tsv)")
     conn.execute("RESET maintenance_work_mem")
     conn.commit()
 

@@ -82,3 +82,18 @@ def test_metadata_flows_into_chunks_and_filters(settings, tenant):
     hits = search_now(SearchRequest(query="scale replicas", tenant=tenant, metadata={"team": "data"}), settings)
     assert [h.document_id for h in hits] == ["db"]
     assert hits[0].metadata["team"] == "data"
+
+
+def test_bulk_load_drops_and_rebuilds_both_indexes(settings, tenant, pool, monkeypatch, fake_embedder):
+    import flows.ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module, "BULK_THRESHOLD", 10)
+    docs = [DocumentSpec(document_id=f"bulk{i}", text=f"bulk loaded chunk number {i} about queues") for i in range(40)]
+    with pool.connection() as conn:
+        conn.execute("DELETE FROM embeddings")  # the model must hold fewer rows than the load for the bulk path
+    summary = _ingest(settings, tenant, docs)
+    assert summary["bulk_index_rebuild"] is True and summary["chunks_inserted"] == 40
+    with pool.connection() as conn:
+        indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename IN ('chunks', 'embeddings')")}
+    assert "chunks_tsv" in indexes and any(name.startswith("embeddings_hnsw_m") for name in indexes)
+    assert search_now(SearchRequest(query="chunk number 7 queues", tenant=tenant, mode="keyword"), settings)

@@ -317,7 +317,7 @@ def test_deleting_contexts_keeps_bm25_statistics_exact(pool, tenant, fake_embedd
     C.delete_context(pool, tenant, ids[1])
     with pool.connection() as conn:
         stats = conn.execute("SELECT n_chunks, total_len FROM tenant_stats WHERE tenant_id = %s", [tenant]).fetchone()
-        real = conn.execute("SELECT count(*), sum(tsv_length) FROM chunks WHERE tenant_id = %s", [tenant]).fetchone()
+        real = conn.execute("SELECT count(*), sum(token_count) FROM chunks WHERE tenant_id = %s", [tenant]).fetchone()
         wrong_df = conn.execute("""
             SELECT count(*) FROM term_stats t FULL JOIN (
               SELECT l AS lexeme, count(*) AS df FROM chunks, unnest(tsvector_to_array(tsv)) AS l
