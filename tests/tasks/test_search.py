@@ -114,3 +114,25 @@ def test_rrf_fuses_ranks_with_weights():
     assert fused[0][1] == pytest.approx(1 / 61 + 1 / 62)
     keyword_heavy = rrf([[1, 2, 3], [3, 1]], [0.1, 5.0], k=60)
     assert keyword_heavy[0][0] == 3
+
+
+def test_maxscore_pruning_returns_the_exact_bm25_top_n(settings, tenant, pool, monkeypatch):
+    import random
+
+    import tasks.search as search_module
+
+    rng = random.Random(7)
+    vocab = [f"w{i}" for i in range(300)]
+    weights = [1 / (i + 1) for i in range(300)]  # Zipf: a few very common words, many rare ones
+    docs = [DocumentSpec(document_id=f"z{i}", text=" ".join(rng.choices(vocab, weights, k=rng.randint(5, 40))))
+            for i in range(400)]
+    run_ingest(IngestRequest(tenant=tenant, documents=docs), settings)
+    for q in range(25):
+        request = SearchRequest(query=" ".join(rng.sample(vocab[:60], 3) + rng.sample(vocab[60:], 2)),
+                                mode="keyword", tenant=tenant, limit=10)
+        monkeypatch.setattr(search_module, "_DF_BUDGET", 10**9)  # every term a candidate term: plain BM25
+        exact = search_module.keyword_ranking(pool, request, 10, settings.search)
+        monkeypatch.setattr(search_module, "_DF_BUDGET", 1)  # prune as hard as possible
+        pruned = search_module.keyword_ranking(pool, request, 10, settings.search)
+        assert [round(s, 9) for _, s in pruned] == [round(s, 9) for _, s in exact]
+        assert [c for c, _ in pruned] == [c for c, _ in exact]
