@@ -24,7 +24,7 @@ from tasks.context_models import (
 )
 from tasks.embed import embed_texts
 from tasks.usage import record_usage
-from tasks.store import COPY_CHUNKS, COPY_EMBEDDINGS, NEXT_IDS, ensure_model
+from tasks.store import COPY_CHUNKS, COPY_EMBEDDINGS, NEXT_IDS, check_vector, ensure_model
 
 __all__ = ["append_messages", "append_chunks", "live_context", "resolve_cipher", "render", "carried_messages",
            "plan_chunks", "finish_chunks", "cached_vectors", "embed_chunks", "seal_chunks"]
@@ -240,7 +240,7 @@ def append_chunks(conn: Connection, tenant: str, model_id: int, dimensions: int,
         raise InputError(f"expected one vector per chunk, got {len(vectors)} for {len(chunks)}", item=document_id)
     if not chunks:
         return 0
-    checked = [_check(v, dimensions, f"{document_id}#{c.seq}") for c, v in zip(chunks, vectors)]
+    checked = [check_vector(v, dimensions, f"{document_id}#{c.seq}") for c, v in zip(chunks, vectors)]
     if conn.execute(BUMP_DOCUMENT, {"tenant": tenant, "document_id": document_id, "n": len(chunks)}).rowcount != 1:
         raise StoreError(f"{document_id}: no documents row to append chunks to")
     ids = [r[0] for r in conn.execute(NEXT_IDS, {"n": len(chunks)})]
@@ -254,15 +254,6 @@ def append_chunks(conn: Connection, tenant: str, model_id: int, dimensions: int,
             for cid, vector in zip(ids, checked):
                 copy.write_row((cid, model_id, tenant, vector))
     return len(chunks)
-
-
-def _check(vector, dimensions: int, item: str) -> np.ndarray:
-    vector = np.asarray(vector, dtype=np.float32)
-    if vector.shape != (dimensions,):
-        raise InputError(f"expected a vector of {dimensions} dimensions, got shape {vector.shape}", item=item)
-    if not np.all(np.isfinite(vector)):
-        raise InputError("vector contains NaN or infinity", item=item)
-    return vector
 
 
 def _check_limits(context: Context, n: int, size: int) -> None:

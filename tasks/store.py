@@ -32,6 +32,7 @@ __all__ = [
     "write_batch",
     "ensure_model",
     "model_index_exists",
+    "check_vector",
     "drop_keyword_index",
     "build_keyword_index",
 ]
@@ -195,7 +196,8 @@ def hashes_needing_embedding(pool: ConnectionPool, tenant: str, model_id: int, h
     return set(unique) - done
 
 
-def _check_vector(vector: np.ndarray, dimensions: int, item: str) -> np.ndarray:
+def check_vector(vector: np.ndarray, dimensions: int, item: str) -> np.ndarray:
+    """The vector as float32, or an InputError naming the item if its shape or values are wrong."""
     vector = np.asarray(vector, dtype=np.float32)
     if vector.shape != (dimensions,):
         raise InputError(f"expected a vector of {dimensions} dimensions, got shape {vector.shape}", item=item)
@@ -284,7 +286,7 @@ def _vector_for(chunk, vectors: dict, cached: dict, dimensions: int, item: str) 
     if vector is None:
         # The plan said this hash was embedded already, but it is gone: another writer removed it meanwhile.
         raise StoreError(f"{item}: no embedding for chunk {chunk.content_hash[:12]} (concurrent change); retry the ingest")
-    return _check_vector(vector, dimensions, item)
+    return check_vector(vector, dimensions, item)
 
 
 def delete_documents(pool: ConnectionPool, tenant: str, document_ids: list[str]) -> list[str]:
