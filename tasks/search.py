@@ -36,13 +36,16 @@ WITH q AS (SELECT DISTINCT lexeme FROM unnest(tsvector_to_array(to_tsvector('eng
 SELECT t.lexeme, t.df, s.n_chunks, s.total_len FROM term_stats t JOIN q USING (lexeme)
 JOIN tenant_stats s ON s.tenant_id = t.tenant_id
 WHERE t.tenant_id = %(tenant)s AND t.df > 0"""
+# setweight + ts_filter keep only the query's lexemes of a chunk's tsvector (weights mark them), so each
+# candidate yields a handful of rows instead of one per distinct lexeme.
 KEYWORD_RANKING = """
 WITH idf AS (SELECT * FROM unnest(%(lexemes)s::text[], %(idfs)s::float8[]) AS i(lexeme, idf)),
-cand AS (SELECT c.id, c.tsv, c.token_count FROM chunks c
+cand AS (SELECT c.id, ts_filter(setweight(c.tsv, 'A', %(lexemes)s::text[]), '{{a}}') AS hits, c.token_count
+         FROM chunks c
          WHERE c.tenant_id = %(tenant)s {filters} AND c.tsv @@ %(match)s::tsquery)
 SELECT cand.id, sum(idf.idf * tf.v * (%(k1)s + 1)
                     / (tf.v + %(k1)s * (1 - %(b)s + %(b)s * cand.token_count / %(avgdl)s))) AS score
-FROM cand CROSS JOIN LATERAL unnest(cand.tsv) AS u
+FROM cand CROSS JOIN LATERAL unnest(cand.hits) AS u
 JOIN idf ON idf.lexeme = u.lexeme
 CROSS JOIN LATERAL (SELECT coalesce(array_length(u.positions, 1), 1)::float8 AS v) AS tf
 GROUP BY cand.id ORDER BY score DESC, cand.id LIMIT %(n)s"""
