@@ -157,7 +157,7 @@ def keyword_ranking(pool, request: SearchRequest, n: int, settings: SearchSettin
         query = sql.SQL(KEYWORD_RANKING).format(filters=filters)
         params.update(tenant=request.tenant, n=n, k1=settings.bm25_k1, b=settings.bm25_b, avgdl=avgdl,
                       lexemes=[t[0] for t in terms], idfs=[t[2] for t in terms])
-        essential, budget = 0, _DF_BUDGET
+        essential, budget, passes = 0, _DF_BUDGET, 1
         while True:
             while essential < len(terms) and (essential == 0 or terms[essential][1] <= budget):
                 budget -= terms[essential][1]
@@ -167,7 +167,8 @@ def keyword_ranking(pool, request: SearchRequest, n: int, settings: SearchSettin
             rest = sum(bounds[essential:])
             if essential == len(terms) or (len(ranked) == n and ranked[-1][1] >= rest):
                 return ranked
-            budget = _DF_BUDGET * 4 + terms[essential][1]
+            budget = _DF_BUDGET * 2 ** passes + terms[essential][1]
+            passes += 1
 
 
 _DF_BUDGET = 2000  # chunks the first candidate terms may cover together
