@@ -24,8 +24,8 @@ from tasks.migrate import ensure_schema
 from tasks.runtime import call
 from tasks.search import SearchRequest, run_search
 from tasks.store import (
-    DocumentIn, StoreResult, build_model_index, count_model_rows, document_hash, drop_model_index, ensure_model,
-    hashes_needing_embedding, unchanged_documents, write_batch,
+    DocumentIn, StoreResult, build_keyword_index, build_model_index, count_model_rows, document_hash,
+    drop_keyword_index, drop_model_index, ensure_model, hashes_needing_embedding, unchanged_documents, write_batch,
 )
 
 __all__ = ["BeirEvalRequest", "evaluate_beir", "run_beir_eval", "MODES"]
@@ -87,6 +87,7 @@ def _load_corpus(store: PgVectorStore, tenant: str, model_id: int, embedder, doc
         with pool.connection() as conn:
             if len(needed) > count_model_rows(conn, model_id):
                 drop_model_index(conn, model_id)
+                drop_keyword_index(conn)
                 bulk = True
     total, from_file, embedded = StoreResult(), 0, 0
     try:
@@ -112,6 +113,7 @@ def _load_corpus(store: PgVectorStore, tenant: str, model_id: int, embedder, doc
         if bulk:
             with pool.connection() as conn:
                 build_model_index(conn, model_id, embedder.dimensions)
+                build_keyword_index(conn)
     return {"documents_written": len(todo), "documents_unchanged": len(docs) - len(todo),
             "chunks_inserted": total.chunks_inserted, "vectors_from_file": from_file, "texts_embedded": embedded,
             "bulk_index_rebuild": bulk}
