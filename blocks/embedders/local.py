@@ -107,6 +107,9 @@ def _session(path: Path, threads: int) -> tuple[Any, frozenset[str]]:
         return _SESSIONS[key]
 
 
+_SMALL_INPUT_TOKENS = 128
+
+
 class LocalEmbedder(EmbedderBlock):
     """all-MiniLM-L6-v2 (int8 ONNX) running in process on the CPU: 384 dimensions, no network."""
 
@@ -162,12 +165,14 @@ class LocalEmbedder(EmbedderBlock):
         if not texts:
             return np.zeros((0, _DIMENSIONS), dtype=np.float32)
         tokenizer = _tokenizer(self._tokenizer_file(), self.max_tokens)
-        session, inputs = _session(self._model_file(), self.threads)
-
         encodings = tokenizer.encode_batch(list(texts))  # padded to the longest text of the call
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
         lengths = mask.sum(axis=1)
+        # One short text (a query, an appended message) runs on one thread: splitting so little work across
+        # cores costs more in hand-offs than it saves, and on a busy machine it was ~2x slower (measured).
+        small = int(lengths.sum()) <= _SMALL_INPUT_TOKENS
+        session, inputs = _session(self._model_file(), 1 if small else self.threads)
         # Longest first, so each run pads only to its own longest text; results go back by index.
         order = np.argsort(-lengths, kind="stable")
         out = np.empty((len(texts), _DIMENSIONS), dtype=np.float32)
