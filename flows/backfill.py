@@ -16,7 +16,7 @@ from tasks.migrate import ensure_schema
 from tasks.usage import record_usage
 from tasks.models import embed_missing_wave, fail_switch, finish_switch, set_embedder_name, start_switch, tenant_model
 from tasks.runtime import call, in_flow_run
-from tasks.store import build_model_index, count_model_rows, drop_model_index, ensure_model, model_index_exists
+from tasks.store import analyze, build_model_index, count_model_rows, drop_model_index, ensure_model, model_index_exists
 
 __all__ = ["SwitchModelRequest", "switch_model", "run_switch"]
 
@@ -82,6 +82,9 @@ def _backfill(store, pool, embedder, request, model_id, switch_id, cursor, batch
             with pool.connection() as conn:
                 build_model_index(conn, model_id, embedder.dimensions)
             index_seconds, rebuild = time.perf_counter() - started, False
+        if embedded:
+            with pool.connection() as conn:
+                analyze(conn)  # fresh statistics keep the switch's completeness check an index anti-join
         if finish_switch(pool, request.tenant, model_id, switch_id):
             return embedded, index_seconds
         cursor = 0  # chunks committed behind the cursor meanwhile: sweep again from the start

@@ -22,7 +22,8 @@ from tasks.runtime import call, in_flow_run
 from tasks.prepare import prepare_batch
 from tasks.read import ItemError, SourceDoc, read_sources
 from tasks.store import (
-    StoreResult, build_keyword_index, build_model_index, count_model_rows, drop_keyword_index, drop_model_index, ensure_model, hashes_needing_embedding,
+    StoreResult, analyze, build_keyword_index, build_model_index, count_model_rows, drop_keyword_index, drop_model_index,
+    ensure_model, hashes_needing_embedding,
     unchanged_documents, write_batch, write_documents,
 )
 
@@ -129,8 +130,7 @@ def run_ingest(request: IngestRequest, settings: Settings | None = None, progres
             with pool.connection() as conn:
                 build_model_index(conn, model_id, embedder.dimensions)
                 build_keyword_index(conn)
-                conn.execute("ANALYZE chunks")
-                conn.execute("ANALYZE embeddings")
+                analyze(conn)
 
     summary = {
         "tenant": request.tenant,

@@ -35,6 +35,7 @@ __all__ = [
     "check_vector",
     "drop_keyword_index",
     "build_keyword_index",
+    "analyze",
 ]
 
 GET_MODEL = "SELECT id, dimensions FROM embedding_models WHERE name = %(name)s"
@@ -162,6 +163,13 @@ def build_keyword_index(conn: Connection) -> None:
     conn.commit()
 
 
+def analyze(conn: Connection) -> None:
+    """Refresh the planner's statistics after a bulk load (stale ones turn anti-joins into full scans)."""
+    conn.execute("ANALYZE chunks")
+    conn.execute("ANALYZE embeddings")
+    conn.commit()
+
+
 def drop_model_index(conn: Connection, model_id: int) -> None:
     """Drop a model's HNSW index before a bulk load (pgvector: load first, index after, is much faster)."""
     conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(model_index_name(model_id))))
@@ -219,10 +227,8 @@ def write_documents(
     if not docs:
         return result
     with pool.connection() as conn, conn.transaction():
-        wanted = {c.content_hash for d in docs for c in d.chunks} - set(vectors)
-        cached = dict(conn.execute(CACHED_VECTORS, {"tenant": tenant, "model_id": model_id, "hashes": sorted(wanted)}))
         new_chunks: list[tuple] = []  # (document_id, chunk)
-        new_embeddings: list[tuple] = []  # (existing chunk id, or None for new_chunks[i], i, vector)
+        needs_vector: list[tuple] = []  # (existing chunk id, or None for new_chunks[i], i, chunk, item)
         reseq_ids, reseq_seqs, reseq_metas, delete_ids = [], [], [], []
         docs = sorted(docs, key=lambda d: d.document_id)
         ids = [d.document_id for d in docs]
@@ -249,12 +255,18 @@ def write_documents(
                     if seq != chunk.seq or meta != chunk.metadata:
                         reseq_ids.append(cid), reseq_seqs.append(chunk.seq), reseq_metas.append(Jsonb(chunk.metadata))
                     if not embedded:
-                        new_embeddings.append((cid, 0, _vector_for(chunk, vectors, cached, dimensions, item)))
+                        needs_vector.append((cid, 0, chunk, item))
                     continue
-                new_embeddings.append((None, len(new_chunks), _vector_for(chunk, vectors, cached, dimensions, item)))
+                needs_vector.append((None, len(new_chunks), chunk, item))
                 new_chunks.append((doc.document_id, chunk))
             delete_ids.extend(cid for rows in existing.values() for cid, *_ in rows)
             result.documents += 1
+        # Only chunks that get a vector now look for a stored one of the same text (the content-hash cache).
+        wanted = sorted({c.content_hash for *_, c, _ in needs_vector} - set(vectors))
+        cached = dict(conn.execute(CACHED_VECTORS, {"tenant": tenant, "model_id": model_id, "hashes": wanted})) \
+            if wanted else {}
+        new_embeddings = [(cid, index, _vector_for(chunk, vectors, cached, dimensions, item))
+                          for cid, index, chunk, item in needs_vector]
         if delete_ids:
             conn.execute(DELETE_CHUNKS, {"ids": delete_ids})
         if reseq_ids:
