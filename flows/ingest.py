@@ -12,20 +12,20 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.embedders import load_embedder
 from blocks.embedders.hosted import collect_usage
+from blocks.errors import InputError
 from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from tasks.embed import EmbedStats, embed_batch
 from tasks.migrate import ensure_schema
-from tasks.usage import record_usage
 from tasks.models import set_embedder_name, tenant_model
-from tasks.runtime import call, in_flow_run
-from tasks.prepare import prepare_batch
+from tasks.prepare import prepare_batch, source_hash
 from tasks.read import ItemError, SourceDoc, read_sources
+from tasks.runtime import call, in_flow_run
 from tasks.store import (
-    StoreResult, analyze, build_keyword_index, build_model_index, count_model_rows, drop_keyword_index, drop_model_index,
-    ensure_model, hashes_needing_embedding,
-    unchanged_documents, write_batch, write_documents,
+    DocumentIn, StoreResult, analyze, build_keyword_index, build_model_index, count_model_rows, drop_keyword_index,
+    drop_model_index, ensure_model, hashes_needing_embedding, unchanged_documents, write_batch, write_documents,
 )
+from tasks.usage import record_usage
 
 __all__ = ["DocumentSpec", "IngestRequest", "ingest", "run_ingest", "BULK_THRESHOLD"]
 
@@ -99,15 +99,24 @@ def run_ingest(request: IngestRequest, settings: Settings | None = None, progres
         seen.add(doc.document_id)
     sources = [d for d in sources if d.document_id not in {e.item for e in errors}]
 
-    prepared = []
+    # Unchanged documents are recognised by their hash before any chunking: a re-ingest costs a read and a hash.
+    hashed = []
+    for doc in sources:
+        try:
+            hashed.append(DocumentIn(doc.document_id, source_hash(doc, kind=request.kind, size=size, overlap=overlap,
+                                                                  model_id=embedder.model_id), []))
+        except InputError as exc:
+            errors.append(ItemError(doc.document_id, str(exc)))
+    unchanged = unchanged_documents(pool, request.tenant, model_id, hashed)
+    valid = {d.document_id for d in hashed}
+    sources = [d for d in sources if d.document_id in valid and d.document_id not in unchanged]
+    todo = []
     for i, batch in enumerate(_batches(sources, 200)):
         docs, batch_errors = call(prepare_batch, batch, request.kind, size, overlap, embedder, label=f"{i}")
-        prepared += docs
+        todo += docs
         errors += batch_errors
         report("chunk", min((i + 1) * 200, len(sources)), len(sources))
 
-    unchanged = unchanged_documents(pool, request.tenant, model_id, prepared)
-    todo = [d for d in prepared if d.document_id not in unchanged]
     needed = hashes_needing_embedding(pool, request.tenant, model_id, [c.content_hash for d in todo for c in d.chunks])
     bulk = False
     if len(needed) >= BULK_THRESHOLD:
@@ -135,11 +144,11 @@ def run_ingest(request: IngestRequest, settings: Settings | None = None, progres
     summary = {
         "tenant": request.tenant,
         "model": embedder.model_id,
-        "documents": len(prepared),
+        "documents": len(todo) + len(unchanged),
         "documents_unchanged": len(unchanged),
-        "chunks": sum(len(d.chunks) for d in prepared),
+        "chunks": sum(len(d.chunks) for d in todo) + sum(unchanged.values()),
         "chunks_inserted": total.chunks_inserted,
-        "chunks_kept": total.chunks_kept + sum(len(d.chunks) for d in prepared if d.document_id in unchanged),
+        "chunks_kept": total.chunks_kept + sum(unchanged.values()),
         "chunks_deleted": total.chunks_deleted,
         "embedding_calls": EmbedStats.calls - calls_before,
         "texts_embedded": EmbedStats.texts - texts_before,

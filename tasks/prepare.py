@@ -13,7 +13,7 @@ from tasks.chunk import chunk_document
 from tasks.read import ItemError, SourceDoc, decode_text
 from tasks.store import DocumentIn, document_hash
 
-__all__ = ["prepare_documents", "prepare_batch", "CHUNKER_VERSION"]
+__all__ = ["prepare_documents", "prepare_batch", "source_hash", "CHUNKER_VERSION"]
 
 # Bump when chunking changes in a way that must re-chunk stored documents.
 CHUNKER_VERSION = 1
@@ -30,6 +30,13 @@ def _validate(doc: SourceDoc) -> None:
         raise InputError(f"invalid Unicode (lone surrogate) at character {exc.start}", item=doc.document_id) from None
 
 
+def source_hash(doc: SourceDoc, *, kind: str, size: int, overlap: int, model_id: str) -> str:
+    """The hash a document is stored under: its text, chunking parameters, model and metadata (validated first)."""
+    _validate(doc)
+    return document_hash(doc.text, doc.kind if doc.kind != "auto" else kind, size, overlap, CHUNKER_VERSION,
+                         model_id, sorted(doc.metadata.items(), key=str))
+
+
 def prepare_documents(
     docs: list[SourceDoc], *, kind: str, size: int, overlap: int, embedder: Embedder
 ) -> tuple[list[DocumentIn], list[ItemError]]:
@@ -37,7 +44,7 @@ def prepare_documents(
     prepared, errors = [], []
     for doc in docs:
         try:
-            _validate(doc)
+            content_hash = source_hash(doc, kind=kind, size=size, overlap=overlap, model_id=embedder.model_id)
             doc_kind = doc.kind if doc.kind != "auto" else kind
             chunks = chunk_document(doc.text, kind=doc_kind, size=size, overlap=overlap,
                                     count_tokens=embedder.count_tokens, path=doc.path or doc.document_id)
@@ -46,8 +53,7 @@ def prepare_documents(
             chunks = [dataclasses.replace(c, metadata={**doc.metadata, **c.metadata}) for c in chunks]
             prepared.append(DocumentIn(
                 document_id=doc.document_id, chunks=chunks, kind=doc_kind, source=doc.path, metadata=doc.metadata,
-                content_hash=document_hash(doc.text, doc_kind, size, overlap, CHUNKER_VERSION, embedder.model_id,
-                                           sorted(doc.metadata.items(), key=str)),
+                content_hash=content_hash,
             ))
         except InputError as exc:
             errors.append(ItemError(doc.document_id, str(exc)))

@@ -43,7 +43,7 @@ INSERT_MODEL = """
 INSERT INTO embedding_models (name, dimensions) VALUES (%(name)s, %(dimensions)s)
 ON CONFLICT (name) DO NOTHING RETURNING id"""
 UNCHANGED_DOCUMENTS = """
-SELECT d.document_id FROM documents d
+SELECT d.document_id, d.chunk_count FROM documents d
 JOIN unnest(%(ids)s::text[], %(hashes)s::text[]) AS n(document_id, content_hash)
   ON n.document_id = d.document_id AND n.content_hash = d.content_hash
 WHERE d.tenant_id = %(tenant)s
@@ -181,17 +181,17 @@ def count_model_rows(conn: Connection, model_id: int) -> int:
     return conn.execute(COUNT_MODEL_ROWS, {"model_id": model_id}).fetchone()[0]
 
 
-def unchanged_documents(pool: ConnectionPool, tenant: str, model_id: int, docs: list[DocumentIn]) -> set[str]:
-    """Ids of documents stored with the same hash and fully embedded in this model: nothing to do for them."""
+def unchanged_documents(pool: ConnectionPool, tenant: str, model_id: int, docs: list[DocumentIn]) -> dict[str, int]:
+    """{document id: chunk count} of documents stored with the same hash and fully embedded in this model."""
     if not docs:
-        return set()
+        return {}
     with pool.connection() as conn:
         rows = conn.execute(
             UNCHANGED_DOCUMENTS,
             {"tenant": tenant, "model_id": model_id, "ids": [d.document_id for d in docs],
              "hashes": [d.content_hash for d in docs]},
         ).fetchall()
-    return {r[0] for r in rows}
+    return {r[0]: r[1] for r in rows}
 
 
 def hashes_needing_embedding(pool: ConnectionPool, tenant: str, model_id: int, hashes: list[str]) -> set[str]:
