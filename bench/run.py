@@ -29,8 +29,8 @@ DATA = ROOT / "bench" / ".data"
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTIONS = ("store", "search", "reingest", "embedder", "contexts", "backfill", "quality")
 TITLES = {"store": "1. Store path", "search": "2. Search", "reingest": "3. Re-ingest of an unchanged corpus",
-          "embedder": "4. Embedder throughput", "contexts": "6. Conversation appends",
-          "backfill": "7. Model-switch backfill", "quality": "5. Retrieval quality: BEIR SciFact"}
+          "embedder": "4. Embedder throughput", "contexts": "5. Conversation appends",
+          "backfill": "6. Model-switch backfill", "quality": "7. Retrieval quality: BEIR SciFact"}
 ONLINE_ROWS = 5_000
 
 
