@@ -16,7 +16,6 @@ from blocks.embedders import load_embedder
 from blocks.embedders.local import MODEL_ID as LOCAL_MODEL_ID
 from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
-from flows.ingest import BULK_THRESHOLD
 from tasks.chunk import Chunk
 from tasks.embed import embed_batch, embed_query
 from tasks.evaluate import BeirDataset, PrecomputedVectors, document_text, evaluate_rankings, load_beir, load_precomputed
@@ -24,8 +23,8 @@ from tasks.migrate import ensure_schema
 from tasks.runtime import call
 from tasks.search import SearchRequest, run_search
 from tasks.store import (
-    DocumentIn, StoreResult, build_keyword_index, build_model_index, count_model_rows, document_hash,
-    drop_keyword_index, drop_model_index, ensure_model, hashes_needing_embedding, unchanged_documents, write_batch,
+    DocumentIn, StoreResult, bulk_load, document_hash, ensure_model, hashes_needing_embedding, unchanged_documents,
+    write_batch,
 )
 
 __all__ = ["BeirEvalRequest", "evaluate_beir", "run_beir_eval", "MODES"]
@@ -82,15 +81,8 @@ def _load_corpus(store: PgVectorStore, tenant: str, model_id: int, embedder, doc
     needed: set[str] = set()
     for batch in _batches(todo, DOCS_PER_WRITE):
         needed |= hashes_needing_embedding(pool, tenant, model_id, [d.chunks[0].content_hash for d in batch])
-    bulk = False
-    if len(needed) >= BULK_THRESHOLD:
-        with pool.connection() as conn:
-            if len(needed) > count_model_rows(conn, model_id):
-                drop_model_index(conn, model_id)
-                drop_keyword_index(conn)
-                bulk = True
     total, from_file, embedded = StoreResult(), 0, 0
-    try:
+    with bulk_load(pool, model_id, embedder.dimensions, len(needed)) as bulk:
         for i, batch in enumerate(_batches(todo, DOCS_PER_WRITE)):
             vectors, missing = {}, {}
             for doc in batch:
@@ -109,11 +101,6 @@ def _load_corpus(store: PgVectorStore, tenant: str, model_id: int, embedder, doc
                 embedded += len(hashes)
             needed -= set(vectors)
             total.add(call(write_batch, store, tenant, model_id, embedder.dimensions, batch, vectors, label=f"beir-{i}"))
-    finally:
-        if bulk:
-            with pool.connection() as conn:
-                build_model_index(conn, model_id, embedder.dimensions)
-                build_keyword_index(conn)
     return {"documents_written": len(todo), "documents_unchanged": len(docs) - len(todo),
             "chunks_inserted": total.chunks_inserted, "vectors_from_file": from_file, "texts_embedded": embedded,
             "bulk_index_rebuild": bulk}

@@ -22,17 +22,13 @@ from tasks.prepare import prepare_batch, source_hash
 from tasks.read import ItemError, SourceDoc, read_sources
 from tasks.runtime import call, in_flow_run
 from tasks.store import (
-    DocumentIn, StoreResult, analyze, build_keyword_index, build_model_index, count_model_rows, drop_keyword_index,
-    drop_model_index, ensure_model, hashes_needing_embedding, unchanged_documents, write_batch, write_documents,
+    DocumentIn, StoreResult, bulk_load, ensure_model, hashes_needing_embedding, unchanged_documents,
+    write_batch, write_documents,
 )
 from tasks.usage import record_usage
 
-__all__ = ["DocumentSpec", "IngestRequest", "ingest", "run_ingest", "BULK_THRESHOLD"]
+__all__ = ["DocumentSpec", "IngestRequest", "ingest", "run_ingest"]
 
-# Above this many new embeddings (and more than are stored), the model's HNSW index and the full-text GIN
-# index are dropped and rebuilt after the load: both build far faster than they take rows one by one.
-# Meanwhile searches still answer, by exact scans.
-BULK_THRESHOLD = 20_000
 Progress = Callable[[str, int, int], None]
 
 
@@ -118,28 +114,13 @@ def run_ingest(request: IngestRequest, settings: Settings | None = None, progres
         report("chunk", min((i + 1) * 200, len(sources)), len(sources))
 
     needed = hashes_needing_embedding(pool, request.tenant, model_id, [c.content_hash for d in todo for c in d.chunks])
-    bulk = False
-    if len(needed) >= BULK_THRESHOLD:
-        with pool.connection() as conn:
-            if len(needed) > count_model_rows(conn, model_id):
-                drop_model_index(conn, model_id)
-                drop_keyword_index(conn)
-                bulk = True
-
     total = StoreResult()
-    try:
-        with collect_usage() as usages:
-            try:
-                _embed_and_write(store, pool, embedder, model_id, request.tenant, todo, needed, settings, total,
-                                 errors, report)
-            finally:
-                record_usage(pool, request.tenant, usages)  # tokens and cost of hosted providers, even on failure
-    finally:
-        if bulk:
-            with pool.connection() as conn:
-                build_model_index(conn, model_id, embedder.dimensions)
-                build_keyword_index(conn)
-                analyze(conn)
+    with bulk_load(pool, model_id, embedder.dimensions, len(needed)) as bulk, collect_usage() as usages:
+        try:
+            _embed_and_write(store, pool, embedder, model_id, request.tenant, todo, needed, settings, total, errors,
+                             report)
+        finally:
+            record_usage(pool, request.tenant, usages)  # tokens and cost of hosted providers, even on failure
 
     summary = {
         "tenant": request.tenant,

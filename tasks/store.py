@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -36,6 +38,8 @@ __all__ = [
     "drop_keyword_index",
     "build_keyword_index",
     "analyze",
+    "bulk_load",
+    "BULK_THRESHOLD",
 ]
 
 GET_MODEL = "SELECT id, dimensions FROM embedding_models WHERE name = %(name)s"
@@ -168,6 +172,32 @@ def analyze(conn: Connection) -> None:
     conn.execute("ANALYZE chunks")
     conn.execute("ANALYZE embeddings")
     conn.commit()
+
+
+# Above this many new embeddings (and more than the model holds), a load drops the model's HNSW index and the
+# full-text GIN index and rebuilds them after: both build far faster than they take rows one by one.
+# Meanwhile searches still answer, by exact scans.
+BULK_THRESHOLD = 20_000
+
+
+@contextmanager
+def bulk_load(pool: ConnectionPool, model_id: int, dimensions: int, new_rows: int) -> Iterator[bool]:
+    """Around a load of `new_rows` embeddings: drop the indexes if it is a bulk load, rebuild them after (always)."""
+    bulk = False
+    if new_rows >= BULK_THRESHOLD:
+        with pool.connection() as conn:
+            if new_rows > count_model_rows(conn, model_id):
+                drop_model_index(conn, model_id)
+                drop_keyword_index(conn)
+                bulk = True
+    try:
+        yield bulk
+    finally:
+        if bulk:
+            with pool.connection() as conn:
+                build_model_index(conn, model_id, dimensions)
+                build_keyword_index(conn)
+                analyze(conn)
 
 
 def drop_model_index(conn: Connection, model_id: int) -> None:
