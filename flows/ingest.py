@@ -15,7 +15,7 @@ from blocks.embedders.hosted import collect_usage
 from blocks.errors import InputError
 from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
-from tasks.embed import EmbedStats, embed_batch
+from tasks.embed import embed_batch
 from tasks.migrate import ensure_schema
 from tasks.models import set_embedder_name, tenant_model
 from tasks.prepare import prepare_batch, source_hash
@@ -77,7 +77,6 @@ def run_ingest(request: IngestRequest, settings: Settings | None = None, progres
     embedder = load_embedder(embedder_name)
     model_id = ensure_model(pool, embedder.model_id, embedder.dimensions)
     set_embedder_name(pool, model_id, embedder_name)
-    calls_before, texts_before = EmbedStats.calls, EmbedStats.texts
 
     sources = [SourceDoc(d.document_id, d.text, d.kind, d.path, {**request.metadata, **d.metadata})
                for d in request.documents]
@@ -117,8 +116,8 @@ def run_ingest(request: IngestRequest, settings: Settings | None = None, progres
     total = StoreResult()
     with bulk_load(pool, model_id, embedder.dimensions, len(needed)) as bulk, collect_usage() as usages:
         try:
-            _embed_and_write(store, pool, embedder, model_id, request.tenant, todo, needed, settings, total, errors,
-                             report)
+            calls, embedded = _embed_and_write(store, pool, embedder, model_id, request.tenant, todo, needed,
+                                               settings, total, errors, report)
         finally:
             record_usage(pool, request.tenant, usages)  # tokens and cost of hosted providers, even on failure
 
@@ -131,8 +130,8 @@ def run_ingest(request: IngestRequest, settings: Settings | None = None, progres
         "chunks_inserted": total.chunks_inserted,
         "chunks_kept": total.chunks_kept + sum(unchanged.values()),
         "chunks_deleted": total.chunks_deleted,
-        "embedding_calls": EmbedStats.calls - calls_before,
-        "texts_embedded": EmbedStats.texts - texts_before,
+        "embedding_calls": calls,
+        "texts_embedded": embedded,
         "bulk_index_rebuild": bulk,
         "skipped": skipped,
         "errors": [{"item": e.item, "error": e.error} for e in errors],
@@ -141,16 +140,22 @@ def run_ingest(request: IngestRequest, settings: Settings | None = None, progres
     return summary
 
 
-def _embed_and_write(store, pool, embedder, model_id, tenant, todo, needed, settings, total, errors, report) -> None:
-    """Documents go in batches of about store_batch chunks: embed batch i+1 while batch i is written."""
-    batches, current = [], []
+def _embed_and_write(store, pool, embedder, model_id, tenant, todo, needed, settings, total, errors,
+                     report) -> tuple[int, int]:
+    """Documents go in batches of about store_batch chunks: embed batch i+1 while batch i is written.
+
+    Returns (provider calls, texts embedded) of this ingest alone.
+    """
+    batches, current, size = [], [], 0
     for doc in todo:
         current.append(doc)
-        if sum(len(d.chunks) for d in current) >= settings.ingest.store_batch:
+        size += len(doc.chunks)
+        if size >= settings.ingest.store_batch:
             batches.append(current)
-            current = []
+            current, size = [], 0
     if current:
         batches.append(current)
+    calls = embedded = 0
     pending = None
     done_chunks, total_chunks = 0, sum(len(d.chunks) for d in todo)
     for i, batch in enumerate(batches):
@@ -160,6 +165,8 @@ def _embed_and_write(store, pool, embedder, model_id, tenant, todo, needed, sett
             hashes = list(texts)
             array = call(embed_batch, embedder, [texts[h] for h in hashes], label=f"{i}")
             vectors = dict(zip(hashes, array))
+            calls += -(-len(hashes) // embedder.max_batch)  # embed_texts calls the provider per max_batch texts
+            embedded += len(hashes)
             needed -= set(hashes)  # a hash shared by later batches is stored by then
         if pending is not None:
             _settle(pending, total, errors)
@@ -168,6 +175,7 @@ def _embed_and_write(store, pool, embedder, model_id, tenant, todo, needed, sett
         report("embed+store", done_chunks, total_chunks)
     if pending is not None:
         _settle(pending, total, errors)
+    return calls, embedded
 
 
 def _submit_write(store, tenant, model_id, dims, batch, vectors, label) -> Callable[[], tuple[StoreResult, list]]:

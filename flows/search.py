@@ -10,7 +10,7 @@ from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from tasks.embed import embed_query
 from tasks.migrate import ensure_schema
-from tasks.models import tenant_model
+from tasks.models import search_model
 from tasks.search import SearchHit, SearchRequest, resolve_model, run_search
 
 __all__ = ["search", "search_now"]
@@ -23,25 +23,21 @@ def search_now(request: SearchRequest, settings: Settings | None = None) -> list
     ensure_schema(pool)
     if request.mode == "keyword":
         return run_search(pool, request, settings=settings.search)
-    default = tenant_model(pool, request.tenant)
-    name = request.model or (default.name if default else None)
-    if name is None:
+    info = search_model(pool, request.tenant, request.model)
+    if info is None:
+        if request.model is not None:
+            resolve_model(pool, request.model)  # raises the error that names the stored models
         embedder = load_embedder(settings.embedder)
-        name = embedder.model_id
-    model = resolve_model(pool, name)
-    embedder = load_embedder(_embedder_for(pool, name, settings))
+        model, name = resolve_model(pool, embedder.model_id), embedder.model_id
+    else:
+        embedder = load_embedder(info.embedder or settings.embedder)
+        model, name = (info.id, info.dimensions), info.name
     if embedder.model_id != name:
         raise ConfigError(
             f"model {name!r} is stored, but its embedder gives {embedder.model_id!r}; "
             "set DEVMESH_EMBEDDER to that model's embedder to search it"
         )
     return run_search(pool, request, settings=settings.search, model=model, vector=embed_query(embedder, request.query))
-
-
-def _embedder_for(pool, model_name: str, settings: Settings) -> str:
-    from tasks.models import embedder_name
-
-    return embedder_name(pool, model_name) or settings.embedder
 
 
 @flow(name="search")

@@ -16,7 +16,7 @@ from blocks.postgres import PgVectorStore
 from tasks.embed import embed_texts
 
 __all__ = [
-    "ModelInfo", "tenant_model", "set_embedder_name", "embedder_name", "start_switch", "missing_chunks", "store_backfill",
+    "ModelInfo", "tenant_model", "set_embedder_name", "search_model", "start_switch", "missing_chunks", "store_backfill",
     "finish_switch", "fail_switch", "embed_missing_wave",
 ]
 
@@ -24,7 +24,11 @@ TENANT_MODEL = """
 SELECT m.id, m.name, m.dimensions, m.embedder FROM tenant_models t JOIN embedding_models m ON m.id = t.default_model_id
 WHERE t.tenant_id = %(tenant)s"""
 SET_EMBEDDER = "UPDATE embedding_models SET embedder = %(embedder)s WHERE id = %(model_id)s AND embedder IS DISTINCT FROM %(embedder)s"
-EMBEDDER_NAME = "SELECT embedder FROM embedding_models WHERE name = %(name)s"
+# The model a search uses, in one round trip: the one named, else the tenant's default.
+SEARCH_MODEL = """
+SELECT m.id, m.name, m.dimensions, m.embedder FROM embedding_models m
+WHERE m.name = %(name)s
+   OR (%(name)s::text IS NULL AND m.id = (SELECT default_model_id FROM tenant_models WHERE tenant_id = %(tenant)s))"""
 RUNNING_SWITCH = "SELECT id, model_id, cursor FROM model_switches WHERE tenant_id = %(tenant)s AND status = 'running'"
 START_SWITCH = """
 INSERT INTO model_switches (tenant_id, model_id, status) VALUES (%(tenant)s, %(model_id)s, 'running') RETURNING id, cursor"""
@@ -74,11 +78,11 @@ def set_embedder_name(pool: ConnectionPool, model_id: int, embedder: str) -> Non
         conn.execute(SET_EMBEDDER, {"model_id": model_id, "embedder": embedder})
 
 
-def embedder_name(pool: ConnectionPool, model_name: str) -> str | None:
-    """The embedder (name or block slug) recorded for a model, if any."""
+def search_model(pool: ConnectionPool, tenant: str, name: str | None) -> ModelInfo | None:
+    """The stored model `name`, or (no name) the tenant's default; None when there is no such model."""
     with pool.connection() as conn:
-        row = conn.execute(EMBEDDER_NAME, {"name": model_name}).fetchone()
-    return row[0] if row else None
+        row = conn.execute(SEARCH_MODEL, {"tenant": tenant, "name": name}).fetchone()
+    return ModelInfo(row) if row else None
 
 
 def start_switch(pool: ConnectionPool, tenant: str, model_id: int) -> tuple[int, int]:

@@ -25,7 +25,7 @@ MODEL_NAMES = "SELECT name FROM embedding_models ORDER BY name"
 VECTOR_RANKING = """
 WITH nearest AS MATERIALIZED (
   SELECT e.chunk_id, (e.embedding::vector({dims}) <=> %(q)s::vector({dims})) AS distance
-  FROM embeddings e JOIN chunks c ON c.id = e.chunk_id
+  FROM embeddings e {join}
   WHERE e.model_id = {model_id} AND e.tenant_id = %(tenant)s {filters}
   ORDER BY distance LIMIT %(n)s)
 SELECT chunk_id, 1 - distance FROM nearest ORDER BY distance, chunk_id"""
@@ -126,7 +126,10 @@ def vector_ranking(pool, model: tuple[int, int], vector: np.ndarray, request: Se
     if vector.shape != (dims,):
         raise InputError(f"expected a query vector of {dims} dimensions, got shape {vector.shape}", item="vector")
     filters, params = _filters(request)
-    query = sql.SQL(VECTOR_RANKING).format(dims=sql.Literal(dims), model_id=sql.Literal(model_id), filters=filters)
+    # Chunks are joined only to filter on them: without filters the index scan alone answers.
+    join = sql.SQL("JOIN chunks c ON c.id = e.chunk_id") if params else sql.SQL("")
+    query = sql.SQL(VECTOR_RANKING).format(dims=sql.Literal(dims), model_id=sql.Literal(model_id), filters=filters,
+                                           join=join)
     with pool.connection() as conn:
         conn.execute("SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'relaxed_order', true),"
                      " set_config('hnsw.max_scan_tuples', %s, true)",
