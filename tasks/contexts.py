@@ -25,7 +25,7 @@ from tasks.context_models import (
     document_id, encode_cursor, open_message, parse_input,
 )
 from tasks.embed import embed_query
-from tasks.search import SearchHit, SearchRequest, resolve_model, run_search
+from tasks.search import SearchHit, SearchRequest, configure_hnsw, resolve_model, run_search
 
 __all__ = [
     "create_context", "get_context", "list_contexts", "update_context_metadata", "append_messages",
@@ -216,9 +216,7 @@ def find_similar(pool: ConnectionPool, tenant: str, context_id, *, model: tuple[
         if centroid is None or not np.any(np.asarray(centroid)):
             return []
         n = max(candidates, limit)
-        conn.execute("SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', "
-                     "'relaxed_order', true), set_config('hnsw.max_scan_tuples', %s, true)",
-                     [str(max(settings.ef_search, n)), str(settings.max_scan_tuples)])
+        configure_hnsw(conn, n, settings)
         rows = conn.execute(sql.SQL(SIMILAR_CONTEXTS).format(filters=filters, **literals), {
             "q": centroid, "tenant": tenant, "document_id": document_id(cid), "n": n, "limit": limit,
             "metadata": Jsonb(metadata) if metadata else None,

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from blocks.errors import ConfigError, InputError
 from blocks.settings import SearchSettings
 
-__all__ = ["SearchRequest", "SearchHit", "resolve_model", "vector_ranking", "keyword_ranking", "rrf", "run_search"]
+__all__ = ["SearchRequest", "SearchHit", "resolve_model", "configure_hnsw", "vector_ranking", "keyword_ranking", "rrf", "run_search"]
 
 SearchMode = Literal["vector", "keyword", "hybrid"]
 
@@ -118,6 +118,12 @@ def _filters(request: SearchRequest) -> tuple[sql.Composable, dict]:
     return sql.SQL(" ").join(parts), params
 
 
+def configure_hnsw(conn, n: int, settings: SearchSettings) -> None:
+    """For this transaction: ef_search of at least n, and iterative scans so filters cannot starve the top n."""
+    conn.execute("SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'relaxed_order', true),"
+                 " set_config('hnsw.max_scan_tuples', %s, true)", [str(max(settings.ef_search, n)), str(settings.max_scan_tuples)])
+
+
 def vector_ranking(pool, model: tuple[int, int], vector: np.ndarray, request: SearchRequest, n: int,
                    settings: SearchSettings) -> list[tuple[int, float]]:
     """[(chunk_id, cosine similarity)] nearest first, filtered, from the model's HNSW index."""
@@ -131,9 +137,7 @@ def vector_ranking(pool, model: tuple[int, int], vector: np.ndarray, request: Se
     query = sql.SQL(VECTOR_RANKING).format(dims=sql.Literal(dims), model_id=sql.Literal(model_id), filters=filters,
                                            join=join)
     with pool.connection() as conn:
-        conn.execute("SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'relaxed_order', true),"
-                     " set_config('hnsw.max_scan_tuples', %s, true)",
-                     [str(max(settings.ef_search, n)), str(settings.max_scan_tuples)])
+        configure_hnsw(conn, n, settings)
         rows = conn.execute(query, {**params, "q": vector, "tenant": request.tenant, "n": n}).fetchall()
     return [(r[0], float(r[1])) for r in rows]
 
