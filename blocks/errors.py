@@ -10,8 +10,10 @@
     ├── StoreError                  the database refused or is unreachable
     ├── GuardError                  OperationDenied | ApprovalRejected (never retried)
     └── ProviderError(.provider, .operation)
-        ├── TransientError          RateLimited | ProviderTimeout (retried)
-        └── PermanentError          AuthFailed | InvalidRequest | NotFound | MalformedResponse (never retried)
+        ├── TransientError          RateLimited | ProviderTimeout | Conflict (retried)
+        │                           Conflict (Kubernetes 409: re-read, re-apply)
+        └── PermanentError          AuthFailed | InvalidRequest | NotFound | MalformedResponse | RolledBack
+                                    (never retried)
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ __all__ = [
     "InvalidRequest",
     "NotFound",
     "MalformedResponse",
+    "RolledBack",
+    "Conflict",
     "is_transient",
 ]
 
@@ -123,6 +127,14 @@ class InvalidRequest(PermanentError):
 
 class NotFound(PermanentError):
     """The target does not exist."""
+
+
+class RolledBack(PermanentError):
+    """A deploy did not become ready in time and was rolled back; the message says to which revision."""
+
+
+class Conflict(TransientError):
+    """The target changed under us (Kubernetes 409 on a stale resourceVersion): re-read and try again."""
 
 
 class MalformedResponse(PermanentError):

@@ -12,7 +12,7 @@ from prefect_aws import AwsCredentials
 from pydantic import Field, model_validator
 
 from blocks.embedders.hosted import HostedEmbedder, Reply
-from blocks.embedders.retry import MalformedResponse, call_with_retries, error_for_status, parse_retry_after, scrub
+from blocks.retry import MalformedResponse, call_with_retries, error_for_status, parse_retry_after, scrub
 from blocks.errors import AuthFailed, InvalidRequest, ProviderTimeout, RateLimited, TransientError
 
 __all__ = ["BedrockEmbedder"]

@@ -16,7 +16,7 @@ from pydantic import Field, PrivateAttr
 
 from blocks.embedders.base import EmbedderBlock
 from blocks.embedders.pricing import Usage
-from blocks.embedders.retry import MalformedResponse, call_with_retries
+from blocks.retry import MalformedResponse, call_with_retries
 
 __all__ = ["HostedEmbedder", "Reply", "estimate_tokens", "fingerprint", "clear_clients", "collect_usage"]
 

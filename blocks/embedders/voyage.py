@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, SecretStr
 
 from blocks.embedders.hosted import HostedEmbedder, Reply, fingerprint
-from blocks.embedders.retry import MalformedResponse, error_for_status, scrub
+from blocks.retry import MalformedResponse, error_for_status, scrub
 from blocks.errors import ProviderTimeout, TransientError
 
 __all__ = ["VoyageEmbedder"]

@@ -17,12 +17,12 @@ from prefect_aws import AwsCredentials
 from pydantic import ValidationError
 
 from blocks.embedders import check_embedding_model, load_embedder
-from blocks.embedders import retry as retry_module
+from blocks import retry as retry_module
 from blocks.embedders.bedrock import BedrockEmbedder
 from blocks.embedders.hosted import HostedEmbedder, clear_clients, collect_usage
 from blocks.embedders.openai import OpenAIEmbedder
 from blocks.embedders.pricing import PRICES_PER_MTOK, cost_usd
-from blocks.embedders.retry import MalformedResponse, error_for_status, parse_retry_after
+from blocks.retry import MalformedResponse, error_for_status, parse_retry_after
 from blocks.embedders.voyage import VoyageEmbedder
 from blocks.errors import AuthFailed, ConfigError, InvalidRequest, ProviderTimeout, RateLimited, TransientError
 from tasks.embed import embed_batch, embed_texts

@@ -33,7 +33,7 @@ def json_response(status: int, body: Any, headers: dict[str, str] | None = None)
 class Fault:
     """One scripted misbehaviour, consumed by the next request."""
 
-    kind: str  # error | slow | malformed | fewer | wrong_dim | missing
+    kind: str  # error | after | slow | malformed | fewer | wrong_dim | missing
     status: int = 500
     headers: dict[str, str] = field(default_factory=dict)
     message: str = "scripted failure"
@@ -45,6 +45,11 @@ class Fault:
     def error(cls, status: int, message: str = "scripted failure", headers: dict[str, str] | None = None,
               code: str | None = None) -> Fault:
         return cls("error", status=status, message=message, headers=headers or {}, code=code)
+
+    @classmethod
+    def after(cls, status: int = 502, message: str = "Bad Gateway") -> Fault:
+        """Do the work (state changes), then answer `status` as if a proxy lost the response."""
+        return cls("after", status=status, message=message)
 
     @classmethod
     def slow(cls, seconds: float) -> Fault:
@@ -127,6 +132,8 @@ class FakeAPI:
             def do_POST(self) -> None:
                 api._handle(self)
 
+            do_GET = do_PUT = do_PATCH = do_DELETE = do_POST
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -152,7 +159,7 @@ class FakeAPI:
             body: Any = json.loads(raw)
         except ValueError:
             body = raw
-        seen = Seen("POST", handler.path, {k.lower(): v for k, v in handler.headers.items()}, body)
+        seen = Seen(handler.command, handler.path, {k.lower(): v for k, v in handler.headers.items()}, body)
         with self._lock:
             self.requests.append(seen)
             fault = self.faults.popleft() if self.faults else None
@@ -161,6 +168,9 @@ class FakeAPI:
         try:
             time.sleep(self.latency + (fault.seconds if fault and fault.kind == "slow" else 0.0))
             if fault and fault.kind == "error":
+                status, headers, payload = self.error(fault)
+            elif fault and fault.kind == "after":
+                self.answer(seen, None)
                 status, headers, payload = self.error(fault)
             elif fault and fault.kind == "malformed":
                 status, headers, payload = 200, {"Content-Type": "application/json"}, b'{"data": [{"embedding": [0.1,'

@@ -1,4 +1,5 @@
-"""What every hosted embedder shares: HTTP statuses to the error tree, Retry-After, and one retry loop."""
+"""What every provider client shares (embedders, GitHub, Kubernetes, AWS): HTTP statuses to the error tree,
+Retry-After, secret scrubbing and one retry loop."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ __all__ = [
     "sleep",
 ]
 
-log = logging.getLogger("devmesh.embedders")
+log = logging.getLogger("devmesh.retry")
 T = TypeVar("T")
 
 MAX_RETRY_AFTER = 60.0  # seconds; a longer wait is the Prefect task retry's job, not a blocked thread's
@@ -98,7 +99,7 @@ def backoff(attempt: int, error: TransientError) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)  # "equal jitter": never ~0, never in lock-step
 
 
-def call_with_retries(fn: Callable[[], T], *, max_retries: int, what: str = "embed request") -> T:
+def call_with_retries(fn: Callable[[], T], *, max_retries: int, what: str = "request") -> T:
     """fn(), retried up to `max_retries` times on TransientError only; PermanentError is raised at once."""
     attempt = 0
     while True:
