@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["ChunkSettings", "SearchSettings", "IngestSettings", "Settings"]
+__all__ = ["ChunkSettings", "SearchSettings", "IngestSettings", "OpsSettings", "Settings"]
 
 
 class ChunkSettings(BaseModel):
@@ -47,6 +47,17 @@ class IngestSettings(BaseModel):
     workers: int = Field(2, ge=1, le=32, description="Bound of the flow's task runner thread pool.")
 
 
+class OpsSettings(BaseModel):
+    """Guarded operations: which blocks hold the policy and the credentials, and how the guard waits and retries."""
+
+    policy_block: str = Field("devmesh-policy", description="Name of the OperationPolicy block.")
+    github_block: str = Field("devmesh-github", description="Name of the GitHubConnection block.")
+    kubernetes_block: str = Field("devmesh-kubernetes", description="Name of the KubernetesConnection block.")
+    aws_block: str = Field("devmesh-aws", description="Name of the prefect-aws AwsCredentials block.")
+    approval_poll_s: int = Field(5, ge=1, le=300, description="How often a paused run checks for a decision.")
+    max_retries: int = Field(4, ge=0, le=20, description="Retries of a transient provider failure.")
+
+
 class Settings(BaseSettings):
     """All devmesh settings; build once at the entry point and pass it down."""
 
@@ -64,3 +75,4 @@ class Settings(BaseSettings):
     chunk: ChunkSettings = ChunkSettings()
     search: SearchSettings = SearchSettings()
     ingest: IngestSettings = IngestSettings()
+    ops: OpsSettings = OpsSettings()

@@ -16,6 +16,7 @@ from prefect.blocks.fields import SecretDict
 from pydantic import BaseModel, ConfigDict, Field, SecretBytes, SecretStr, ValidationError
 
 from blocks.errors import InputError
+from blocks.redact import register_secrets
 
 __all__ = ["Connections", "OpInput", "Operation", "Plan", "REGISTRY", "get_operation", "operations", "parse_input",
            "register", "secret_values"]
@@ -55,6 +56,10 @@ class Plan(BaseModel):
         return "\n".join(lines)
 
 
+# Identifiers kept as plain strings by their blocks that still must not be logged (botocore logs the key id).
+PLAIN_SENSITIVE = {"aws_access_key_id"}
+
+
 def secret_values(block: BaseModel) -> list[str]:
     """The plain values of every SecretStr / SecretDict field of a block (nested models included)."""
     out: list[str] = []
@@ -67,7 +72,11 @@ def secret_values(block: BaseModel) -> list[str]:
             walk_plain(value.get_secret_value())
         elif isinstance(value, BaseModel):
             for name in type(value).model_fields:
-                walk(getattr(value, name))
+                field_value = getattr(value, name)
+                if name in PLAIN_SENSITIVE and isinstance(field_value, str):
+                    out.append(field_value)
+                else:
+                    walk(field_value)
         elif isinstance(value, (list, tuple)):
             for item in value:
                 walk(item)
@@ -105,6 +114,7 @@ class Connections:
         for block in (self.github, self.kubernetes, self.aws):
             if block is not None:
                 found += secret_values(block)
+        register_secrets(found)
         return found
 
     def client(self, name: str, factory: Callable[[], Any]) -> Any:

@@ -1,0 +1,57 @@
+"""Secrets never reach a log line: every log record is redacted when it is created.
+
+Client libraries log credentials at DEBUG (botocore logs the `Authorization` header with the access key id;
+urllib3 and PyGithub log request headers). A filter on a logger misses its children's records and a filter on a
+handler misses handlers added later (Prefect's, pytest's), so devmesh wraps the log record factory instead: it
+covers every logger and every handler. The cost is paid only once a secret is registered.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+
+__all__ = ["redact", "register_secrets"]
+
+MIN_LENGTH = 6  # shorter values would mask ordinary words
+_secrets: set[str] = set()
+_lock = threading.Lock()
+_installed = False
+
+
+def redact(text: str) -> str:
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Mask these values in every log record from now on, in this process."""
+    global _installed
+    new = {v for v in values if v and len(v) >= MIN_LENGTH}
+    with _lock:
+        _secrets.update(new)
+        if _secrets and not _installed:
+            _install()
+            _installed = True
+
+
+def _install() -> None:
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        if not _secrets:
+            return record
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed format string: leave it to the handler to report
+            return record
+        cleaned = redact(message)
+        if cleaned != message or record.args:
+            record.msg, record.args = cleaned, None
+        return record
+
+    logging.setLogRecordFactory(factory)

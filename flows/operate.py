@@ -1,0 +1,213 @@
+"""The guarded operation flow: plan → policy → approval → execute → verify → audit, for every DevOps operation.
+
+Approvals pause the flow run (`pause_flow_run(wait_for_input=...)`) with the plan shown as an artifact. The OSS
+Prefect server has no users, so the resume itself proves nothing: a decision counts only when it was recorded by
+`decide()` (the `devmesh approve` command / the API), which authenticates the approver, binds the decision to the
+plan hash and target, and then resumes the run. After resuming, the run re-plans and refuses to execute when the
+plan or the decision does not match.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.context import FlowRunContext
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run, resume_flow_run
+from prefect.input import RunInput
+from pydantic import BaseModel, ConfigDict, Field
+
+from blocks.errors import ApprovalRejected, GuardError, InputError, OperationDenied
+from blocks.policy import OperationPolicy
+from blocks.postgres import PgVectorStore
+from blocks.settings import Settings
+from tasks.approvals import authenticate_approver, read_decision, record_decision
+from tasks.audit import append_audit
+from tasks.guard import execute_step, idempotency_key, load_connections, plan_step, scrub_error, verify_step
+from tasks.migrate import ensure_schema
+from tasks.operation_log import arguments_hash, claim_operation, get_operation_row, recent_counts, update_operation
+from tasks.ops.base import Connections, Plan, get_operation, parse_input
+from tasks.runtime import call, in_flow_run
+
+__all__ = ["ApprovalInput", "OperateRequest", "decide", "operate", "run_operation"]
+
+
+class OperateRequest(BaseModel):
+    """One operation to run through the guard. `dry_run` (the default) plans and judges but changes nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+    operation: str = Field(..., min_length=1, max_length=100, description="e.g. 'github.create_issue'.")
+    arguments: dict[str, Any] = Field(default_factory=dict, description="The operation's input (its JSON schema).")
+    tenant: str = Field("default", min_length=1, max_length=128)
+    actor: dict[str, Any] = Field(default_factory=dict, description="Who asks: api_key_id, agent, user ...")
+    dry_run: bool = Field(True, description="Plan and check the policy only.")
+    idempotency_key: str | None = Field(None, min_length=1, max_length=200,
+                                        description="Same key, same action: a retry never acts twice.")
+
+
+class ApprovalInput(RunInput):
+    """What the paused run waits for. It is not trusted: the decision is read from devmesh's own table."""
+
+    operation_id: str
+    note: str = ""
+
+
+def _flow_run_id() -> str | None:
+    ctx = FlowRunContext.get()
+    return str(ctx.flow_run.id) if ctx and ctx.flow_run else None
+
+
+class _Guard:
+    """The state of one guarded run: its row, plan, secrets to scrub, and the audit writer."""
+
+    def __init__(self, pool, request: OperateRequest, settings: Settings):
+        self.pool, self.request, self.settings = pool, request, settings
+        self.started = time.monotonic()
+        self.secrets: list[str] = []
+        self.row: dict[str, Any] = {}
+        self.plan: Plan | None = None
+        self.approval: dict[str, Any] | None = None
+
+    def audit(self, status: str, *, result: dict | None = None, error: str | None = None) -> dict[str, Any]:
+        record = append_audit(
+            self.pool, tenant=self.request.tenant, actor=self.request.actor, operation=self.request.operation,
+            status=status, target=self.plan.target if self.plan else None,
+            plan_hash=self.plan.digest() if self.plan else None, approval=self.approval, result=result,
+            error=error, flow_run_id=_flow_run_id(), operation_id=str(self.row.get("id")) if self.row else None,
+            duration_ms=int((time.monotonic() - self.started) * 1000))
+        if in_flow_run():
+            create_markdown_artifact(
+                key="devmesh-audit", description=f"audit record {record['seq']}",
+                markdown=(f"**{status}** `{self.request.operation}` on `{record['target']}` — audit #{record['seq']}"
+                          f"\n\nactor: `{record['actor']}`  \nplan hash: `{record['plan_hash']}`  \n"
+                          f"approval: `{record['approval']}`  \nerror: {error or '-'}  \nhash: `{record['hash']}`"))
+        return record
+
+    def finish(self, status: str, *, result: dict | None = None, error: str | None = None) -> dict[str, Any]:
+        update_operation(self.pool, self.row["id"], status=status, result=result, error=error)
+        record = self.audit(status, result=result, error=error)
+        return {"operation_id": str(self.row["id"]), "status": status, "operation": self.request.operation,
+                "target": self.plan.target if self.plan else None,
+                "plan": self.plan.model_dump(mode="json") if self.plan else None,
+                "plan_hash": self.plan.digest() if self.plan else None, "approval": self.approval,
+                "result": result, "error": error, "audit_seq": record["seq"], "flow_run_id": _flow_run_id()}
+
+    def deny(self, rule_text: str, exc_type: type[GuardError], status: str) -> None:
+        self.finish(status, error=rule_text)
+        raise exc_type(rule_text)
+
+
+def run_operation(request: OperateRequest, settings: Settings | None = None, *,
+                  connections: Connections | None = None, policy: OperationPolicy | None = None) -> dict[str, Any]:
+    """Run one operation through the guard; returns its summary. Raises OperationDenied / ApprovalRejected /
+    the provider's error (scrubbed). `connections` and `policy` default to the blocks named in settings.ops."""
+    settings = settings or Settings()
+    store = PgVectorStore.from_settings(settings)
+    pool = store.pool()
+    ensure_schema(pool)
+    op = get_operation(request.operation)
+    inp = parse_input(op, request.arguments)
+    args = inp.model_dump(mode="json")
+    key = idempotency_key(request.idempotency_key, _flow_run_id(), op.name, arguments_hash(op.name, args))
+    g = _Guard(pool, request, settings)
+    g.row, _ = claim_operation(pool, tenant=request.tenant, key=key, operation=op.name, arguments=args,
+                               actor=request.actor, flow_run_id=_flow_run_id())
+    if g.row["status"] == "succeeded":  # the same key again: report the first result, act not again
+        return {"operation_id": str(g.row["id"]), "status": "succeeded", "replayed": True,
+                "operation": op.name, "target": g.row["target"], "plan_hash": g.row["plan_hash"],
+                "result": g.row["result"]}
+    policy = policy or OperationPolicy.load(settings.ops.policy_block)
+    conns = connections or load_connections(op.provider, settings.ops)
+    g.secrets = conns.secrets()
+    retries = settings.ops.max_retries
+    try:
+        g.plan = call(plan_step, op.name, conns, inp, retries)
+        update_operation(pool, g.row["id"], plan=g.plan.model_dump(mode="json"), plan_hash=g.plan.digest(),
+                         target=g.plan.target, flow_run_id=_flow_run_id())
+        if in_flow_run():
+            create_markdown_artifact(key="devmesh-plan", markdown=g.plan.markdown(),
+                                     description=f"plan {g.plan.digest()[:12]} of {op.name}")
+        decision = policy.evaluate(g.plan, recent=recent_counts(pool, request.tenant))
+        if not decision.allowed:
+            g.deny(f"denied by policy rule {decision.rule}: {decision.reason}", OperationDenied, "denied")
+        if request.dry_run and op.mutating:
+            return g.finish("planned", result={"decision": decision.as_dict()})
+        if decision.needs_approval:
+            _await_approval(g, policy, inp, conns, retries)
+        update_operation(pool, g.row["id"], status="running")
+        result = call(execute_step, op.name, conns, inp, key, retries)
+        verified = call(verify_step, op.name, conns, inp, result, retries)
+        if verified:
+            result = {**result, "verified": verified}
+        return g.finish("succeeded", result=result)
+    except GuardError:
+        raise
+    except Exception as exc:
+        g.finish("failed", error=scrub_error(exc, g.secrets))
+        raise
+
+
+def _await_approval(g: _Guard, policy: OperationPolicy, inp, conns: Connections, retries: int) -> None:
+    """Pause for a decision made through decide(); then re-plan and re-check before anything executes."""
+    assert g.plan is not None
+    if not in_flow_run():
+        g.deny("approval needed: run the operate flow (a flow run can pause), not run_operation directly",
+               ApprovalRejected, "rejected")
+    expires = datetime.now(timezone.utc) + timedelta(seconds=policy.approval_timeout_s)
+    update_operation(g.pool, g.row["id"], status="awaiting_approval", expires_at=expires)
+    g.row = get_operation_row(g.pool, g.row["id"])
+    g.audit("awaiting_approval")
+    get_run_logger().info("operation %s awaits approval: devmesh approve %s", g.row["id"], g.row["id"])
+    try:
+        pause_flow_run(wait_for_input=ApprovalInput, timeout=policy.approval_timeout_s,
+                       poll_interval=g.settings.ops.approval_poll_s, key=f"approval-{g.row['id']}")
+    except FlowPauseTimeout:
+        g.deny(f"approval expired after {policy.approval_timeout_s} s without a decision", ApprovalRejected,
+               "rejected")
+    decision = read_decision(g.pool, g.row["id"])
+    if decision is None:
+        g.deny("resumed without a decision recorded through devmesh approve; refused", ApprovalRejected, "rejected")
+    g.approval = {"approver": decision["approver"], "decision": decision["decision"],
+                  "decided_at": decision["decided_at"].isoformat(), "plan_hash": decision["plan_hash"]}
+    if decision["decision"] != "approved":
+        g.deny(f"rejected by {decision['approver']}", ApprovalRejected, "rejected")
+    approved_hash = g.plan.digest()
+    g.plan = call(plan_step, g.request.operation, conns, inp, retries)
+    if decision["plan_hash"] != approved_hash or g.plan.digest() != decision["plan_hash"] \
+            or g.plan.target != decision["target"]:
+        g.deny("the plan changed since it was approved (target or live state differs); re-run to re-approve",
+               ApprovalRejected, "rejected")
+    again = policy.evaluate(g.plan, recent=recent_counts(g.pool, g.request.tenant))
+    if not again.allowed:
+        g.deny(f"denied by policy rule {again.rule} after approval: {again.reason}", OperationDenied, "denied")
+
+
+def decide(operation_id: str, token: str, decision: str, *, tenant: str = "default", comment: str | None = None,
+           settings: Settings | None = None) -> dict[str, Any]:
+    """Approve or reject a paused operation as an authenticated approver, audit it, then resume the run."""
+    settings = settings or Settings()
+    pool = PgVectorStore.from_settings(settings).pool()
+    ensure_schema(pool)
+    approver = authenticate_approver(pool, tenant, token)
+    row = get_operation_row(pool, operation_id, tenant)
+    if row is None:
+        raise InputError("no such operation in this tenant", item=operation_id)
+    recorded = record_decision(pool, row, approver, decision, comment)
+    append_audit(pool, tenant=tenant, actor={"approver": approver}, operation=row["operation"],
+                 status=f"approval_{decision}", target=row["target"], plan_hash=row["plan_hash"],
+                 approval={"approver": approver, "decision": decision, "comment": comment},
+                 flow_run_id=str(row["flow_run_id"]) if row["flow_run_id"] else None, operation_id=str(row["id"]))
+    if row["flow_run_id"]:
+        resume_flow_run(row["flow_run_id"], run_input={"operation_id": str(row["id"]), "note": comment or ""})
+    return {"operation_id": str(row["id"]), "decision": recorded["decision"], "approver": approver,
+            "flow_run_id": str(row["flow_run_id"]) if row["flow_run_id"] else None}
+
+
+@flow(name="operate")
+def operate(request: OperateRequest) -> dict[str, Any]:
+    """Run one DevOps operation through the guard: plan, policy, approval, execute, verify, audit."""
+    return run_operation(request)

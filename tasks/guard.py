@@ -1,0 +1,88 @@
+"""The guard's steps as Prefect tasks (plan, execute, verify), and the helpers around them: loading the credential
+blocks an operation needs, idempotency keys, and scrubbing secrets out of everything that leaves the guard."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NONE
+
+from blocks.errors import AppError, ConfigError
+from blocks.retry import call_with_retries, scrub
+from blocks.settings import OpsSettings
+from tasks.ops.base import Connections, OpInput, Plan, get_operation
+
+__all__ = ["execute_step", "idempotency_key", "load_connections", "plan_step", "scrub_error", "verify_step"]
+
+
+def load_connections(provider: str, ops: OpsSettings) -> Connections:
+    """The credentials block of `provider`, loaded by the name the settings give; ConfigError says how to fix it."""
+    if provider == "github":
+        from blocks.github import GitHubConnection as block_type
+        name = ops.github_block
+    elif provider == "kubernetes":
+        from blocks.kubernetes import KubernetesConnection as block_type
+        name = ops.kubernetes_block
+    elif provider == "aws":
+        from prefect_aws import AwsCredentials as block_type
+        name = ops.aws_block
+    else:
+        raise ConfigError(f"no credentials block for provider {provider!r}")
+    try:
+        block = block_type.load(name)
+    except ValueError as exc:
+        raise ConfigError(f"{provider}: block {name!r} not found ({exc}); create it with "
+                          f"{block_type.__name__}(...).save({name!r}) or in the Prefect UI") from None
+    return Connections(**{provider: block})
+
+
+def idempotency_key(given: str | None, flow_run_id: str | None, operation: str, args_hash: str) -> str:
+    """The caller's key; else one derived from the flow run (stable across that run's retries); else random."""
+    if given:
+        return given
+    if flow_run_id:
+        return "run-" + hashlib.sha256(f"{flow_run_id}:{operation}:{args_hash}".encode()).hexdigest()[:32]
+    return "once-" + uuid.uuid4().hex
+
+
+def scrub_error(exc: BaseException, secrets: list[str]) -> str:
+    """A one-line error text with every credential masked, safe for audit records, artifacts and logs."""
+    kind = type(exc).__name__
+    return scrub(f"{kind}: {exc}", *secrets, limit=1000)
+
+
+def _retrying(conns: Connections, what: str, fn, retries: int):
+    """fn() with transient provider errors retried (Retry-After honoured); other errors re-raised scrubbed."""
+    try:
+        return call_with_retries(fn, max_retries=retries, what=what)
+    except AppError:
+        raise
+    except Exception as exc:  # a client library error our mapping did not know: never let its text leak secrets
+        raise AppError(scrub_error(exc, conns.secrets())) from None
+
+
+@task(name="plan", cache_policy=NONE)
+def plan_step(operation: str, conns: Connections, inp: OpInput, retries: int = 4) -> Plan:
+    """Dry run: what the operation would change, computed against the live target."""
+    op = get_operation(operation)
+    return _retrying(conns, f"{operation} plan", lambda: op.plan(conns, inp), retries)
+
+
+@task(name="execute", cache_policy=NONE)
+def execute_step(operation: str, conns: Connections, inp: OpInput, key: str, retries: int = 4) -> dict[str, Any]:
+    """Do it, with the idempotency key: a retry after an ambiguous failure finds the first result."""
+    op = get_operation(operation)
+    return _retrying(conns, f"{operation} execute", lambda: op.run(conns, inp, key), retries)
+
+
+@task(name="verify", cache_policy=NONE)
+def verify_step(operation: str, conns: Connections, inp: OpInput, result: dict[str, Any],
+                retries: int = 4) -> dict[str, Any] | None:
+    """Read back what execute did (a Kubernetes deploy waits for its rollout and rolls back when it fails)."""
+    op = get_operation(operation)
+    if op.verify is None:
+        return None
+    return _retrying(conns, f"{operation} verify", lambda: op.verify(conns, inp, result), retries)
