@@ -16,7 +16,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import FlowRunContext
-from prefect.exceptions import FlowPauseTimeout
+from prefect.exceptions import FlowPauseTimeout, NotPausedError
 from prefect.flow_runs import pause_flow_run, resume_flow_run
 from prefect.input import RunInput
 from pydantic import BaseModel, ConfigDict, Field
@@ -202,9 +202,22 @@ def decide(operation_id: str, token: str, decision: str, *, tenant: str = "defau
                  approval={"approver": approver, "decision": decision, "comment": comment},
                  flow_run_id=str(row["flow_run_id"]) if row["flow_run_id"] else None, operation_id=str(row["id"]))
     if row["flow_run_id"]:
-        resume_flow_run(row["flow_run_id"], run_input={"operation_id": str(row["id"]), "note": comment or ""})
+        _resume(row["flow_run_id"], {"operation_id": str(row["id"]), "note": comment or ""})
     return {"operation_id": str(row["id"]), "decision": recorded["decision"], "approver": approver,
             "flow_run_id": str(row["flow_run_id"]) if row["flow_run_id"] else None}
+
+
+def _resume(flow_run_id, run_input: dict[str, Any], wait_s: float = 15.0) -> None:
+    """Resume the paused run; the run marks itself awaiting approval a moment before it pauses, so wait for it."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            resume_flow_run(flow_run_id, run_input=run_input)
+            return
+        except NotPausedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 @flow(name="operate")

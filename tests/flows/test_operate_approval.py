@@ -1,0 +1,116 @@
+"""Approvals through a real Prefect flow run: the run pauses, an authenticated approver decides from outside,
+the run re-checks the decision against the plan; timeouts and unauthenticated resumes execute nothing."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import boto3
+import pytest
+from moto import mock_aws
+from prefect.flow_runs import resume_flow_run
+from prefect_aws import AwsCredentials
+
+from blocks.errors import ApprovalRejected, AuthFailed
+from blocks.policy import OperationPolicy
+from flows.operate import OperateRequest, decide, operate
+from tasks.approvals import add_approver, revoke_approver
+from tasks.audit import read_audit, verify_audit
+from tasks.operation_log import get_operation_row
+
+REGION = "eu-west-1"
+PUT = {"bucket": "acme-data", "key": "deploy/notes.txt", "body": "release 1.2"}
+
+
+@pytest.fixture
+def guarded(prefect_harness, settings, monkeypatch):
+    monkeypatch.setenv("DEVMESH_OPS__APPROVAL_POLL_S", "1")
+    with mock_aws():
+        s3 = boto3.client("s3", region_name=REGION)
+        s3.create_bucket(Bucket="acme-data", CreateBucketConfiguration={"LocationConstraint": REGION})
+        AwsCredentials(aws_access_key_id="AKIATEST", aws_secret_access_key="test-secret-value",
+                       region_name=REGION).save("devmesh-aws", overwrite=True)
+
+        def policy(timeout: int = 60) -> None:
+            OperationPolicy(operations=["aws.*"], aws_regions=[REGION], aws_buckets=["acme-*"],
+                            require_approval=["aws.s3_put_object"], approval_timeout_s=timeout
+                            ).save("devmesh-policy", overwrite=True)
+
+        policy()
+        yield s3, policy
+
+
+def _awaiting(pool, tenant, timeout=60.0):
+    """The operation row once the run is paused for approval."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with pool.connection() as conn:
+            row = conn.execute("SELECT id FROM operations WHERE tenant_id = %s AND status = 'awaiting_approval'",
+                               [tenant]).fetchone()
+        if row:
+            return get_operation_row(pool, row[0])
+        time.sleep(0.2)
+    raise AssertionError("the run never paused for approval")
+
+
+def _start(tenant):
+    pool = ThreadPoolExecutor(1)
+    request = OperateRequest(operation="aws.s3_put_object", arguments=PUT, tenant=tenant, dry_run=False,
+                             actor={"agent": "pytest"})
+    return pool, pool.submit(operate, request)
+
+
+def test_approved_from_outside_executes_once_and_records_the_approver(guarded, pool, tenant):
+    s3, _ = guarded
+    token = add_approver(pool, tenant, "alice")
+    executor, future = _start(tenant)
+    row = _awaiting(pool, tenant)
+    assert s3.list_objects_v2(Bucket="acme-data").get("KeyCount") == 0  # nothing before approval
+    with pytest.raises(AuthFailed):
+        decide(str(row["id"]), "dmapprove_wrong", "approved", tenant=tenant)
+    decided = decide(str(row["id"]), token, "approved", tenant=tenant, comment="ship it")
+    assert decided["approver"] == "alice"
+    out = future.result(timeout=120)
+    executor.shutdown()
+    assert out["status"] == "succeeded" and out["approval"]["approver"] == "alice"
+    assert out["approval"]["plan_hash"] == out["plan_hash"] == row["plan_hash"]
+    assert s3.get_object(Bucket="acme-data", Key="deploy/notes.txt")["Body"].read() == b"release 1.2"
+    statuses = [r["status"] for r in read_audit(pool, tenant=tenant)]
+    assert statuses == ["awaiting_approval", "approval_approved", "succeeded"]
+    assert verify_audit(pool).ok
+
+
+def test_resume_without_devmesh_approval_is_refused(guarded, pool, tenant):
+    s3, _ = guarded
+    executor, future = _start(tenant)
+    row = _awaiting(pool, tenant)
+    for _ in range(100):  # the row is marked just before the run proposes its Paused state
+        try:
+            resume_flow_run(row["flow_run_id"], run_input={"operation_id": str(row["id"]), "note": "via UI"})
+            break
+        except Exception:
+            time.sleep(0.2)
+    with pytest.raises(ApprovalRejected, match="without a decision"):
+        future.result(timeout=120)
+    executor.shutdown()
+    assert s3.list_objects_v2(Bucket="acme-data").get("KeyCount") == 0
+    assert get_operation_row(pool, row["id"])["status"] == "rejected"
+
+
+def test_unanswered_approval_expires_into_rejection(guarded, pool, tenant):
+    s3, policy = guarded
+    policy(timeout=2)
+    token = add_approver(pool, tenant, "bob")
+    executor, future = _start(tenant)
+    row = _awaiting(pool, tenant)
+    with pytest.raises(ApprovalRejected, match="expired"):
+        future.result(timeout=120)
+    executor.shutdown()
+    assert s3.list_objects_v2(Bucket="acme-data").get("KeyCount") == 0
+    assert get_operation_row(pool, row["id"])["status"] == "rejected"
+    with pytest.raises(Exception, match="not awaiting approval|closed"):
+        decide(str(row["id"]), token, "approved", tenant=tenant)
+    assert revoke_approver(pool, tenant, "bob")
+    with pytest.raises(AuthFailed):
+        decide(str(row["id"]), token, "approved", tenant=tenant)
