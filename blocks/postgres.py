@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 from pgvector.psycopg import register_vector
 from prefect.blocks.core import Block
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from pydantic import Field, SecretStr
 
 from blocks.errors import ConfigError, StoreError
@@ -103,6 +103,17 @@ class PgVectorStore(Block):
                 except Exception as exc:
                     raise StoreError(f"cannot connect to {self.describe()}: {exc}") from exc
                 _pools[url] = pool
+        return pool
+
+    async def open_async_pool(self, max_size: int | None = None) -> AsyncConnectionPool:
+        """A new asyncio pool on this store (for the gateway's event loop); the caller closes it."""
+        url = self.resolve_url()
+        pool = AsyncConnectionPool(url, min_size=1, max_size=max_size or self.pool_max_size, open=False,
+                                   name="devmesh-async")
+        try:
+            await pool.open(wait=True, timeout=30)
+        except Exception as exc:
+            raise StoreError(f"cannot connect to {self.describe()}: {exc}") from exc
         return pool
 
     @classmethod

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["ChunkSettings", "SearchSettings", "IngestSettings", "OpsSettings", "Settings"]
+__all__ = ["ChunkSettings", "SearchSettings", "IngestSettings", "OpsSettings", "GatewaySettings", "Settings"]
 
 
 class ChunkSettings(BaseModel):
@@ -58,6 +58,18 @@ class OpsSettings(BaseModel):
     max_retries: int = Field(4, ge=0, le=20, description="Retries of a transient provider failure.")
 
 
+class GatewaySettings(BaseModel):
+    """The webhook gateway / REST API process."""
+
+    host: str = Field("127.0.0.1", description="Bind address; loopback unless you put a proxy in front.")
+    port: int = Field(8787, ge=1, le=65535)
+    webhook_block: str = Field("devmesh-github-webhook", description="Name of the GitHubWebhook block.")
+    routes_file: Path | None = Field(None, description="prefect.yaml whose triggers route events (default: the repo's).")
+    emit_batch: int = Field(200, ge=1, le=5000, description="Events per POST to the Prefect API.")
+    emit_interval_s: float = Field(0.5, gt=0, le=60, description="Longest wait before pending events are sent.")
+    retry_interval_s: float = Field(5.0, gt=0, le=600, description="Wait after the Prefect API refused or was down.")
+
+
 class Settings(BaseSettings):
     """All devmesh settings; build once at the entry point and pass it down."""
 
@@ -76,3 +88,4 @@ class Settings(BaseSettings):
     search: SearchSettings = SearchSettings()
     ingest: IngestSettings = IngestSettings()
     ops: OpsSettings = OpsSettings()
+    gateway: GatewaySettings = GatewaySettings()

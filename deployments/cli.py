@@ -1,4 +1,4 @@
-"""`devmesh`: ingest, search and evaluate from the command line."""
+"""`devmesh`: ingest, search and evaluate from the command line; operations live in deployments/cli_ops.py."""
 
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ from rich.table import Table
 
 from blocks.errors import AppError
 from blocks.settings import Settings
+from deployments import cli_ops
 
 app = typer.Typer(help="devmesh: memory, recall and guarded DevOps actions for AI agents.", no_args_is_help=True)
 eval_app = typer.Typer(help="Measure retrieval quality.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
+cli_ops.register(app)
 console = Console(stderr=True)
 
 

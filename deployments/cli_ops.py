@@ -1,0 +1,189 @@
+"""`devmesh op|approve|reject|approvers|audit`: guarded DevOps operations from the command line.
+
+Exit codes: 0 done, 1 the operation failed, 2 bad input, 3 denied by policy, 4 approval rejected or expired,
+5 the audit trail does not verify.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from blocks.errors import AppError, ApprovalRejected, AuthFailed, InputError, OperationDenied
+from blocks.settings import Settings
+
+op_app = typer.Typer(help="Run guarded DevOps operations (dry run by default).", no_args_is_help=True)
+approvers_app = typer.Typer(help="Manage who may approve operations.", no_args_is_help=True)
+audit_app = typer.Typer(help="Read and verify the audit trail.", no_args_is_help=True)
+console = Console(stderr=True)
+
+
+def _fail(message: str, code: int) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False, markup=False)
+    raise typer.Exit(code)
+
+
+def _pool(settings: Settings):
+    from blocks.postgres import PgVectorStore
+    from tasks.migrate import ensure_schema
+
+    pool = PgVectorStore.from_settings(settings).pool()
+    ensure_schema(pool)
+    return pool
+
+
+@op_app.command("list")
+def op_list(schema: Optional[str] = typer.Option(None, help="Print one operation's JSON input schema."),
+            as_json: bool = typer.Option(False, "--json")) -> None:
+    """Every operation: name, whether it changes anything, what it does."""
+    from tasks.ops.base import get_operation, operations
+
+    if schema:
+        try:
+            print(json.dumps(get_operation(schema).schema(), indent=2))
+        except InputError as exc:
+            _fail(str(exc), 2)
+        return
+    ops = operations()
+    if as_json:
+        print(json.dumps([{"name": o.name, "mutating": o.mutating, "description": o.description} for o in ops],
+                         indent=2))
+        return
+    table = Table("operation", "changes", "description")
+    for o in ops:
+        table.add_row(o.name, "yes" if o.mutating else "no", o.description)
+    Console().print(table)
+
+
+@op_app.command("run")
+def op_run(
+    operation: str = typer.Argument(..., help="e.g. github.create_issue (see `devmesh op list`)."),
+    args: Optional[str] = typer.Option(None, "--args", help="Arguments as a JSON object."),
+    args_file: Optional[Path] = typer.Option(None, help="Arguments from a JSON or YAML file."),
+    execute: bool = typer.Option(False, "--execute", help="Do it (default: dry run, plan and policy only)."),
+    key: Optional[str] = typer.Option(None, help="Idempotency key: the same key never acts twice."),
+    tenant: Optional[str] = typer.Option(None, help="Tenant id."),
+    as_flow: bool = typer.Option(True, "--flow/--direct",
+                                 help="Run as a Prefect flow run (needed for approvals) or in this process."),
+) -> None:
+    """Plan → policy → (approval) → execute → verify → audit; prints the summary as JSON."""
+    from flows.operate import OperateRequest, operate, run_operation
+
+    settings = Settings()
+    try:
+        arguments = _arguments(args, args_file)
+        request = OperateRequest(operation=operation, arguments=arguments, tenant=tenant or settings.tenant,
+                                 dry_run=not execute, idempotency_key=key,
+                                 actor={"via": "cli", "user": os.environ.get("USER", "unknown")})
+        summary = operate(request) if as_flow else run_operation(request, settings)
+    except (ValidationError, json.JSONDecodeError, InputError) as exc:
+        _fail(str(exc), 2)
+    except OperationDenied as exc:
+        _fail(str(exc), 3)
+    except ApprovalRejected as exc:
+        _fail(str(exc), 4)
+    except AppError as exc:
+        _fail(str(exc), 1)
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def _arguments(args: str | None, args_file: Path | None) -> dict:
+    if args and args_file:
+        raise InputError("give --args or --args-file, not both")
+    if args_file:
+        import yaml
+
+        data = yaml.safe_load(args_file.read_text(encoding="utf-8"))
+    else:
+        data = json.loads(args) if args else {}
+    if not isinstance(data, dict):
+        raise InputError("arguments must be a JSON object", item="--args")
+    return data
+
+
+def _decide(operation_id: str, token: str | None, decision: str, tenant: str | None, comment: str | None) -> None:
+    from flows.operate import decide
+
+    settings = Settings()
+    token = token or os.environ.get("DEVMESH_APPROVER_TOKEN")
+    if not token:
+        _fail("no approver token: pass --token or set DEVMESH_APPROVER_TOKEN", 2)
+    try:
+        out = decide(operation_id, token, decision, tenant=tenant or settings.tenant, comment=comment,
+                     settings=settings)
+    except AuthFailed as exc:
+        _fail(str(exc), 2)
+    except AppError as exc:
+        _fail(str(exc), 2)
+    print(json.dumps(out, indent=2))
+
+
+def approve(operation_id: str = typer.Argument(...), token: Optional[str] = typer.Option(None),
+            tenant: Optional[str] = typer.Option(None), comment: Optional[str] = typer.Option(None)) -> None:
+    """Approve a paused operation as an authenticated approver; the run resumes and re-checks the plan."""
+    _decide(operation_id, token, "approved", tenant, comment)
+
+
+def reject(operation_id: str = typer.Argument(...), token: Optional[str] = typer.Option(None),
+           tenant: Optional[str] = typer.Option(None), comment: Optional[str] = typer.Option(None)) -> None:
+    """Reject a paused operation; nothing is executed."""
+    _decide(operation_id, token, "rejected", tenant, comment)
+
+
+@approvers_app.command("add")
+def approvers_add(name: str, tenant: Optional[str] = typer.Option(None)) -> None:
+    """Create an approver and print their token (shown once; only its hash is stored)."""
+    from tasks.approvals import add_approver
+
+    settings = Settings()
+    try:
+        print(add_approver(_pool(settings), tenant or settings.tenant, name))
+    except InputError as exc:
+        _fail(str(exc), 2)
+
+
+@approvers_app.command("revoke")
+def approvers_revoke(name: str, tenant: Optional[str] = typer.Option(None)) -> None:
+    from tasks.approvals import revoke_approver
+
+    settings = Settings()
+    if not revoke_approver(_pool(settings), tenant or settings.tenant, name):
+        _fail(f"no active approver {name!r}", 2)
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Walk the hash chain; exit 5 naming the first edited, inserted or deleted record."""
+    from tasks.audit import verify_audit
+
+    report = verify_audit(_pool(Settings()))
+    if not report.ok:
+        _fail(f"audit trail broken at record {report.bad_seq}: {report.problem}", 5)
+    print(json.dumps({"ok": True, "records": report.records, "head_seq": report.head_seq,
+                      "head_hash": report.head_hash}, indent=2))
+
+
+@audit_app.command("show")
+def audit_show(tenant: Optional[str] = typer.Option(None), limit: int = typer.Option(20),
+               after: int = typer.Option(0, help="Records after this seq.")) -> None:
+    """Audit records as JSON lines."""
+    from tasks.audit import read_audit
+
+    settings = Settings()
+    for record in read_audit(_pool(settings), tenant=tenant or settings.tenant, limit=limit, after_seq=after):
+        print(json.dumps(record, default=str))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(op_app, name="op")
+    app.add_typer(approvers_app, name="approvers")
+    app.add_typer(audit_app, name="audit")
+    app.command()(approve)
+    app.command()(reject)

@@ -1,0 +1,180 @@
+"""The gateway: an ASGI app (FastAPI) that receives signed GitHub webhooks and turns them into Prefect events.
+
+POST /webhooks/github   verify X-Hub-Signature-256 (any accepted secret, constant time) → cap the body →
+                        persist the delivery (deduplicated by X-GitHub-Delivery) → 202. The answer never waits
+                        for Prefect: an outbox loop emits persisted deliveries as events (event id derived from the
+                        delivery id) and retries while the Prefect API is down, so an accepted delivery is not lost.
+GET  /healthz           liveness, with the number of deliveries waiting to be emitted.
+
+Run it with `devmesh up` (the whole stack) or `uvicorn deployments.gateway:app`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from blocks.postgres import PgVectorStore
+from blocks.settings import Settings
+from blocks.webhooks import GitHubWebhook
+from tasks.migrate import ensure_schema
+from tasks.webhook_events import Routes, event_name, to_event
+from tasks.webhooks import mark_emit_failed, mark_emitted, pending_deliveries, record_delivery
+
+__all__ = ["create_app", "post_to_prefect"]
+
+log = logging.getLogger("devmesh.gateway")
+DELIVERY_ID = re.compile(r"^[A-Za-z0-9-]{1,100}$")
+EVENT = re.compile(r"^[a-z_]{1,64}$")
+Emit = Callable[[list[dict[str, Any]]], Awaitable[None]]
+DEFAULT_ROUTES = Path(__file__).resolve().parents[1] / "prefect.yaml"
+
+
+async def post_to_prefect(events: list[dict[str, Any]]) -> None:
+    """POST a batch to the Prefect API's /events (raises unless it was accepted)."""
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        response = await client.request("POST", "/events", json=events)
+        response.raise_for_status()
+
+
+def _problem(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+class Outbox:
+    """Emits persisted deliveries in batches; wakes on each new delivery, retries after failures."""
+
+    def __init__(self, pool, emit: Emit, settings: Settings):
+        self.pool, self.emit, self.settings = pool, emit, settings
+        self.wake = asyncio.Event()
+        self.emitted = 0
+
+    async def run(self) -> None:
+        gateway = self.settings.gateway
+        while True:
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=gateway.emit_interval_s)
+            except asyncio.TimeoutError:
+                pass
+            self.wake.clear()
+            try:
+                while await self.flush_once() == gateway.emit_batch:
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the Prefect API is down or refused: keep the rows, try again later
+                log.warning("emitting webhook events failed (%s); retry in %.1f s", exc, gateway.retry_interval_s)
+                await asyncio.sleep(gateway.retry_interval_s)
+
+    async def flush_once(self) -> int:
+        batch = await pending_deliveries(self.pool, self.settings.gateway.emit_batch)
+        if not batch:
+            return 0
+        ids = [d["delivery_id"] for d in batch]
+        try:
+            await self.emit([to_event(d) for d in batch])
+        except Exception as exc:
+            await mark_emit_failed(self.pool, ids, f"{type(exc).__name__}: {exc}")
+            raise
+        await mark_emitted(self.pool, ids)
+        self.emitted += len(ids)
+        return len(ids)
+
+
+def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | None = None,
+               emit: Emit | None = None, routes: Routes | None = None) -> FastAPI:
+    """The gateway app. Without arguments it reads Settings, loads the webhook block by name and emits to the
+    Prefect API of the environment; tests pass their own."""
+    settings = settings or Settings()
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        store = PgVectorStore.from_settings(settings)
+        await asyncio.to_thread(lambda: ensure_schema(store.pool()))
+        state["pool"] = await store.open_async_pool()
+        state["webhook"] = webhook or await GitHubWebhook.aload(settings.gateway.webhook_block)
+        state["routes"] = routes or Routes.from_prefect_yaml(settings.gateway.routes_file or DEFAULT_ROUTES)
+        outbox = Outbox(state["pool"], emit or post_to_prefect, settings)
+        state["outbox"] = outbox
+        runner = asyncio.create_task(outbox.run(), name="devmesh-outbox")
+        try:
+            yield
+        finally:
+            runner.cancel()
+            try:
+                await runner
+            except asyncio.CancelledError:
+                pass
+            try:  # one last attempt, so a clean shutdown leaves nothing behind that could be sent
+                await asyncio.wait_for(outbox.flush_once(), timeout=5)
+            except Exception:
+                pass
+            await state["pool"].close()
+
+    app = FastAPI(title="devmesh gateway", lifespan=lifespan)
+    app.state.devmesh = state
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        async with state["pool"].connection() as conn:
+            cur = await conn.execute("SELECT count(*) FROM webhook_deliveries WHERE status = 'received'")
+            pending = (await cur.fetchone())[0]
+        return {"ok": True, "pending_events": pending, "emitted": state["outbox"].emitted}
+
+    @app.post("/webhooks/github")
+    async def github_webhook(request: Request):
+        hook: GitHubWebhook = state["webhook"]
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > hook.max_body_bytes:
+            return _problem(413, f"body larger than {hook.max_body_bytes} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > hook.max_body_bytes:
+                return _problem(413, f"body larger than {hook.max_body_bytes} bytes")
+        if not hook.verify(bytes(body), request.headers.get("x-hub-signature-256")):
+            return _problem(401, "missing or invalid X-Hub-Signature-256")
+        event = request.headers.get("x-github-event", "")
+        delivery = request.headers.get("x-github-delivery", "")
+        if not EVENT.match(event):
+            return _problem(400, "missing or invalid X-GitHub-Event header")
+        if not DELIVERY_ID.match(delivery):
+            return _problem(400, "missing or invalid X-GitHub-Delivery header")
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            return _problem(415, "content type must be application/json (set it in the webhook's settings)")
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            return _problem(400, f"invalid JSON: {str(exc)[:200]}")
+        if not isinstance(payload, dict):
+            return _problem(400, "the payload must be a JSON object")
+        if event == "ping":
+            return JSONResponse({"ok": True, "zen": payload.get("zen")}, status_code=200)
+        action = payload.get("action") if isinstance(payload.get("action"), str) else None
+        repo = payload.get("repository") if isinstance(payload.get("repository"), dict) else {}
+        repository = repo.get("full_name") if isinstance(repo.get("full_name"), str) else None
+        name = event_name(event, action)
+        route = state["routes"].route(name)
+        new = await record_delivery(state["pool"], delivery_id=delivery, event=event, action=action,
+                                    repository=repository, tenant=hook.tenant_for(repository), payload=payload,
+                                    route=route)
+        if not new:
+            return JSONResponse({"delivery_id": delivery, "status": "duplicate"}, status_code=200)
+        if route:
+            state["outbox"].wake.set()
+        return JSONResponse({"delivery_id": delivery, "event": name, "status": "accepted" if route else "ignored",
+                             "route": route}, status_code=202)
+
+    return app

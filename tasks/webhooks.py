@@ -1,0 +1,84 @@
+"""Webhook deliveries (the outbox between the gateway and Prefect): record once, emit later, process once."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+__all__ = ["RETENTION", "claim_processing", "finish_processing", "get_delivery", "mark_emitted",
+           "mark_emit_failed", "pending_deliveries", "prune_deliveries", "record_delivery"]
+
+RETENTION = timedelta(days=7)  # redeliveries within this window are recognised
+INSERT = """
+INSERT INTO webhook_deliveries (delivery_id, source, event, action, repository, tenant_id, payload, route, status)
+VALUES (%(delivery_id)s, %(source)s, %(event)s, %(action)s, %(repository)s, %(tenant)s, %(payload)s, %(route)s,
+        %(status)s)
+ON CONFLICT (delivery_id) DO NOTHING"""
+
+
+async def record_delivery(pool: AsyncConnectionPool, *, delivery_id: str, event: str, action: str | None,
+                          repository: str | None, tenant: str, payload: Any, route: str | None,
+                          source: str = "github") -> bool:
+    """Persist a delivery; False when it was seen before (a redelivery: acknowledge, do not run again)."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(INSERT, {
+            "delivery_id": delivery_id, "source": source, "event": event, "action": action,
+            "repository": repository, "tenant": tenant, "payload": Jsonb(payload), "route": route,
+            "status": "received" if route else "ignored"})
+        return cur.rowcount == 1
+
+
+async def pending_deliveries(pool: AsyncConnectionPool, limit: int = 100, max_payload: int = 256 * 1024
+                             ) -> list[dict[str, Any]]:
+    """Accepted deliveries not yet emitted to Prefect, oldest first; payloads over `max_payload` bytes are left
+    out (the flow reads them from the table)."""
+    async with pool.connection() as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute("SELECT delivery_id, event, action, repository, tenant_id, route, received_at,"
+                          " pg_column_size(payload) AS payload_bytes, CASE WHEN pg_column_size(payload) <= %s"
+                          " THEN payload END AS payload FROM webhook_deliveries WHERE status = 'received'"
+                          " ORDER BY received_at LIMIT %s", [max_payload, limit])
+        return await cur.fetchall()
+
+
+async def mark_emitted(pool: AsyncConnectionPool, delivery_ids: list[str]) -> None:
+    async with pool.connection() as conn:
+        await conn.execute("UPDATE webhook_deliveries SET status = 'emitted', emitted_at = now(),"
+                           " attempts = attempts + 1 WHERE delivery_id = ANY(%s) AND status = 'received'",
+                           [delivery_ids])
+
+
+async def mark_emit_failed(pool: AsyncConnectionPool, delivery_ids: list[str], error: str) -> None:
+    async with pool.connection() as conn:
+        await conn.execute("UPDATE webhook_deliveries SET attempts = attempts + 1, last_error = %s"
+                           " WHERE delivery_id = ANY(%s)", [error[:1000], delivery_ids])
+
+
+def get_delivery(pool: ConnectionPool, delivery_id: str) -> dict[str, Any] | None:
+    with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute("SELECT * FROM webhook_deliveries WHERE delivery_id = %s", [delivery_id]).fetchone()
+
+
+def claim_processing(pool: ConnectionPool, delivery_id: str, flow_run_id: str | None) -> dict[str, Any] | None:
+    """The delivery, claimed by this run; None when it was already processed (an event emitted twice)."""
+    with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("UPDATE webhook_deliveries SET flow_run_id = %s WHERE delivery_id = %s"
+                    " AND status IN ('received', 'emitted', 'failed') RETURNING *", [flow_run_id, delivery_id])
+        return cur.fetchone()
+
+
+def finish_processing(pool: ConnectionPool, delivery_id: str, error: str | None = None) -> None:
+    with pool.connection() as conn:
+        conn.execute("UPDATE webhook_deliveries SET status = %s, processed_at = now(), last_error = %s"
+                     " WHERE delivery_id = %s", ["failed" if error else "processed", error, delivery_id])
+
+
+def prune_deliveries(pool: ConnectionPool, older_than: timedelta = RETENTION) -> int:
+    """Forget deliveries older than the retention window (they can no longer be redelivered by GitHub)."""
+    with pool.connection() as conn:
+        return conn.execute("DELETE FROM webhook_deliveries WHERE received_at < now() - %s"
+                            " AND status IN ('processed', 'ignored', 'failed')", [older_than]).rowcount

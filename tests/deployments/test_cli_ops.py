@@ -1,0 +1,73 @@
+"""`devmesh op|approvers|audit` with exit codes: dry run, execute, denial, bad arguments, audit verification."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+from moto import mock_aws
+from prefect_aws import AwsCredentials
+from typer.testing import CliRunner
+
+from blocks.policy import OperationPolicy
+from deployments.cli import app
+
+runner = CliRunner()
+REGION = "eu-west-1"
+
+
+@pytest.fixture
+def aws_blocks(prefect_harness, settings):
+    with mock_aws():
+        boto3.client("s3", region_name=REGION).create_bucket(
+            Bucket="acme-data", CreateBucketConfiguration={"LocationConstraint": REGION})
+        AwsCredentials(aws_access_key_id="AKIATEST", aws_secret_access_key="test-secret-value",
+                       region_name=REGION).save("devmesh-aws", overwrite=True)
+        OperationPolicy(operations=["aws.s3_put_object"], aws_regions=[REGION], aws_buckets=["acme-*"]
+                        ).save("devmesh-policy", overwrite=True)
+        yield
+
+
+def test_op_list_and_schema():
+    result = runner.invoke(app, ["op", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    names = {o["name"] for o in json.loads(result.stdout)}
+    assert {"github.create_issue", "kubernetes.apply", "aws.s3_put_object", "aws.describe"} <= names
+    result = runner.invoke(app, ["op", "list", "--schema", "aws.s3_put_object"])
+    assert json.loads(result.stdout)["required"] == ["bucket", "key", "body"]
+    assert runner.invoke(app, ["op", "list", "--schema", "nope.nothing"]).exit_code == 2
+
+
+def test_run_dry_then_execute_then_denied_and_bad_args(aws_blocks, tenant):
+    args = json.dumps({"bucket": "acme-data", "key": "a.txt", "body": "hello"})
+    dry = runner.invoke(app, ["op", "run", "aws.s3_put_object", "--args", args, "--tenant", tenant, "--direct"])
+    assert dry.exit_code == 0, dry.output
+    assert json.loads(dry.stdout)["status"] == "planned"
+    done = runner.invoke(app, ["op", "run", "aws.s3_put_object", "--args", args, "--tenant", tenant, "--direct",
+                               "--execute", "--key", "cli-1"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["status"] == "succeeded"
+    denied = runner.invoke(app, ["op", "run", "aws.s3_put_object", "--tenant", tenant, "--direct", "--execute",
+                                 "--args", json.dumps({"bucket": "other-x", "key": "a", "body": "x"})])
+    assert denied.exit_code == 3 and "aws_buckets" in denied.output
+    bad = runner.invoke(app, ["op", "run", "aws.s3_put_object", "--tenant", tenant, "--direct",
+                              "--args", json.dumps({"bucket": "acme-data", "body": "x", "colour": "red"})])
+    assert bad.exit_code == 2 and "key" in bad.output and "colour" in bad.output
+    shown = runner.invoke(app, ["audit", "show", "--tenant", tenant])
+    assert [json.loads(line)["status"] for line in shown.stdout.splitlines()] == ["planned", "succeeded", "denied"]
+    verified = runner.invoke(app, ["audit", "verify"])
+    assert verified.exit_code == 0 and json.loads(verified.stdout)["ok"]
+
+
+def test_approvers_and_approve_errors(settings, tenant):
+    added = runner.invoke(app, ["approvers", "add", "carol", "--tenant", tenant])
+    assert added.exit_code == 0 and added.stdout.startswith("dmapprove_")
+    token = added.stdout.strip()
+    missing = runner.invoke(app, ["approve", "00000000-0000-0000-0000-000000000000", "--token", token,
+                                  "--tenant", tenant])
+    assert missing.exit_code == 2 and "no such operation" in missing.output
+    wrong = runner.invoke(app, ["approve", "00000000-0000-0000-0000-000000000000", "--token", "dmapprove_x",
+                                "--tenant", tenant])
+    assert wrong.exit_code == 2 and "not recognised" in wrong.output and token not in wrong.output
+    assert runner.invoke(app, ["approvers", "revoke", "carol", "--tenant", tenant]).exit_code == 0
