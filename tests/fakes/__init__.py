@@ -2,8 +2,9 @@
 
 from tests.fakes.bedrock_server import FakeBedrock
 from tests.fakes.github_server import FakeGitHub
+from tests.fakes.kubernetes_server import FakeKubernetes
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.server import Fault, FakeAPI, Seen, vector
 from tests.fakes.voyage_server import FakeVoyage
 
-__all__ = ["FakeAPI", "FakeBedrock", "FakeGitHub", "FakeOpenAI", "FakeVoyage", "Fault", "Seen", "vector"]
+__all__ = ["FakeAPI", "FakeBedrock", "FakeGitHub", "FakeKubernetes", "FakeOpenAI", "FakeVoyage", "Fault", "Seen", "vector"]
