@@ -148,6 +148,32 @@ def eval_beir(
     Console().print(table)
 
 
+@app.command()
+def up(port: Optional[int] = typer.Option(None, help="Gateway port (default DEVMESH_GATEWAY__PORT or 8787).")) -> None:
+    """Start the embedded PostgreSQL, a Prefect server, the served deployments and the gateway; Ctrl-C stops."""
+    from deployments.stack import up as stack_up
+
+    try:
+        code = stack_up(gateway_port=port, echo=lambda m: console.print(m, highlight=False, markup=False))
+    except (AppError, RuntimeError) as exc:
+        _fail(str(exc))
+    raise typer.Exit(code)
+
+
+@app.command()
+def status(as_json: bool = typer.Option(False, "--json")) -> None:
+    """What `devmesh up` is running, with live health checks; exit 1 when something is down."""
+    from deployments.stack import status as stack_status
+
+    info = stack_status()
+    if as_json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            Console().print(f"{key}: {value}", highlight=False)
+    raise typer.Exit(0 if info["up"] else 1)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -131,6 +131,9 @@ def test_bad_input_answers(gateway, pool):
     assert post(client, big).status_code == 413
     assert post(client, b"{not json", signature=sign(b"{not json")).status_code == 400
     assert post(client, b"[1, 2]").status_code == 400
+    nul = post(client, b'{"action": "opened", "x": "\\u0000"}')
+    assert nul.status_code == 400 and "u0000" in nul.json()["error"]
+    assert post(client, b'{"x": "\xff\xfe"}').status_code == 400  # not UTF-8
     deep = b"[" * 100_000 + b"]" * 100_000
     assert post(client, deep).status_code in (400, 413)
     assert post(client, json.dumps(ISSUE).encode(), content_type="application/x-www-form-urlencoded").status_code == 415

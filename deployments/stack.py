@@ -1,0 +1,221 @@
+"""`devmesh up` / `devmesh status`: the whole stack on one machine, run the way it is run in production.
+
+up starts, in order: the embedded PostgreSQL (unless DEVMESH_DATABASE_URL points elsewhere), a Prefect server
+(bound to loopback, basic auth on its API, PREFECT_SERVER_ENCRYPTION_KEY from the environment), the deployments
+of prefect.yaml served by one process (`deployments.serve`), and the gateway (uvicorn). Ctrl-C stops them in
+reverse order. Data stays under DEVMESH_HOME, so running it again reuses it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from blocks.errors import ConfigError
+from blocks.settings import Settings
+
+__all__ = ["Component", "prefect_environment", "status", "up"]
+
+PREFECT_PORT = int(os.environ.get("DEVMESH_PREFECT_PORT", "4200"))
+STACK_FILE = "stack.json"
+
+
+@dataclass
+class Component:
+    name: str
+    process: subprocess.Popen
+    health: str | None
+
+
+def _auth_string(home: Path) -> str:
+    """The Prefect API's basic-auth `user:password`: from the environment, else generated once (file mode 600)."""
+    given = os.environ.get("PREFECT_SERVER_API_AUTH_STRING") or os.environ.get("PREFECT_API_AUTH_STRING")
+    if given:
+        return given
+    path = home / "prefect-auth"
+    if not path.exists():
+        path.write_text(f"devmesh:{secrets.token_urlsafe(24)}\n", encoding="utf-8")
+        path.chmod(0o600)
+    return path.read_text(encoding="utf-8").strip()
+
+
+def prefect_environment(settings: Settings, port: int = PREFECT_PORT) -> dict[str, str]:
+    """Environment of every process of the stack: one Prefect server, on loopback, with auth and our key."""
+    key = os.environ.get("PREFECT_SERVER_ENCRYPTION_KEY")
+    if not key:
+        raise ConfigError(
+            "PREFECT_SERVER_ENCRYPTION_KEY is not set. Prefect encrypts block secrets with it; keep it outside "
+            "the data directory. Generate one with: python -c \"from cryptography.fernet import Fernet; "
+            "print(Fernet.generate_key().decode())\"")
+    home = Path(settings.home).expanduser().resolve()
+    (home / "prefect").mkdir(parents=True, exist_ok=True)
+    auth = _auth_string(home)
+    return {
+        **os.environ,
+        "DEVMESH_HOME": str(home),
+        "PREFECT_HOME": str(home / "prefect"),
+        "PREFECT_SERVER_ENCRYPTION_KEY": key,
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_API_AUTH_STRING": auth,
+        "PREFECT_API_AUTH_STRING": auth,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "INFO"),
+    }
+
+
+def _healthy(url: str, auth: str | None = None) -> bool:
+    try:
+        user, _, password = (auth or "").partition(":")
+        response = httpx.get(url, timeout=2, auth=(user, password) if auth else None)
+        return response.status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _wait(component: Component, auth: str | None, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if component.process.poll() is not None:
+            raise RuntimeError(f"{component.name} exited with code {component.process.returncode} while starting")
+        if component.health is None or _healthy(component.health, auth):
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"{component.name} did not become healthy within {timeout:.0f} s ({component.health})")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _ensure_webhook_block(env: dict[str, str], name: str) -> str | None:
+    """Create the webhook block on first start, from DEVMESH_WEBHOOK_SECRET or a generated secret."""
+    code = (
+        "import os, secrets\n"
+        "from pydantic import SecretStr\n"
+        "from blocks.webhooks import GitHubWebhook\n"
+        f"name = {name!r}\n"
+        "try:\n    GitHubWebhook.load(name); print('exists')\n"
+        "except ValueError:\n"
+        "    given = os.environ.get('DEVMESH_WEBHOOK_SECRET')\n"
+        "    GitHubWebhook(secrets=[SecretStr(given or secrets.token_urlsafe(32))]).save(name)\n"
+        "    print('given' if given else 'generated')\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError(f"could not create the webhook block: {out.stderr[-500:]}")
+    return out.stdout.strip()
+
+
+def up(settings: Settings | None = None, *, gateway_port: int | None = None, prefect_port: int = PREFECT_PORT,
+       echo=print) -> int:
+    """Start the stack and block until Ctrl-C (or a component dies); returns the exit code."""
+    from blocks.postgres import PgVectorStore
+    from tasks.migrate import ensure_schema
+
+    settings = settings or Settings()
+    env = prefect_environment(settings, prefect_port)
+    home = Path(env["DEVMESH_HOME"])
+    gateway_port = gateway_port or settings.gateway.port
+    for port in (prefect_port, gateway_port):
+        if not _port_free(port):
+            raise ConfigError(f"port {port} on 127.0.0.1 is in use (is devmesh already up? `devmesh status`)")
+    store = PgVectorStore.from_settings(settings)
+    ensure_schema(store.pool())  # starts (or joins) the embedded PostgreSQL; children join it
+    echo(f"database: {store.describe()}")
+    components: list[Component] = []
+    stopping = False
+
+    def stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    python = sys.executable
+    prefect_api = env["PREFECT_API_URL"]
+    try:
+        server = Component("prefect server", subprocess.Popen(
+            [python, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
+            env=env, stdout=_log(home, "prefect-server"), stderr=subprocess.STDOUT), f"{prefect_api}/health")
+        components.append(server)
+        _wait(server, env["PREFECT_API_AUTH_STRING"], 180)
+        echo(f"prefect UI: http://127.0.0.1:{prefect_port}  (API {prefect_api}, basic auth: {home / 'prefect-auth'}"
+             f" or PREFECT_API_AUTH_STRING)")
+        created = _ensure_webhook_block(env, settings.gateway.webhook_block)
+        if created == "generated":
+            echo(f"webhook secret generated into block {settings.gateway.webhook_block!r} (read it in the UI)")
+        serving = Component("deployments", subprocess.Popen(
+            [python, "-m", "deployments.serve"], env=env, stdout=_log(home, "serve"), stderr=subprocess.STDOUT),
+            None)
+        components.append(serving)
+        gateway = Component("gateway", subprocess.Popen(
+            [python, "-m", "uvicorn", "--factory", "deployments.gateway:create_app", "--host", settings.gateway.host,
+             "--port", str(gateway_port), "--no-access-log"], env=env, stdout=_log(home, "gateway"),
+            stderr=subprocess.STDOUT), f"http://{settings.gateway.host}:{gateway_port}/healthz")
+        components.append(gateway)
+        _wait(gateway, None, 120)
+        (home / STACK_FILE).write_text(json.dumps({
+            "started_at": time.time(), "prefect_api": prefect_api, "prefect_ui": f"http://127.0.0.1:{prefect_port}",
+            "gateway": f"http://{settings.gateway.host}:{gateway_port}", "database": store.describe(),
+            "pids": {c.name: c.process.pid for c in components}, "supervisor": os.getpid()}, indent=2))
+        echo(f"gateway: http://{settings.gateway.host}:{gateway_port}/webhooks/github")
+        echo("devmesh is up; Ctrl-C stops it")
+        while not stopping:
+            for c in components:
+                if c.process.poll() is not None:
+                    echo(f"{c.name} exited with code {c.process.returncode}; stopping (logs in {home / 'logs'})")
+                    return 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        for c in reversed(components):
+            if c.process.poll() is None:
+                c.process.terminate()
+        for c in reversed(components):
+            try:
+                c.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                c.process.kill()
+        (home / STACK_FILE).unlink(missing_ok=True)
+        echo("devmesh stopped")
+
+
+def _log(home: Path, name: str):
+    (home / "logs").mkdir(parents=True, exist_ok=True)
+    return open(home / "logs" / f"{name}.log", "ab")
+
+
+def status(settings: Settings | None = None) -> dict[str, Any]:
+    """What is running, from the stack file and live health checks."""
+    settings = settings or Settings()
+    home = Path(settings.home).expanduser().resolve()
+    path = home / STACK_FILE
+    if not path.exists():
+        return {"up": False, "reason": f"no {path} (devmesh up is not running)"}
+    info = json.loads(path.read_text())
+    auth_file = home / "prefect-auth"
+    auth = os.environ.get("PREFECT_API_AUTH_STRING") or (auth_file.read_text().strip() if auth_file.exists() else None)
+    alive = {}
+    for name, pid in info["pids"].items():
+        try:
+            os.kill(pid, 0)
+            alive[name] = True
+        except OSError:
+            alive[name] = False
+    checks = {"prefect server": _healthy(f"{info['prefect_api']}/health", auth),
+              "gateway": _healthy(f"{info['gateway']}/healthz")}
+    return {"up": all(alive.values()) and all(checks.values()), "processes": alive, "health": checks,
+            **{k: info[k] for k in ("prefect_ui", "gateway", "database")}}

@@ -1,0 +1,102 @@
+"""End to end: `devmesh up` starts the stack; a signed real `issues/opened` delivery to the gateway triggers the
+github-discussions deployment through a Prefect event; the issue's text becomes searchable; Ctrl-C stops it all."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography.fernet import Fernet
+
+from blocks.settings import Settings
+from flows.search import search_now
+from tasks.search import SearchRequest
+from tests.conftest import SHARED_TESTDATA
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "e2e-webhook-secret-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def issue_payload() -> bytes:
+    real = SHARED_TESTDATA / "github-webhooks" / "issues" / "opened.json"
+    if real.exists():
+        return real.read_bytes()
+    return json.dumps({"action": "opened", "repository": {"full_name": "octo/hello", "name": "hello",
+                                                          "owner": {"login": "octo"}},
+                       "issue": {"number": 1, "title": "Spelling error in the README file",
+                                 "body": "It looks like you accidently spelled 'commit' with two 't's.",
+                                 "state": "open", "user": {"login": "octo"}, "labels": [],
+                                 "html_url": "https://github.com/octo/hello/issues/1",
+                                 "updated_at": "2019-05-15T15:20:18Z"}}).encode()
+
+
+@pytest.mark.slow
+def test_up_webhook_to_searchable_issue_then_clean_stop(tmp_path):
+    home = tmp_path / "stack"
+    gateway_port, prefect_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEVMESH_", "PREFECT_"))}
+    env.update({"DEVMESH_HOME": str(home), "DEVMESH_EMBEDDER": "local", "DEVMESH_PREFECT_PORT": str(prefect_port),
+                "PREFECT_SERVER_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+                "DEVMESH_WEBHOOK_SECRET": SECRET, "PYTHONUNBUFFERED": "1"})
+    stack = subprocess.Popen([sys.executable, "-m", "deployments.cli", "up", "--port", str(gateway_port)],
+                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        gateway = f"http://127.0.0.1:{gateway_port}"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            assert stack.poll() is None, stack.stdout.read()
+            try:
+                if httpx.get(f"{gateway}/healthz", timeout=1).status_code == 200 and (home / "stack.json").exists():
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail("the stack did not come up in 300 s")
+        status = subprocess.run([sys.executable, "-m", "deployments.cli", "status", "--json"], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0 and json.loads(status.stdout)["up"], status.stdout + status.stderr
+        body = issue_payload()
+        issue = json.loads(body)
+        signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        response = httpx.post(f"{gateway}/webhooks/github", content=body, timeout=10, headers={
+            "Content-Type": "application/json", "X-GitHub-Event": "issues", "X-GitHub-Delivery": str(uuid.uuid4()),
+            "X-Hub-Signature-256": signature})
+        assert response.status_code == 202, response.text
+        settings = Settings(home=home, embedder="local")
+        tenant = "default"
+        query = issue["issue"]["title"]
+        deadline = time.monotonic() + 240
+        hits = []
+        while time.monotonic() < deadline and not hits:
+            hits = [h for h in search_now(SearchRequest(query=query, tenant=tenant, limit=5), settings)
+                    if f"#issue/{issue['issue']['number']}" in h.document_id]
+            time.sleep(2)
+        assert hits, f"the issue never became searchable; logs in {home / 'logs'}"
+        assert hits[0].metadata["repository"] == issue["repository"]["full_name"]
+    finally:
+        stack.send_signal(signal.SIGINT)
+        try:
+            out, _ = stack.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            stack.kill()
+            out, _ = stack.communicate()
+    assert stack.returncode == 0, out
+    assert "devmesh stopped" in out and not (home / "stack.json").exists()
