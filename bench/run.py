@@ -1,4 +1,5 @@
-"""`make bench`: measure store, search, re-ingest, embedder and retrieval quality; write docs/benchmarks.md.
+"""`make bench`: measure store, search, re-ingest, embedder, contexts, backfill, webhook gateway and retrieval
+quality; write docs/benchmarks.md.
 
     python -m bench.run                      # everything (~15 min on 2 cores), writes docs/benchmarks.md
     python -m bench.run --only store,search  # some sections; writes bench/.data/benchmarks-partial.md
@@ -202,6 +203,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_beir_eval(SCIFACT, settings=_settings(DATA / "quality"), use_precomputed=True)
 
+    def gateway():
+        from bench.gateway import measure_gateway
+
+        return measure_gateway(_settings(DATA / "gateway"), rate=500, seconds=30, log=_log)
+
     if "store" in chosen:
         section("store", store)
     if "search" in chosen:
@@ -216,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         section("contexts", contexts)
     if "backfill" in chosen:
         section("backfill", backfill)
+    if "gateway" in chosen:
+        section("gateway", gateway)
     if "quality" in chosen:
         if have_scifact:
             section("quality", quality)

@@ -106,10 +106,12 @@ class PgVectorStore(Block):
         return pool
 
     async def open_async_pool(self, max_size: int | None = None) -> AsyncConnectionPool:
-        """A new asyncio pool on this store (for the gateway's event loop); the caller closes it."""
+        """A new asyncio pool on this store (for the gateway's event loop), in autocommit mode; the caller closes
+        it. Multi-statement work on it opens `conn.transaction()` explicitly."""
         url = self.resolve_url()
+        # autocommit: each statement is its own transaction, one round trip instead of BEGIN / statement / COMMIT
         pool = AsyncConnectionPool(url, min_size=1, max_size=max_size or self.pool_max_size, open=False,
-                                   name="devmesh-async")
+                                   name="devmesh-async", kwargs={"autocommit": True})
         try:
             await pool.open(wait=True, timeout=30)
         except Exception as exc:
