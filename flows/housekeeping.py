@@ -1,4 +1,4 @@
-"""Scheduled housekeeping: verify the audit trail, forget old webhook deliveries."""
+"""Scheduled housekeeping: verify the audit trail; redrive webhook deliveries no run processed; forget old ones."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from tasks.audit import verify_audit
 from tasks.migrate import ensure_schema
-from tasks.webhooks import prune_deliveries
+from tasks.webhooks import prune_deliveries, stale_deliveries
 
-__all__ = ["AuditBroken", "prune_webhook_deliveries", "verify_audit_trail"]
+__all__ = ["AuditBroken", "prune_webhook_deliveries", "redrive_webhook_deliveries", "verify_audit_trail"]
 
 
 class AuditBroken(AppError):
@@ -42,3 +42,22 @@ def verify_audit_trail() -> dict:
 def prune_webhook_deliveries() -> int:
     """Delete deliveries older than the 7-day redelivery window that are done with."""
     return prune_deliveries(_pool())
+
+
+@flow(name="redrive-webhook-deliveries")
+def redrive_webhook_deliveries(older_than_minutes: int = 10) -> dict:
+    """Process deliveries that were emitted but never handled (their event found no trigger, or the run died)."""
+    from datetime import timedelta
+
+    from flows.github_events import handle_delivery
+
+    done, failed = 0, []
+    for delivery_id in stale_deliveries(_pool(), timedelta(minutes=older_than_minutes)):
+        try:
+            handle_delivery(delivery_id)
+            done += 1
+        except Exception as exc:  # recorded on the delivery row by handle_delivery; keep going with the others
+            failed.append(f"{delivery_id}: {type(exc).__name__}")
+    if failed:
+        get_run_logger().warning("%s deliveries failed again: %s", len(failed), "; ".join(failed[:20]))
+    return {"processed": done, "failed": failed}

@@ -9,7 +9,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 __all__ = ["RETENTION", "claim_processing", "finish_processing", "get_delivery", "mark_emitted",
-           "mark_emit_failed", "pending_deliveries", "prune_deliveries", "record_delivery"]
+           "mark_emit_failed", "pending_deliveries", "prune_deliveries", "stale_deliveries", "record_delivery"]
 
 RETENTION = timedelta(days=7)  # redeliveries within this window are recognised
 INSERT = """
@@ -76,6 +76,15 @@ def finish_processing(pool: ConnectionPool, delivery_id: str, error: str | None 
     with pool.connection() as conn:
         conn.execute("UPDATE webhook_deliveries SET status = %s, processed_at = now(), last_error = %s"
                      " WHERE delivery_id = %s", ["failed" if error else "processed", error, delivery_id])
+
+
+def stale_deliveries(pool: ConnectionPool, older_than: timedelta, limit: int = 500) -> list[str]:
+    """Deliveries emitted more than `older_than` ago that no run has finished (a trigger missed the event, or the
+    run crashed): the redrive flow processes them directly."""
+    with pool.connection() as conn:
+        rows = conn.execute("SELECT delivery_id FROM webhook_deliveries WHERE status = 'emitted' AND route IS NOT NULL"
+                            " AND emitted_at < now() - %s ORDER BY received_at LIMIT %s", [older_than, limit])
+        return [r[0] for r in rows]
 
 
 def prune_deliveries(pool: ConnectionPool, older_than: timedelta = RETENTION) -> int:
