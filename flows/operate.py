@@ -33,7 +33,7 @@ from tasks.operation_log import arguments_hash, claim_operation, get_operation_r
 from tasks.ops.base import Connections, Plan, get_operation, parse_input
 from tasks.runtime import call, in_flow_run
 
-__all__ = ["ApprovalInput", "OperateRequest", "decide", "operate", "run_operation"]
+__all__ = ["ApprovalInput", "OperateRequest", "decide", "decide_as", "operate", "run_operation"]
 
 
 class OperateRequest(BaseModel):
@@ -188,11 +188,21 @@ def _await_approval(g: _Guard, policy: OperationPolicy, inp, conns: Connections,
 
 def decide(operation_id: str, token: str, decision: str, *, tenant: str = "default", comment: str | None = None,
            settings: Settings | None = None) -> dict[str, Any]:
-    """Approve or reject a paused operation as an authenticated approver, audit it, then resume the run."""
+    """Approve or reject a paused operation as an approver authenticated by their token (`devmesh approve`)."""
     settings = settings or Settings()
     pool = PgVectorStore.from_settings(settings).pool()
     ensure_schema(pool)
     approver = authenticate_approver(pool, tenant, token)
+    return decide_as(approver, operation_id, decision, tenant=tenant, comment=comment, settings=settings)
+
+
+def decide_as(approver: str, operation_id: str, decision: str, *, tenant: str, comment: str | None = None,
+              settings: Settings | None = None) -> dict[str, Any]:
+    """Record a decision by an approver the caller already authenticated (the CLI by approver token, the REST API
+    by an admin API key), audit it, then resume the paused run, which re-checks everything."""
+    settings = settings or Settings()
+    pool = PgVectorStore.from_settings(settings).pool()
+    ensure_schema(pool)
     row = get_operation_row(pool, operation_id, tenant)
     if row is None:
         raise InputError("no such operation in this tenant", item=operation_id)

@@ -57,7 +57,8 @@ def pool(session_pool):
     """The session's pool, with every row of the previous test gone."""
     with session_pool.connection() as conn:
         conn.execute("TRUNCATE embedding_usage, tenant_models, model_switches, documents, chunks, embeddings, term_stats, tenant_stats,"
-                     " contexts, context_messages, operations, approvals, approvers, webhook_deliveries, repository_sync CASCADE")
+                     " contexts, context_messages, operations, approvals, approvers, webhook_deliveries, repository_sync,"
+                     " organizations, api_keys CASCADE")
     return session_pool
 
 

@@ -1,0 +1,165 @@
+"""Organizations (tenants) and their API keys.
+
+A key is `devmesh_` + 43 random URL-safe characters, shown once and stored as its sha256 (a key has 256 bits of
+entropy, so a fast hash is the right one — it is a password for machines, not for people). The admin's password
+is stored with scrypt. Scopes: read (search, get), write (store, append), operate (run DevOps tools), admin
+(keys and everything else).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from blocks.errors import AuthFailed, InputError
+
+__all__ = ["KEY_PREFIX", "OrganizationCreate", "Principal", "SCOPES", "authenticate", "create_key", "list_keys",
+           "register_organization", "revoke_key", "rotate_key"]
+
+KEY_PREFIX = "devmesh_"
+SCOPES = ("read", "write", "operate", "admin")
+_SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{1,62}[a-z0-9])$")
+_KEY = re.compile(r"^devmesh_[A-Za-z0-9_-]{43}$")
+
+
+class OrganizationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    name: str = Field(..., min_length=1, max_length=200)
+    slug: str = Field(..., description="Lower-case letters, digits and dashes; becomes the tenant id.")
+    admin_email: str = Field(..., max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    admin_name: str = Field(..., min_length=1, max_length=200)
+    password: str = Field(..., min_length=12, max_length=1024)
+
+    @field_validator("slug")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        if not _SLUG.match(v):
+            raise ValueError("3-64 lower-case letters, digits or dashes, starting and ending with a letter or digit")
+        return v
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the tenant, the key, its scopes and its rate limit (None: the default)."""
+
+    tenant: str
+    key_id: str
+    key_name: str
+    scopes: tuple[str, ...]
+    rate_per_minute: int | None = None
+    burst: int | None = None
+
+    def allows(self, scope: str) -> bool:
+        return "admin" in self.scopes or scope in self.scopes
+
+    def actor(self) -> dict[str, Any]:
+        return {"tenant": self.tenant, "api_key_id": self.key_id, "api_key_name": self.key_name}
+
+
+def _hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _password_hash(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1)
+    return f"scrypt$16384$8$1${salt.hex()}${digest.hex()}"
+
+
+def _check_scopes(scopes: list[str]) -> list[str]:
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown or not scopes:
+        raise InputError(f"scopes must be a non-empty subset of {list(SCOPES)}", item=",".join(unknown) or "scopes")
+    return sorted(set(scopes), key=SCOPES.index)
+
+
+def register_organization(pool: ConnectionPool, request: OrganizationCreate) -> tuple[dict[str, Any], str]:
+    """Create the organization and its first (admin) key; returns (organization, key). The key is not kept."""
+    with pool.connection() as conn, conn.transaction():
+        cur = conn.execute("INSERT INTO organizations (tenant_id, name, admin_email, admin_name, password_hash)"
+                           " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (tenant_id) DO NOTHING",
+                           [request.slug, request.name, request.admin_email, request.admin_name,
+                            _password_hash(request.password)])
+        if cur.rowcount == 0:
+            raise InputError("an organization with this slug exists", item=request.slug)
+        meta, key = _insert_key(conn, request.slug, "admin", ["admin"], None, None, None)
+    return {"tenant": request.slug, "name": request.name, "admin_email": request.admin_email,
+            "key": meta}, key
+
+
+def _insert_key(conn, tenant: str, name: str, scopes: list[str], rate: int | None, burst: int | None,
+                rotated_from: str | None) -> tuple[dict[str, Any], str]:
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    key_id = uuid.uuid4()
+    conn.execute("INSERT INTO api_keys (id, tenant_id, name, prefix, key_hash, scopes, rate_per_minute, burst,"
+                 " rotated_from) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                 [key_id, tenant, name, key[:14], _hash(key), _check_scopes(scopes), rate, burst, rotated_from])
+    return {"id": str(key_id), "name": name, "prefix": key[:14], "scopes": _check_scopes(scopes),
+            "rate_per_minute": rate, "burst": burst}, key
+
+
+def create_key(pool: ConnectionPool, tenant: str, name: str, scopes: list[str], *, rate_per_minute: int | None = None,
+               burst: int | None = None) -> tuple[dict[str, Any], str]:
+    """A new key of `tenant`; returns (its listing, the key itself — shown once)."""
+    if not name.strip() or len(name) > 200:
+        raise InputError("key name must be 1-200 characters", item="name")
+    for field, value in (("rate_per_minute", rate_per_minute), ("burst", burst)):
+        if value is not None and not 1 <= value <= 1_000_000:
+            raise InputError("must be between 1 and 1,000,000", item=field)
+    with pool.connection() as conn:
+        return _insert_key(conn, tenant, name.strip(), scopes, rate_per_minute, burst, None)
+
+
+def list_keys(pool: ConnectionPool, tenant: str) -> list[dict[str, Any]]:
+    """The tenant's keys without secrets (prefix, scopes, limits, created/last used/revoked)."""
+    with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("SELECT id::text, name, prefix, scopes, rate_per_minute, burst, created_at, last_used_at,"
+                    " revoked_at, rotated_from::text FROM api_keys WHERE tenant_id = %s ORDER BY created_at", [tenant])
+        return cur.fetchall()
+
+
+def revoke_key(pool: ConnectionPool, tenant: str, key_id: str) -> bool:
+    with pool.connection() as conn:
+        return conn.execute("UPDATE api_keys SET revoked_at = now() WHERE tenant_id = %s AND id = %s"
+                            " AND revoked_at IS NULL", [tenant, _uuid(key_id)]).rowcount == 1
+
+
+def rotate_key(pool: ConnectionPool, tenant: str, key_id: str) -> tuple[dict[str, Any], str]:
+    """Revoke a key and issue its successor with the same name, scopes and limits, in one transaction."""
+    with pool.connection() as conn, conn.transaction():
+        row = conn.execute("UPDATE api_keys SET revoked_at = now() WHERE tenant_id = %s AND id = %s"
+                           " AND revoked_at IS NULL RETURNING name, scopes, rate_per_minute, burst",
+                           [tenant, _uuid(key_id)]).fetchone()
+        if row is None:
+            raise InputError("no active key with this id", item=key_id)
+        return _insert_key(conn, tenant, row[0], list(row[1]), row[2], row[3], key_id)
+
+
+def _uuid(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise InputError("not a key id", item=str(value)[:64]) from None
+
+
+def authenticate(pool: ConnectionPool, key: str | None) -> Principal:
+    """The principal of an active key, or AuthFailed (the same message for unknown, malformed and revoked keys)."""
+    if not key or not _KEY.match(key):
+        raise AuthFailed("invalid or revoked API key", provider="devmesh", operation="authenticate")
+    digest = _hash(key)
+    with pool.connection() as conn:
+        row = conn.execute("SELECT id::text, tenant_id, name, scopes, rate_per_minute, burst, key_hash FROM api_keys"
+                           " WHERE key_hash = %s AND revoked_at IS NULL", [digest]).fetchone()
+    if row is None or not hmac.compare_digest(row[6], digest):
+        raise AuthFailed("invalid or revoked API key", provider="devmesh", operation="authenticate")
+    return Principal(tenant=row[1], key_id=row[0], key_name=row[2], scopes=tuple(row[3]), rate_per_minute=row[4],
+                     burst=row[5])
