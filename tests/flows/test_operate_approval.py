@@ -79,6 +79,16 @@ def test_approved_from_outside_executes_once_and_records_the_approver(guarded, p
     statuses = [r["status"] for r in read_audit(pool, tenant=tenant)]
     assert statuses == ["awaiting_approval", "approval_approved", "succeeded"]
     assert verify_audit(pool).ok
+    # the plan and each audit record of the run are artifacts in the Prefect UI, without the secret
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[out["flow_run_id"]])))
+    keys = sorted(a.key for a in artifacts)
+    assert keys == ["devmesh-audit", "devmesh-audit", "devmesh-plan"]  # the plan; audit: pending, succeeded
+    assert all("test-secret-value" not in str(a.data) for a in artifacts)
 
 
 def test_resume_without_devmesh_approval_is_refused(guarded, pool, tenant):
