@@ -95,6 +95,17 @@ def test_up_webhook_to_searchable_issue_then_clean_stop(tmp_path):
             time.sleep(2)
         assert hits, f"the issue never became searchable; logs in {home / 'logs'}"
         assert hits[0].metadata["repository"] == issue["repository"]["full_name"]
+        # the same server accepts `prefect deploy --all` of prefect.yaml into a process work pool
+        api = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api", "DEVMESH_ROOT": str(ROOT),
+               "PREFECT_API_AUTH_STRING": (home / "prefect-auth").read_text().strip()}
+        prefect = [sys.executable, "-m", "prefect"]
+        pool = subprocess.run(prefect + ["work-pool", "create", "devmesh", "--type", "process"], cwd=ROOT, env=api,
+                              capture_output=True, text=True, timeout=120)
+        assert pool.returncode == 0, pool.stdout + pool.stderr
+        deployed = subprocess.run(prefect + ["--no-prompt", "deploy", "--all"], cwd=ROOT, env=api,
+                                  capture_output=True, text=True, timeout=300)
+        assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
+        assert deployed.stdout.count("prefect worker start --pool 'devmesh'") >= 1
     finally:
         stack.send_signal(signal.SIGINT)
         try:
