@@ -28,7 +28,7 @@ from flows.ingest import IngestRequest, ingest  # noqa: E402
 from flows.search import search_now  # noqa: E402
 from tasks.search import SearchRequest  # noqa: E402
 
-CORPUS = ["README.md", "docs", "samples", "blocks", "tasks", "flows", "deployments/cli.py"]
+CORPUS = ["README.md", "docs", "samples", "flows"]
 QUERIES = [
     ("How do I roll back a failed Kubernetes deployment?", "hybrid"),
     ("rotate the GitHub webhook secret", "hybrid"),

@@ -1,0 +1,452 @@
+"""devmesh as an MCP server (official `mcp` SDK): memory, search and the guarded DevOps operations as tools.
+
+    python -m deployments.mcp_server --stdio     # DEVMESH_API_KEY, checked at start and again on every request
+    mcp_http_app(settings)                        # streamable HTTP (ASGI); a key per request: Bearer or X-API-Key
+
+Every request runs as its key's principal: the key's tenant (no tool takes a tenant) and scopes — read
+(`context_get`, `search`, `find_similar`), write (`context_create`, `context_append`), operate (one tool per
+operation, named as the operation: `github.create_issue`; MCP names allow `[A-Za-z0-9_.-]`). Operations run only
+through the guard (`flows.operate.run_operation`: plan, policy, approval, audit), `dry_run` true unless the call
+says false. Failures are tool results with isError and devmesh's message, never a protocol crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+import mcp_types as types
+from mcp.server import Server, ServerRequestContext
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.exceptions import MCPError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from blocks.errors import AppError, AuthFailed, InputError
+from blocks.policy import OperationPolicy
+from blocks.postgres import PgVectorStore
+from blocks.redact import redact
+from blocks.settings import Settings
+from deployments.memory import Memory
+from flows.operate import OperateRequest, run_operation
+from tasks.context_models import MAX_APPEND, ContextCreate, MessageIn
+from tasks.migrate import ensure_schema
+from tasks.ops.base import Connections
+from tasks.ratelimit import AuthLockout, RateLimiter
+from tasks.tenancy import Principal, authenticate
+from tasks.tools import is_memory_tool, list_tools
+
+__all__ = ["McpHttpApp", "PrincipalResolver", "build_server", "main", "mcp_http_app", "mount"]
+
+log = logging.getLogger("devmesh.mcp")
+PrincipalResolver = Callable[[ServerRequestContext], Principal]  # raises AuthFailed; called in a worker thread
+PRINCIPAL_KEY = "devmesh.principal"  # where the HTTP app leaves the authenticated principal in the ASGI scope
+GUARD_FIELDS = ("dry_run", "idempotency_key")
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AppendArgs(_Args):
+    context_id: str = Field(..., description="The context's id (from context_create).")
+    messages: list[MessageIn] = Field(..., min_length=1, max_length=MAX_APPEND, description="In order.")
+
+
+class GetArgs(_Args):
+    context_id: str
+    offset: int = Field(0, description="First message; negative counts from the end (-20: the last 20).")
+    limit: int = Field(100, ge=0, le=1000, description="Messages to return.")
+
+
+class SearchArgs(_Args):
+    query: str = Field(..., min_length=1, max_length=10_000, description="What to look for.")
+    context_id: str | None = Field(None, description="Only this conversation.")
+    user_id: str | None = Field(None, description="Only this user's conversations.")
+    mode: Literal["hybrid", "vector", "keyword"] = Field("hybrid", description="Ranking: hybrid (RRF), vector, BM25.")
+    limit: int = Field(10, ge=1, le=100, description="Hits to return.")
+
+
+class SimilarArgs(_Args):
+    context_id: str
+    limit: int = Field(5, ge=1, le=50, description="Contexts to return.")
+
+
+def _parse(model: type[_Args], arguments: dict, tool: str) -> _Args:
+    try:
+        return model.model_validate(arguments)
+    except ValidationError as exc:
+        raise InputError(f"invalid arguments: {_problems(exc)}", item=tool) from None
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or '(input)'}: {e['msg']}" for e in exc.errors())
+
+
+def _dump(value: Any) -> Any:
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+@dataclass(frozen=True)
+class _Tool:
+    """One MCP tool: what the client sees, the scope it needs, and the call (sync, run in a worker thread)."""
+
+    spec: types.Tool
+    scope: str
+    call: Callable[[Principal, dict[str, Any]], dict[str, Any]]
+
+
+class _Tools:
+    """The tool table of one server: memory tools over a Memory per tenant, operation tools over the guard."""
+
+    def __init__(self, settings: Settings, connections: Connections | None, policy: OperationPolicy | None):
+        self.settings, self.connections, self.policy = settings, connections, policy
+        self._memories: dict[str, Memory] = {}
+        self._lock = threading.Lock()
+        self.table = {t.spec.name: t for t in self._memory_tools() + self._operation_tools()}
+
+    def memory(self, principal: Principal) -> Memory:
+        with self._lock:
+            if principal.tenant not in self._memories:
+                self._memories[principal.tenant] = Memory(principal.tenant, self.settings)
+            return self._memories[principal.tenant]
+
+    def _memory_tools(self) -> list[_Tool]:
+        create_schema = ContextCreate.model_json_schema()
+        create_schema["properties"].pop("key_name")  # the server's key block, not the client's choice
+
+        def create(p: Principal, a: dict) -> dict:
+            if "key_name" in a:
+                raise InputError("key_name cannot be chosen over MCP; encrypted contexts use the server's key",
+                                 item="context_create")
+            return _dump(self.memory(p).create_context(**a))
+
+        def append(p: Principal, a: dict) -> dict:
+            args = _parse(AppendArgs, a, "context_append")
+            return _dump(self.memory(p).append(args.context_id, args.messages))
+
+        def get(p: Principal, a: dict) -> dict:
+            args = _parse(GetArgs, a, "context_get")
+            return _dump(self.memory(p).get(args.context_id, offset=args.offset, limit=args.limit))
+
+        def search(p: Principal, a: dict) -> dict:
+            args = _parse(SearchArgs, a, "search")
+            if args.context_id and args.user_id:
+                raise InputError("give context_id or user_id, not both", item="search")
+            hits = self.memory(p).search(args.query, context_id=args.context_id, user_id=args.user_id,
+                                         mode=args.mode, limit=args.limit)
+            return {"hits": [_dump(h) for h in hits]}
+
+        def similar(p: Principal, a: dict) -> dict:
+            args = _parse(SimilarArgs, a, "find_similar")
+            return {"similar": [_dump(s) for s in self.memory(p).similar(args.context_id, limit=args.limit)]}
+
+        ro = types.ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
+        add = types.ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
+        return [
+            _tool("context_create", "Start a conversation context (user, agent, session, type, metadata, TTL, size "
+                  "limits); returns it with its id.", create_schema, add, "write", create),
+            _tool("context_append", "Append messages to a context, atomically and in order; only they are chunked "
+                  "and embedded.", AppendArgs.model_json_schema(), add, "write", append),
+            _tool("context_get", "A context and one page of its messages.", GetArgs.model_json_schema(), ro, "read",
+                  get),
+            _tool("search", "Search memory by meaning and keywords: one conversation (context_id), one user's "
+                  "conversations (user_id), or everything of the tenant; ranked passages with scores.",
+                  SearchArgs.model_json_schema(), ro, "read", search),
+            _tool("find_similar", "Conversations most like the given one (itself excluded), with similarity.",
+                  SimilarArgs.model_json_schema(), ro, "read", similar),
+        ]
+
+    def _operation_tools(self) -> list[_Tool]:
+        tools = []
+        for entry in list_tools():
+            if is_memory_tool(entry.name):
+                continue  # the catalog's memory tool is scoped to one user; the MCP ones above take explicit scope
+            tools.append(self._operation_tool(entry))
+        return tools
+
+    def _operation_tool(self, entry) -> _Tool:
+        schema = copy.deepcopy(entry.input_schema)
+        props = schema.setdefault("properties", {})
+        clash = [f for f in GUARD_FIELDS if f in props]
+        if clash:
+            raise ValueError(f"operation {entry.name} has inputs named {clash}, which the MCP tool adds")
+        description = entry.description
+        if not entry.read_only:
+            props["dry_run"] = {"type": "boolean", "default": True,
+                                "description": "true (default): plan and check the policy only; false: execute."}
+            props["idempotency_key"] = {"type": "string", "minLength": 1, "maxLength": 200,
+                                        "description": "The same key never acts twice (a retry returns the first "
+                                                       "result)."}
+            description += " Plans only unless dry_run is false."
+        annotations = types.ToolAnnotations(
+            title=entry.name, read_only_hint=entry.read_only, open_world_hint=True,
+            destructive_hint=None if entry.read_only else entry.destructive,
+            idempotent_hint=True if entry.read_only else None)
+
+        def call(p: Principal, a: dict) -> dict:
+            args = dict(a)
+            dry_run, key = (True, None) if entry.read_only else (args.pop("dry_run", True),
+                                                                 args.pop("idempotency_key", None))
+            if not isinstance(dry_run, bool):
+                raise InputError("invalid arguments: dry_run: must be true or false", item=entry.name)
+            try:
+                request = OperateRequest(operation=entry.name, arguments=args, tenant=p.tenant,
+                                         actor={**p.actor(), "via": "mcp"}, dry_run=dry_run, idempotency_key=key)
+            except ValidationError as exc:
+                raise InputError(f"invalid arguments: {_problems(exc)}", item=entry.name) from None
+            return run_operation(request, self.settings, connections=self.connections, policy=self.policy)
+
+        return _tool(entry.name, description, schema, annotations, "operate", call)
+
+
+def _tool(name, description, schema, annotations, scope, call) -> _Tool:
+    return _Tool(types.Tool(name=name, description=description, input_schema=schema, annotations=annotations),
+                 scope, call)
+
+
+def _result(payload: dict[str, Any]) -> types.CallToolResult:
+    text = json.dumps(payload, default=str, ensure_ascii=False)
+    return types.CallToolResult(content=[types.TextContent(text=text)], structured_content=json.loads(text))
+
+
+def _error(message: str) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(text=redact(message)[:4000])], is_error=True)
+
+
+def build_server(principal_resolver: PrincipalResolver, settings: Settings | None = None,
+                 connections: Connections | None = None, policy: OperationPolicy | None = None) -> Server:
+    """The MCP server. `principal_resolver(ctx)` names the caller of each request (raises AuthFailed);
+    `connections` / `policy` default to the blocks named in settings.ops (tests pass their own)."""
+    settings = settings or Settings()
+    tools = _Tools(settings, connections, policy)
+
+    async def principal(ctx: ServerRequestContext) -> Principal:
+        return await anyio.to_thread.run_sync(principal_resolver, ctx)
+
+    async def on_list_tools(ctx: ServerRequestContext, params) -> types.ListToolsResult:
+        try:
+            p = await principal(ctx)
+        except AuthFailed as exc:
+            raise MCPError(code=types.INVALID_REQUEST, message=str(exc)) from None
+        return types.ListToolsResult(tools=[t.spec for t in tools.table.values() if p.allows(t.scope)])
+
+    async def on_call_tool(ctx: ServerRequestContext, params: types.CallToolRequestParams) -> types.CallToolResult:
+        tool = tools.table.get(params.name)
+        if tool is None:
+            raise MCPError(code=types.INVALID_PARAMS, message=f"unknown tool: {params.name}")
+        try:
+            p = await principal(ctx)
+        except AuthFailed as exc:
+            return _error(str(exc))
+        if not p.allows(tool.scope):
+            log.info("mcp %s refused: key %s of %s lacks scope %s", tool.spec.name, p.key_id, p.tenant, tool.scope)
+            return _error(f"forbidden: this API key lacks the '{tool.scope}' scope that {tool.spec.name} needs")
+        try:
+            payload = await anyio.to_thread.run_sync(tool.call, p, dict(params.arguments or {}))
+        except AppError as exc:
+            log.info("mcp %s by key %s of %s failed: %s", tool.spec.name, p.key_id, p.tenant, exc)
+            return _error(f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # a bug or an unwrapped library error: report it, keep serving
+            log.exception("mcp %s by key %s of %s crashed", tool.spec.name, p.key_id, p.tenant)
+            return _error(f"internal error ({type(exc).__name__}): {exc}")
+        log.info("mcp %s by key %s of %s ok", tool.spec.name, p.key_id, p.tenant)
+        return _result(payload)
+
+    return Server("devmesh", version="1", instructions=(
+        "devmesh: conversation memory, search over stored documents and conversations, and guarded DevOps "
+        "operations (dry run by default; a policy decides; every call is audited)."),
+        on_list_tools=on_list_tools, on_call_tool=on_call_tool)
+
+
+def _pool(settings: Settings):
+    pool = PgVectorStore.from_settings(settings).pool()
+    ensure_schema(pool)
+    return pool
+
+
+# --- streamable HTTP ---------------------------------------------------------------------------------------------
+
+def _key_from(headers: dict[bytes, bytes]) -> str | None:
+    auth = headers.get(b"authorization", b"").decode("latin-1")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    key = headers.get(b"x-api-key")
+    return key.decode("latin-1").strip() if key else None
+
+
+async def _respond(send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    """A JSON-RPC error body, so MCP clients show the message instead of a bare status."""
+    body = json.dumps({"jsonrpc": "2.0", "id": None,
+                       "error": {"code": types.INVALID_REQUEST, "message": message}}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _scope_principal(ctx: ServerRequestContext) -> Principal:
+    principal = getattr(ctx.request, "scope", {}).get(PRINCIPAL_KEY) if ctx.request is not None else None
+    if principal is None:
+        raise AuthFailed("no authenticated API key on this request", provider="devmesh", operation="authenticate")
+    return principal
+
+
+class McpHttpApp:
+    """Streamable HTTP MCP endpoint (stateless: every POST stands alone) behind devmesh API keys.
+
+    Each request: lockout check → key (`Authorization: Bearer` or `X-API-Key`) → 401 without a valid one → the
+    key's token bucket (429) → the SDK's transport. The app answers on any path, so it can be routed at `/mcp`.
+    Requests are served while `run()` is entered (its own ASGI lifespan does that when served alone). DNS-rebinding
+    protection is off: a browser cannot attach the API key, so a rebound page gets only 401s.
+    """
+
+    def __init__(self, settings: Settings, *, connections: Connections | None = None,
+                 policy: OperationPolicy | None = None, limiter: RateLimiter | None = None,
+                 lockout: AuthLockout | None = None):
+        self.settings = settings
+        self.server = build_server(_scope_principal, settings, connections, policy)
+        self.limiter = limiter or RateLimiter()
+        self.lockout = lockout or AuthLockout()
+        self._manager: StreamableHTTPSessionManager | None = None
+        self._pool = None
+
+    @asynccontextmanager
+    async def run(self):
+        """Serve requests while entered (a session manager runs once, so each run gets a new one)."""
+        if self._pool is None:
+            self._pool = await anyio.to_thread.run_sync(_pool, self.settings)
+        manager = StreamableHTTPSessionManager(
+            app=self.server, stateless=True,
+            security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False))
+        async with manager.run():
+            self._manager = manager
+            try:
+                yield self
+            finally:
+                self._manager = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        if self._manager is None:
+            await _respond(send, 503, "the MCP endpoint is not running (enter McpHttpApp.run() in the lifespan)")
+            return
+        client = (scope.get("client") or ("?", 0))[0]
+        locked = self.lockout.locked_for(client)
+        if locked:
+            await _respond(send, 429, "too many failed authentications", [(b"retry-after", b"%d" % (locked + 1))])
+            return
+        try:
+            principal = await anyio.to_thread.run_sync(authenticate, self._pool, _key_from(dict(scope["headers"])))
+        except AuthFailed:
+            self.lockout.failed(client)
+            await _respond(send, 401, "missing, invalid or revoked API key (Authorization: Bearer <key> or "
+                                      "X-API-Key)", [(b"www-authenticate", b'Bearer realm="devmesh"')])
+            return
+        self.lockout.succeeded(client)
+        wait = self.limiter.take(principal.key_id, principal.rate_per_minute, principal.burst)
+        if wait:
+            await _respond(send, 429, "rate limit exceeded", [(b"retry-after", b"%d" % (wait + 1))])
+            return
+        await self._manager.handle_request({**scope, PRINCIPAL_KEY: principal}, receive, send)
+
+    async def _lifespan(self, receive, send) -> None:
+        await receive()  # lifespan.startup
+        try:
+            async with self.run():
+                await send({"type": "lifespan.startup.complete"})
+                await receive()  # lifespan.shutdown
+        except Exception as exc:
+            await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            return
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+def mcp_http_app(settings: Settings | None = None, **options) -> McpHttpApp:
+    """The streamable HTTP endpoint as an ASGI app (options: connections, policy, limiter, lockout)."""
+    return McpHttpApp(settings or Settings(), **options)
+
+
+def mount(app, mcp: McpHttpApp, path: str = "/mcp") -> None:
+    """Route `path` of a Starlette/FastAPI app to `mcp` and run it inside the app's lifespan."""
+    from starlette.routing import Route
+
+    app.router.routes.append(Route(path, endpoint=mcp, methods=["GET", "POST", "DELETE"]))
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(a):
+        async with mcp.run(), inner(a) as state:
+            yield state
+
+    app.router.lifespan_context = lifespan
+
+
+# --- stdio -------------------------------------------------------------------------------------------------------
+
+def _stdio_resolver(pool, key: str) -> PrincipalResolver:
+    def resolve(ctx: ServerRequestContext) -> Principal:
+        return authenticate(pool, key)  # per request: a revoked key stops working at once
+    return resolve
+
+
+async def serve_stdio(settings: Settings, key: str) -> None:
+    """Serve MCP over stdin/stdout as the principal of `key` (AuthFailed before anything is served)."""
+    from mcp.server.stdio import stdio_server
+
+    pool = await anyio.to_thread.run_sync(_pool, settings)
+    principal = await anyio.to_thread.run_sync(authenticate, pool, key)
+    log.info("devmesh MCP server on stdio for tenant %s, key %s (%s)", principal.tenant, principal.key_name,
+             ",".join(principal.scopes))
+    server = build_server(_stdio_resolver(pool, key), settings)
+    async with stdio_server() as (read, write):
+        await server.run(read, write, server.create_initialization_options())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m deployments.mcp_server --stdio` | `--http [--host H] [--port P]`. Exit 2: no or bad key."""
+    parser = argparse.ArgumentParser(prog="devmesh mcp", description="Serve devmesh's tools over MCP.")
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--stdio", action="store_true", help="stdin/stdout; the key comes from DEVMESH_API_KEY (default)")
+    how.add_argument("--http", action="store_true", help="streamable HTTP at /mcp; a key per request")
+    parser.add_argument("--host", default=None, help="HTTP bind address (default: DEVMESH_GATEWAY__HOST)")
+    parser.add_argument("--port", type=int, default=None, help="HTTP port (default: DEVMESH_GATEWAY__PORT)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    settings = Settings()
+    if args.http:
+        import uvicorn
+        from starlette.applications import Starlette
+
+        app = Starlette()
+        mount(app, mcp_http_app(settings))
+        uvicorn.run(app, host=args.host or settings.gateway.host, port=args.port or settings.gateway.port)
+        return 0
+    key = os.environ.get("DEVMESH_API_KEY", "").strip()
+    if not key:
+        print("devmesh mcp: set DEVMESH_API_KEY to an API key (devmesh keys create ...)", file=sys.stderr)
+        return 2
+    try:
+        anyio.run(serve_stdio, settings, key)
+    except AuthFailed as exc:
+        print(f"devmesh mcp: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
