@@ -10,6 +10,7 @@ plan or the decision does not match.
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -33,7 +34,7 @@ from tasks.operation_log import arguments_hash, claim_operation, get_operation_r
 from tasks.ops.base import Connections, Plan, get_operation, parse_input
 from tasks.runtime import call, in_flow_run
 
-__all__ = ["ApprovalInput", "OperateRequest", "decide", "decide_as", "operate", "run_operation"]
+__all__ = ["ApprovalInput", "OperateRequest", "decide", "decide_as", "operate", "run_operation", "submit_operation"]
 
 
 class OperateRequest(BaseModel):
@@ -228,6 +229,33 @@ def _resume(flow_run_id, run_input: dict[str, Any], wait_s: float = 15.0) -> Non
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def submit_operation(request: OperateRequest, settings: Settings | None = None, *,
+                     connections: Connections | None = None, policy: OperationPolicy | None = None,
+                     deployment: str = "operate/operate") -> dict[str, Any]:
+    """For callers that must not block (REST, MCP, the assistant): run the operation now when the policy allows it
+    without approval; when it needs one, plan it here and start the `operate` deployment, whose run pauses for the
+    decision. Returns the summary, or {status: "awaiting_approval", operation_id, flow_run_id, plan, ...}."""
+    key = request.idempotency_key or f"submit-{uuid.uuid4().hex}"
+    request = request.model_copy(update={"idempotency_key": key})
+    planned = run_operation(request.model_copy(update={"dry_run": True}), settings, connections=connections,
+                            policy=policy)
+    decision = (planned.get("result") or {}).get("decision") or {}
+    if request.dry_run or planned.get("replayed") or not decision.get("needs_approval"):
+        if request.dry_run or planned.get("replayed"):
+            return planned
+        return run_operation(request, settings, connections=connections, policy=policy)
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        flow_run = run_deployment(deployment, parameters={"request": request.model_dump(mode="json")}, timeout=0)
+    except ObjectNotFound:
+        raise ApprovalRejected(f"{request.operation} needs approval, and no {deployment!r} deployment is served to "
+                               "wait for it (run `devmesh up`, or `prefect deploy` and a worker)") from None
+    return {**planned, "status": "awaiting_approval", "flow_run_id": str(flow_run.id), "idempotency_key": key,
+            "approve_with": f"devmesh approve {planned['operation_id']}"}
 
 
 @flow(name="operate")

@@ -124,3 +124,16 @@ def test_unanswered_approval_expires_into_rejection(guarded, pool, tenant):
     assert revoke_approver(pool, tenant, "bob")
     with pytest.raises(AuthFailed):
         decide(str(row["id"]), token, "approved", tenant=tenant)
+
+
+def test_submit_runs_what_needs_no_approval_and_refuses_without_a_served_deployment(guarded, pool, tenant):
+    from flows.operate import submit_operation
+
+    s3, policy = guarded
+    request = OperateRequest(operation="aws.s3_list", arguments={"bucket": "acme-data"}, tenant=tenant,
+                             dry_run=False)
+    assert submit_operation(request)["status"] == "succeeded"
+    put = OperateRequest(operation="aws.s3_put_object", arguments=PUT, tenant=tenant, dry_run=False)
+    with pytest.raises(ApprovalRejected, match="no 'operate/operate' deployment"):
+        submit_operation(put)
+    assert s3.list_objects_v2(Bucket="acme-data").get("KeyCount") == 0
