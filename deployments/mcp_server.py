@@ -6,7 +6,8 @@
 Every request runs as its key's principal: the key's tenant (no tool takes a tenant) and scopes — read
 (`context_get`, `search`, `find_similar`), write (`context_create`, `context_append`), operate (one tool per
 operation, named as the operation: `github.create_issue`; MCP names allow `[A-Za-z0-9_.-]`). Operations run only
-through the guard (`flows.operate.run_operation`: plan, policy, approval, audit), `dry_run` true unless the call
+through the guard (`flows.operate.submit_operation`: plan, policy, audit; an operation needing approval starts the
+operate deployment, which pauses for the decision), `dry_run` true unless the call
 says false. Failures are tool results with isError and devmesh's message, never a protocol crash.
 """
 
@@ -38,7 +39,7 @@ from blocks.postgres import PgVectorStore
 from blocks.redact import redact
 from blocks.settings import Settings
 from deployments.memory import Memory
-from flows.operate import OperateRequest, run_operation
+from flows.operate import OperateRequest, submit_operation
 from tasks.context_models import MAX_APPEND, ContextCreate, MessageIn
 from tasks.migrate import ensure_schema
 from tasks.ops.base import Connections
@@ -205,7 +206,7 @@ class _Tools:
                                          actor={**p.actor(), "via": "mcp"}, dry_run=dry_run, idempotency_key=key)
             except ValidationError as exc:
                 raise InputError(f"invalid arguments: {_problems(exc)}", item=entry.name) from None
-            return run_operation(request, self.settings, connections=self.connections, policy=self.policy)
+            return submit_operation(request, self.settings, connections=self.connections, policy=self.policy)
 
         return _tool(entry.name, description, schema, annotations, "operate", call)
 

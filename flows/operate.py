@@ -103,9 +103,11 @@ class _Guard:
 
 
 def run_operation(request: OperateRequest, settings: Settings | None = None, *,
-                  connections: Connections | None = None, policy: OperationPolicy | None = None) -> dict[str, Any]:
+                  connections: Connections | None = None, policy: OperationPolicy | None = None,
+                  defer_approval: bool = False) -> dict[str, Any]:
     """Run one operation through the guard; returns its summary. Raises OperationDenied / ApprovalRejected /
-    the provider's error (scrubbed). `connections` and `policy` default to the blocks named in settings.ops."""
+    the provider's error (scrubbed). `connections` and `policy` default to the blocks named in settings.ops.
+    `defer_approval`: when approval is needed, return status "approval_required" instead of pausing."""
     settings = settings or Settings()
     store = PgVectorStore.from_settings(settings)
     pool = store.pool()
@@ -137,6 +139,12 @@ def run_operation(request: OperateRequest, settings: Settings | None = None, *,
             g.deny(f"denied by policy rule {decision.rule}: {decision.reason}", OperationDenied, "denied")
         if request.dry_run and op.mutating:
             return g.finish("planned", result={"decision": decision.as_dict()})
+        if decision.needs_approval and defer_approval:
+            update_operation(pool, g.row["id"], status="planned")
+            g.audit("approval_required")
+            return {"operation_id": str(g.row["id"]), "status": "approval_required", "operation": op.name,
+                    "target": g.plan.target, "plan": g.plan.model_dump(mode="json"), "plan_hash": g.plan.digest(),
+                    "result": {"decision": decision.as_dict()}, "idempotency_key": key}
         if decision.needs_approval:
             _await_approval(g, policy, inp, conns, retries)
         update_operation(pool, g.row["id"], status="running")
@@ -239,16 +247,16 @@ def submit_operation(request: OperateRequest, settings: Settings | None = None, 
     decision. Returns the summary, or {status: "awaiting_approval", operation_id, flow_run_id, plan, ...}."""
     key = request.idempotency_key or f"submit-{uuid.uuid4().hex}"
     request = request.model_copy(update={"idempotency_key": key})
-    planned = run_operation(request.model_copy(update={"dry_run": True}), settings, connections=connections,
-                            policy=policy)
-    decision = (planned.get("result") or {}).get("decision") or {}
-    if request.dry_run or planned.get("replayed") or not decision.get("needs_approval"):
-        if request.dry_run or planned.get("replayed"):
-            return planned
-        return run_operation(request, settings, connections=connections, policy=policy)
+    planned = run_operation(request, settings, connections=connections, policy=policy, defer_approval=True)
+    if planned["status"] != "approval_required":
+        return planned
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL
 
+    if not PREFECT_API_URL.value():  # no server: nothing could hold the paused run (and no ephemeral one, please)
+        raise ApprovalRejected(f"{request.operation} needs approval, and no Prefect server is configured to run the "
+                               f"{deployment!r} deployment that waits for it (PREFECT_API_URL)")
     try:
         flow_run = run_deployment(deployment, parameters={"request": request.model_dump(mode="json")}, timeout=0)
     except ObjectNotFound:
