@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import logging
 import traceback
 import typing
@@ -139,7 +141,9 @@ def test_bad_request_is_not_retried(case, slept):
     case.api.script(Fault.error(400, "input is invalid"))
     with pytest.raises(InvalidRequest, match="input is invalid"):
         case.embedder().embed(TEXTS)
-    assert slept == [] and len(case.api.requests) == case.calls(TEXTS)
+    # no retry; a per-text provider (Titan) may stop sending the other texts once one call failed
+    assert slept == [] and 1 <= len(case.api.requests) <= case.calls(TEXTS)
+    assert len({json.dumps(r.body, sort_keys=True, default=str) for r in case.api.requests}) == len(case.api.requests)
 
 
 def test_retries_stop_after_max_retries(case, slept):
