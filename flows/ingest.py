@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from blocks.embedders import load_embedder
 from blocks.embedders.hosted import collect_usage
 from blocks.errors import InputError
+from blocks.metrics import CHUNKS_STORED
 from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from tasks.embed import embed_batch
@@ -137,6 +138,7 @@ def run_ingest(request: IngestRequest, settings: Settings | None = None, progres
         "errors": [{"item": e.item, "error": e.error} for e in errors],
         "where": store.describe(),
     }
+    CHUNKS_STORED.labels(request.tenant).inc(total.chunks_inserted)
     return summary
 
 

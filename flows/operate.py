@@ -23,6 +23,7 @@ from prefect.input import RunInput
 from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.errors import ApprovalRejected, GuardError, InputError, OperationDenied
+from blocks.metrics import TOOL_EXECUTIONS
 from blocks.policy import OperationPolicy
 from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
@@ -90,6 +91,7 @@ class _Guard:
 
     def finish(self, status: str, *, result: dict | None = None, error: str | None = None) -> dict[str, Any]:
         update_operation(self.pool, self.row["id"], status=status, result=result, error=error)
+        TOOL_EXECUTIONS.labels(self.request.operation, status).inc()
         record = self.audit(status, result=result, error=error)
         return {"operation_id": str(self.row["id"]), "status": status, "operation": self.request.operation,
                 "target": self.plan.target if self.plan else None,

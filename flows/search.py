@@ -6,6 +6,7 @@ from prefect import flow, get_run_logger
 
 from blocks.embedders import load_embedder
 from blocks.errors import ConfigError
+from blocks.metrics import SEARCH_LATENCY
 from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from tasks.embed import embed_query
@@ -18,6 +19,11 @@ __all__ = ["search", "search_now"]
 
 def search_now(request: SearchRequest, settings: Settings | None = None) -> list[SearchHit]:
     """Search without a flow run (a sync flow call costs up to ~1 s at exit; this costs milliseconds)."""
+    with SEARCH_LATENCY.labels(request.mode).time():
+        return _search_now(request, settings)
+
+
+def _search_now(request: SearchRequest, settings: Settings | None) -> list[SearchHit]:
     settings = settings or Settings()
     pool = PgVectorStore.from_settings(settings).pool()
     ensure_schema(pool)

@@ -10,6 +10,7 @@ from decimal import Decimal
 from psycopg_pool import ConnectionPool
 
 from blocks.embedders.pricing import Usage
+from blocks.metrics import EMBEDDING_COST, EMBEDDING_TOKENS
 
 __all__ = ["record_usage", "usage_summary"]
 
@@ -44,6 +45,9 @@ def record_usage(pool: ConnectionPool, tenant: str, usages: Iterable[Usage]) -> 
         count += 1
     if not totals:
         return 0
+    for (provider, model, _), (_, _, tokens, cost) in totals.items():
+        EMBEDDING_TOKENS.labels(tenant, model).inc(tokens)
+        EMBEDDING_COST.labels(tenant, model).inc(float(cost))
     rows = [
         {"tenant": tenant, "provider": provider, "model": model, "estimated": estimated,
          "calls": calls, "texts": texts, "tokens": tokens, "cost_usd": cost}
