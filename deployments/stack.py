@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -61,6 +62,9 @@ def prefect_environment(settings: Settings, port: int = PREFECT_PORT) -> dict[st
     home = Path(settings.home).expanduser().resolve()
     (home / "prefect").mkdir(parents=True, exist_ok=True)
     auth = _auth_string(home)
+    metrics = home / "metrics"  # prometheus-client's multi-process directory, fresh for each start
+    shutil.rmtree(metrics, ignore_errors=True)
+    metrics.mkdir()
     return {
         **os.environ,
         "DEVMESH_HOME": str(home),
@@ -73,6 +77,7 @@ def prefect_environment(settings: Settings, port: int = PREFECT_PORT) -> dict[st
         "PREFECT_API_AUTH_STRING": auth,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "INFO"),
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics),
     }
 
 
