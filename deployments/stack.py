@@ -218,7 +218,10 @@ def up(settings: Settings | None = None, *, gateway_port: int | None = None, pre
     finally:
         for c in reversed(components):
             if c.process.poll() is None:
-                c.process.terminate()
+                # SIGINT, as Ctrl-C would: uvicorn and the runner shut down and exit normally, so their exit
+                # handlers leave the embedded PostgreSQL's user list (after SIGTERM they would not, and the
+                # server would outlive the stack)
+                c.process.send_signal(signal.SIGINT)
         for c in reversed(components):
             try:
                 c.process.wait(timeout=20)

@@ -260,7 +260,8 @@ def submit_operation(request: OperateRequest, settings: Settings | None = None, 
         raise ApprovalRejected(f"{request.operation} needs approval, and no Prefect server is configured to run the "
                                f"{deployment!r} deployment that waits for it (PREFECT_API_URL)")
     try:
-        flow_run = run_deployment(deployment, parameters={"request": request.model_dump(mode="json")}, timeout=0)
+        flow_run = run_deployment(deployment, parameters={"request": request.model_dump(mode="json")}, timeout=0,
+                                  idempotency_key=f"devmesh-submit:{request.tenant}:{key}")
     except ObjectNotFound:
         raise ApprovalRejected(f"{request.operation} needs approval, and no {deployment!r} deployment is served to "
                                "wait for it (run `devmesh up`, or `prefect deploy` and a worker)") from None

@@ -180,3 +180,14 @@ def test_routes_come_from_prefect_yaml_triggers():
     assert routes.route("github.issue_comment.created") == "github-discussions"
     assert routes.route("github.push") == "github-push"
     assert routes.route("github.release.published") is None
+
+
+def test_metrics_count_deliveries_by_outcome_and_time_requests(gateway):
+    client, _ = gateway
+    body = json.dumps(ISSUE).encode()
+    post(client, body)
+    post(client, body, signature="sha256=" + "0" * 64)
+    text = client.get("/metrics").text
+    assert 'devmesh_webhook_deliveries_total{event="issues",outcome="accepted"}' in text
+    assert 'devmesh_webhook_deliveries_total{event="issues",outcome="bad_signature"}' in text
+    assert 'devmesh_http_request_seconds_count{method="POST",route="/webhooks/github",status="202"}' in text

@@ -1,0 +1,132 @@
+"""Context (conversation) routes: create, list, read, update metadata, append, delete, search, summary, similar
+contexts and the context's stored chunks/embeddings. Ids are plain strings in the path: another tenant's id, or
+anything that is not a UUID, is a 404 like an unknown id."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Depends, Query, Response
+
+from blocks.errors import ConfigError
+from deployments.api.auth import Reader, Writer
+from deployments.api.errors import ApiError
+from deployments.api.schemas import (
+    AppendBody, ContextCreateBody, ContextEmbeddings, ContextPatch, ContextSearchBody, SearchHits, SimilarList,
+)
+from deployments.api.search import text_search
+from deployments.api.state import ApiState, api_state
+from tasks.context_models import AppendResult, Context, ContextList, ContextPage, ContextSummary
+from tasks.contexts import context_scope, list_contexts, update_context_metadata
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/contexts", tags=["contexts"])
+EMBEDDINGS = """
+SELECT c.id, c.seq, m.name, m.dimensions, c.token_count, c.content_hash{vector}
+FROM chunks c JOIN embeddings e ON e.chunk_id = c.id JOIN embedding_models m ON m.id = e.model_id
+WHERE c.tenant_id = %(tenant)s AND c.document_id = %(document_id)s
+ORDER BY c.seq, m.name LIMIT %(limit)s OFFSET %(offset)s"""
+
+
+@router.post("", status_code=201, response_model=Context)
+def create(body: ContextCreateBody, principal: Writer, api: ApiState = Depends(api_state)):
+    """A new conversation context."""
+    return api.memory(principal.tenant).create_context(**body.model_dump())
+
+
+@router.get("", response_model=ContextList)
+def contexts(principal: Reader, api: ApiState = Depends(api_state),
+             limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=100_000),
+             cursor: str | None = Query(None, max_length=512, description="next_cursor of the previous page."),
+             user_id: str | None = Query(None, max_length=256), agent_id: str | None = Query(None, max_length=256),
+             session_id: str | None = Query(None, max_length=256), type: str | None = Query(None, max_length=64),
+             metadata: str | None = Query(None, max_length=10_000, description="JSON object the metadata contains."),
+             include_expired: bool = False, with_total: bool = True):
+    """The tenant's contexts, newest first, filtered; page with `cursor` (or `offset`)."""
+    wanted = None
+    if metadata is not None:
+        try:
+            wanted = json.loads(metadata)
+        except ValueError:
+            wanted = None
+        if not isinstance(wanted, dict):
+            raise ApiError(422, "validation_error", "query.metadata: expected a JSON object", item="query.metadata")
+    return list_contexts(api.pool(), principal.tenant, {
+        "limit": limit, "offset": offset, "cursor": cursor, "user_id": user_id, "agent_id": agent_id,
+        "session_id": session_id, "type": type, "metadata": wanted, "include_expired": include_expired,
+        "with_total": with_total})
+
+
+@router.get("/{context_id}", response_model=ContextPage)
+def get(context_id: str, principal: Reader, api: ApiState = Depends(api_state),
+        offset: int = Query(0, ge=-10_000_000, le=10_000_000, description="Negative: from the end."),
+        limit: int = Query(100, ge=0, le=1000)):
+    """The context with one page of its messages."""
+    return api.memory(principal.tenant).get(context_id, offset=offset, limit=limit)
+
+
+@router.patch("/{context_id}", response_model=Context)
+def patch(context_id: str, body: ContextPatch, principal: Writer, api: ApiState = Depends(api_state)):
+    """Merge into (or replace) the context's metadata; its chunks carry the new value too."""
+    return update_context_metadata(api.pool(), principal.tenant, context_id, body.metadata, replace=body.replace)
+
+
+@router.post("/{context_id}/messages", status_code=201, response_model=AppendResult)
+def append(context_id: str, body: AppendBody, principal: Writer, api: ApiState = Depends(api_state)):
+    """Append messages atomically; only they are chunked and embedded."""
+    return api.memory(principal.tenant).append(context_id, body.messages)
+
+
+@router.delete("/{context_id}", status_code=204)
+def delete(context_id: str, principal: Writer, api: ApiState = Depends(api_state)):
+    """Delete the context with its messages, chunks and embeddings."""
+    if not api.memory(principal.tenant).delete(context_id):
+        raise ApiError(404, "not_found", "no such context", item=context_id[:64])
+    return Response(status_code=204)
+
+
+@router.post("/{context_id}/search", response_model=SearchHits)
+def search(context_id: str, body: ContextSearchBody, principal: Reader, api: ApiState = Depends(api_state)):
+    """Search within this context."""
+    memory = api.memory(principal.tenant)
+    cid = memory.get(context_id, limit=0).context.id
+    hits = text_search(api, context_scope(principal.tenant, cid, body.query, mode=body.mode, limit=body.limit,
+                                          min_similarity=body.min_similarity))
+    return {"hits": hits, "count": len(hits)}
+
+
+@router.get("/{context_id}/summary", response_model=ContextSummary)
+def summary(context_id: str, principal: Reader, api: ApiState = Depends(api_state)):
+    """Counts, token estimate and time span."""
+    return api.memory(principal.tenant).summary(context_id)
+
+
+@router.get("/{context_id}/similar", response_model=SimilarList)
+def similar(context_id: str, principal: Reader, api: ApiState = Depends(api_state),
+            limit: int = Query(5, ge=1, le=100)):
+    """Contexts most like this one (itself excluded), best first."""
+    memory = api.memory(principal.tenant)
+    memory.get(context_id, limit=0)
+    try:
+        return {"items": memory.similar(context_id, limit=limit)}
+    except ConfigError:  # the embedder's model holds no vectors yet: nothing can be similar
+        return {"items": []}
+
+
+@router.get("/{context_id}/embeddings", response_model=ContextEmbeddings)
+def embeddings(context_id: str, principal: Reader, api: ApiState = Depends(api_state),
+               limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=10_000_000),
+               include_vectors: bool = Query(False, description="Include the raw vectors.")):
+    """The context's chunks with the models they are embedded with, in order, one page at a time."""
+    memory = api.memory(principal.tenant)
+    context = memory.get(context_id, limit=0).context
+    query = EMBEDDINGS.format(vector=", e.embedding" if include_vectors else "")
+    with memory.pool.connection() as conn:
+        rows = conn.execute(query, {"tenant": principal.tenant, "document_id": context.document_id,
+                                    "limit": limit, "offset": offset}).fetchall()
+    items = [{"chunk_id": r[0], "seq": r[1], "model": r[2], "dimensions": r[3], "token_count": r[4],
+              "content_hash": r[5], "vector": [float(x) for x in r[6]] if include_vectors else None} for r in rows]
+    return {"context_id": context.id, "items": items, "offset": offset,
+            "next_offset": offset + len(rows) if len(rows) == limit else None}
+

@@ -1,0 +1,301 @@
+"""Request and response bodies of the REST API (the models of the tasks layer are reused where they fit)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.types import FiniteFloat
+
+from tasks.context_models import (
+    DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGES, MAX_APPEND, MessageIn, SimilarContext,
+)
+from tasks.search import SearchHit
+
+__all__ = [
+    "AppendBody", "AuditPage", "ContextCreateBody", "ContextEmbedding", "ContextEmbeddings", "ContextPatch",
+    "ContextSearchBody", "DecisionBody", "DecisionResult", "DocumentItem", "EmbeddingsBody", "EmbeddingsResult",
+    "ErrorBody", "ExecuteBody", "ExecuteResult", "KeyCreate", "KeyCreated", "KeyInfo", "KeyList", "OperationInfo",
+    "Registered", "SearchBody", "SearchHits", "SimilarList", "ToolInfo", "ToolList", "VectorSearchBody",
+]
+
+Mode = Literal["hybrid", "vector", "keyword"]
+Scope = Literal["read", "write", "operate", "admin"]
+_ID = Field(None, min_length=1, max_length=256)
+FILTERS = Field(None, description="JSON object the chunks' metadata must contain. Context chunks carry "
+                                  "{context_id, user_id, agent_id, session_id, type, metadata}.")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- errors ------------------------------------------------------------------------------------------------------
+
+class FieldError(BaseModel):
+    field: str = Field(description="Where: body.name, query.limit, path.context_id ...")
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    code: str = Field(description="Stable machine-readable code: validation_error, unauthorized, not_found ...")
+    message: str
+    item: Any = Field(None, description="The field, id or scope at fault, when there is one.")
+    request_id: str | None = None
+    fields: list[FieldError] | None = Field(None, description="Every invalid field (validation errors).")
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx and 5xx answer."""
+
+    error: ErrorDetail
+
+
+# -- organizations and keys --------------------------------------------------------------------------------------
+
+class KeyCreate(_Strict):
+    name: str = Field(..., min_length=1, max_length=200)
+    scopes: list[Scope] = Field(..., min_length=1, max_length=4)
+    rate_per_minute: int | None = Field(None, ge=1, le=1_000_000, description="Default: 1,000.")
+    burst: int | None = Field(None, ge=1, le=1_000_000, description="Default: 3,000.")
+
+
+class KeyInfo(BaseModel):
+    id: str
+    name: str
+    prefix: str = Field(description="The key's first characters, to recognise it.")
+    scopes: list[str]
+    rate_per_minute: int | None = None
+    burst: int | None = None
+    created_at: datetime | None = None
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+    rotated_from: str | None = None
+
+
+class KeyCreated(BaseModel):
+    api_key: str = Field(description="The key itself; shown this once, only its hash is stored.")
+    key: KeyInfo
+
+
+class KeyList(BaseModel):
+    items: list[KeyInfo]
+
+
+class Organization(BaseModel):
+    tenant: str
+    name: str
+    admin_email: str
+
+
+class Registered(BaseModel):
+    organization: Organization
+    api_key: str = Field(description="The admin key; shown this once.")
+    key: KeyInfo
+
+
+# -- contexts ----------------------------------------------------------------------------------------------------
+
+class ContextCreateBody(_Strict):
+    user_id: str | None = _ID
+    agent_id: str | None = _ID
+    session_id: str | None = _ID
+    type: str = Field("conversation", min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_.-]*$")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    ttl_seconds: int | None = Field(None, ge=1, le=10 * 365 * 86400)
+    max_messages: int = Field(DEFAULT_MAX_MESSAGES, ge=1, le=10_000_000)
+    max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1, le=1 << 40)
+    encrypted: bool = Field(False, description="Encrypt message content with the server's context key.")
+
+
+class ContextPatch(_Strict):
+    metadata: dict[str, Any]
+    replace: bool = Field(False, description="Replace the metadata instead of merging into it (shallow).")
+
+
+class AppendBody(_Strict):
+    messages: list[MessageIn] = Field(..., min_length=1, max_length=MAX_APPEND)
+
+
+class ContextSearchBody(_Strict):
+    query: str = Field(..., min_length=1, max_length=10_000)
+    mode: Mode = "hybrid"
+    limit: int = Field(10, ge=1, le=200)
+    min_similarity: float | None = Field(None, ge=-1, le=1)
+
+
+class ContextEmbedding(BaseModel):
+    chunk_id: int
+    seq: int
+    model: str
+    dimensions: int
+    token_count: int
+    content_hash: str
+    vector: list[float] | None = Field(None, description="Only with include_vectors=true.")
+
+
+class ContextEmbeddings(BaseModel):
+    context_id: UUID
+    items: list[ContextEmbedding]
+    offset: int
+    next_offset: int | None
+
+
+class SimilarList(BaseModel):
+    items: list[SimilarContext]
+
+
+# -- embeddings and search ---------------------------------------------------------------------------------------
+
+class DocumentItem(_Strict):
+    id: str = Field(..., min_length=1, max_length=1024, description="Your id; storing it again updates it.")
+    text: str = Field(..., min_length=1)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    kind: Literal["auto", "text", "markdown", "code"] = "auto"
+
+
+class EmbeddingsBody(_Strict):
+    """One document ({id, text, metadata}) or a batch ({documents: [...]})."""
+
+    documents: list[DocumentItem] | None = Field(None, min_length=1, max_length=1000)
+    id: str | None = Field(None, min_length=1, max_length=1024)
+    text: str | None = Field(None, min_length=1)
+    metadata: dict[str, Any] | None = None
+    kind: Literal["auto", "text", "markdown", "code"] = "auto"
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "EmbeddingsBody":
+        single = self.id is not None or self.text is not None or self.metadata is not None
+        if (self.documents is None) == (not single):
+            raise ValueError("give either documents: [...] or one document's id and text")
+        if self.documents is None and (self.id is None or self.text is None):
+            raise ValueError("a single document needs both id and text")
+        return self
+
+    def items(self) -> list[DocumentItem]:
+        if self.documents is not None:
+            return self.documents
+        return [DocumentItem(id=self.id, text=self.text, metadata=self.metadata or {}, kind=self.kind)]
+
+
+class StoredDocument(BaseModel):
+    id: str
+    chunks: int
+
+
+class ItemFailure(BaseModel):
+    item: str
+    error: str
+
+
+class EmbeddingsResult(BaseModel):
+    model: str
+    documents: list[StoredDocument]
+    unchanged: int = Field(description="Documents whose text was already stored as is (nothing re-embedded).")
+    chunks: int
+    chunks_inserted: int
+    chunks_kept: int
+    chunks_deleted: int
+    texts_embedded: int
+    errors: list[ItemFailure]
+
+
+class SearchBody(_Strict):
+    query: str = Field(..., min_length=1, max_length=10_000)
+    mode: Mode = "hybrid"
+    limit: int = Field(10, ge=1, le=200)
+    filters: dict[str, Any] | None = FILTERS
+    document_ids: list[str] | None = Field(None, max_length=1000, description="Only these documents.")
+    context_id: UUID | None = Field(None, description="Only this context (conversation).")
+    user_id: str | None = Field(None, min_length=1, max_length=256,
+                                description="Only chunks whose metadata has this user_id: the user's contexts.")
+    model: str | None = Field(None, min_length=1, max_length=200, description="Default: the tenant's model.")
+    min_similarity: float | None = Field(None, ge=-1, le=1)
+
+    @model_validator(mode="after")
+    def _one_scope(self) -> "SearchBody":
+        if self.context_id is not None and self.user_id is not None:
+            raise ValueError("give context_id or user_id, not both")
+        return self
+
+
+class VectorSearchBody(_Strict):
+    vector: list[FiniteFloat] = Field(..., min_length=1, max_length=16_000)
+    model: str = Field(..., min_length=1, max_length=200, description="A stored model; its dimensions must match.")
+    limit: int = Field(10, ge=1, le=200)
+    filters: dict[str, Any] | None = FILTERS
+    document_ids: list[str] | None = Field(None, max_length=1000)
+    min_similarity: float | None = Field(None, ge=-1, le=1)
+
+
+class SearchHits(BaseModel):
+    hits: list[SearchHit]
+    count: int
+
+
+# -- tools, operations, audit ------------------------------------------------------------------------------------
+
+class ToolInfo(BaseModel):
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+    read_only: bool
+    destructive: bool
+
+
+class ToolList(BaseModel):
+    items: list[ToolInfo]
+
+
+class ExecuteBody(_Strict):
+    arguments: dict[str, Any] = Field(default_factory=dict, description="The tool's input (its input_schema).")
+    dry_run: bool = Field(True, description="Plan and check the policy only; false to act.")
+    idempotency_key: str | None = Field(None, min_length=1, max_length=200,
+                                        description="Same key, same action: a retry never acts twice.")
+    user_id: str | None = Field(None, min_length=1, max_length=256, description="Memory tools: whose memory.")
+    context_id: UUID | None = Field(None, description="Memory tools: the current conversation.")
+
+
+class ExecuteResult(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    operation_id: str | None = None
+    status: str = Field(description="planned, succeeded, awaiting_approval (memory tools: done).")
+    plan: dict[str, Any] | None = None
+    result: Any = None
+    flow_run_id: str | None = None
+
+
+class DecisionBody(_Strict):
+    comment: str | None = Field(None, max_length=2000)
+
+
+class DecisionResult(BaseModel):
+    operation_id: str
+    decision: str
+    approver: str
+    flow_run_id: str | None = None
+
+
+class OperationInfo(BaseModel):
+    id: str
+    operation: str
+    status: str
+    target: str | None = None
+    plan: dict[str, Any] | None = None
+    plan_hash: str | None = None
+    result: Any = None
+    error: str | None = None
+    actor: dict[str, Any] = Field(default_factory=dict)
+    idempotency_key: str
+    flow_run_id: str | None = None
+    expires_at: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class AuditPage(BaseModel):
+    items: list[dict[str, Any]]
+    next_after_seq: int | None = Field(None, description="Pass as after_seq for the next page.")
