@@ -6,11 +6,11 @@ import csv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("store", "search", "reingest", "embedder", "contexts", "backfill", "gateway", "quality")
+SECTIONS = ("store", "search", "rest", "reingest", "embedder", "contexts", "backfill", "gateway", "quality")
 TITLES = {"store": "1. Store path", "search": "2. Search", "reingest": "3. Re-ingest of an unchanged corpus",
           "embedder": "4. Embedder throughput", "contexts": "5. Conversation appends",
           "backfill": "6. Model-switch backfill", "gateway": "7. Webhook gateway under load",
-          "quality": "8. Retrieval quality: BEIR SciFact"}
+          "quality": "8. Retrieval quality: BEIR SciFact", "rest": "2b. REST search through the gateway"}
 
 
 def _n(x: float, digits: int = 0) -> str:
@@ -179,6 +179,13 @@ def _goals(results: dict) -> str:
     if isinstance(fill, dict):
         rows.append(["backfill within 20% of the provider's limit", f"{100 * fill['fraction_of_ceiling']:.0f}% of it",
                      "yes" if fill["fraction_of_ceiling"] >= 0.8 else "**no**"])
+    rest = results.get("rest")
+    if isinstance(rest, dict):
+        for m in rest["sequential"]:
+            rows.append([f"REST search p50 ≤ 20 ms at {rest['rows']:,} chunks ({m['mode']})", f"{m['p50_ms']:.1f} ms",
+                         "yes" if m["p50_ms"] <= 20 else "**no**"])
+        rows.append([f"REST: {rest['concurrent'][0]['clients'] if rest['concurrent'] else '-'} concurrent clients "
+                     "for 30 s without errors", f"{rest['errors']} errors", "yes" if rest["errors"] == 0 else "**no**"])
     gw = results.get("gateway")
     if isinstance(gw, dict):
         ok = gw["achieved_rate"] >= 0.98 * gw["rate"] and gw["p99_ms"] <= 100 and gw["lost"] == 0 \
@@ -211,6 +218,21 @@ def _md_backfill(r: dict) -> str:
         f"{_n(r['provider_ceiling_texts_per_s'])} texts/s). The backfill reached **{_n(r['texts_per_s'])} texts/s "
         f"= {100 * r['fraction_of_ceiling']:.0f}% of the ceiling** (HNSW build of the new model, {r['index_build_s']} s, "
         f"excluded; whole switch {r['seconds']} s); switched: {r['switched']}.", ""])
+
+
+def _md_rest(r: dict) -> str:
+    seq = [[m["mode"], m["requests"], _n(m["p50_ms"], 1), _n(m["p95_ms"], 1), _n(m["p99_ms"], 1),
+            _n(m["direct"]["p50_ms"], 1), _n(m["rest_overhead_p50_ms"], 1)] for m in r["sequential"]]
+    con = [[c["mode"], c["clients"], c["requests"], _n(c["throughput_rps"], 1), _n(c["p50_ms"], 0), _n(c["p99_ms"], 0),
+            c["errors"]] for c in r["concurrent"]]
+    return "\n".join([
+        f"## {TITLES['rest']}", "",
+        f"`bench/rest.py`: `POST /api/v1/search` on {r['rows']:,} chunks through the gateway (uvicorn, its own "
+        "process, loopback), local embedder warm, API key auth and rate limiting on; each mode also measured "
+        "in-process through `search_now` on the same queries (the REST layer's share is the difference).", "",
+        _table(["mode", "requests", "p50 ms", "p95 ms", "p99 ms", "search_now p50 ms", "REST overhead p50 ms"], seq),
+        "", f"{r['concurrent'][0]['clients'] if r['concurrent'] else 0} concurrent clients (keep-alive, closed loop):",
+        "", _table(["mode", "clients", "requests", "req/s", "p50 ms", "p99 ms", "errors"], con), ""])
 
 
 def _md_gateway(r: dict) -> str:
@@ -254,7 +276,8 @@ def render(results: dict, machine: dict, started: str, seconds: float, loads: di
         _goals(results),
     ]
     renderers = {"store": _md_store, "search": _md_search, "reingest": _md_reingest, "embedder": _md_embedder,
-                 "contexts": _md_contexts, "backfill": _md_backfill, "gateway": _md_gateway, "quality": _md_quality}
+                 "contexts": _md_contexts, "backfill": _md_backfill, "gateway": _md_gateway, "quality": _md_quality,
+                 "rest": _md_rest}
     if isinstance(results.get("store"), dict) and "online" in results:
         results["store"]["online"] = results["online"]
     for name in SECTIONS:

@@ -203,6 +203,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_beir_eval(SCIFACT, settings=_settings(DATA / "quality"), use_precomputed=True)
 
+    def rest():
+        from bench.rest import measure_rest
+
+        return measure_rest(settings, rows=args.rows, clients=200, seconds=30, log=_log)
+
     def gateway():
         from bench.gateway import measure_gateway
 
@@ -212,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         section("store", store)
     if "search" in chosen:
         section("search", search)
+    if "rest" in chosen:
+        section("rest", rest)
     if "store" in chosen and isinstance(results.get("store"), dict):
         section("online", online, label=f"store (online inserts of {ONLINE_ROWS:,} rows, index live)")
     if "reingest" in chosen:
