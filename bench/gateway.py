@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.http import HttpConnection
+
 SECRET = "bench-webhook-secret-000000000001"
 ROOT = Path(__file__).resolve().parents[1]
 PAYLOAD = ROOT.parent / "shared" / "testdata" / "github-webhooks" / "issues" / "opened.json"
@@ -104,27 +106,6 @@ def _payload() -> bytes:
                        "repository": {"full_name": "octo/hello"}}).encode()
 
 
-class _Connection:
-    """One keep-alive HTTP/1.1 connection. The load generator speaks HTTP itself: httpx's async client tops out
-    near 110 requests/s on these 2 shared cores, which would measure the client instead of the gateway."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.reader, self.writer = reader, writer
-
-    async def post(self, path: str, headers: dict[str, str], body: bytes) -> int:
-        head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n" + \
-            "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-        self.writer.write(head.encode() + body)
-        await self.writer.drain()
-        status = int((await self.reader.readline()).split()[1])
-        length = 0
-        while (line := await self.reader.readline()) not in (b"\r\n", b""):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":", 1)[1])
-        await self.reader.readexactly(length)
-        return status
-
-
 async def _load(port: int, rate: float, seconds: float, redeliver_every: int, connections: int = 64) -> dict:
     body = _payload()
     signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
@@ -134,12 +115,12 @@ async def _load(port: int, rate: float, seconds: float, redeliver_every: int, co
     sent_ids: list[str] = []
     idle: asyncio.Queue = asyncio.Queue()
     for _ in range(connections):
-        idle.put_nowait(_Connection(*await asyncio.open_connection("127.0.0.1", port)))
+        idle.put_nowait(await HttpConnection.open(port))
 
     async def one(delivery: str, due: float) -> None:
         conn = await idle.get()
         try:
-            status = await conn.post("/webhooks/github", {
+            status, _ = await conn.request("POST", "/webhooks/github", {
                 "Content-Type": "application/json", "X-GitHub-Event": "issues", "X-GitHub-Delivery": delivery,
                 "X-Hub-Signature-256": signature}, body)
             statuses[status] += 1
@@ -147,7 +128,7 @@ async def _load(port: int, rate: float, seconds: float, redeliver_every: int, co
             idle.put_nowait(conn)
         except (OSError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
             errors[type(exc).__name__] += 1
-            idle.put_nowait(_Connection(*await asyncio.open_connection("127.0.0.1", port)))
+            idle.put_nowait(await HttpConnection.open(port))
 
     total = int(rate * seconds)
     start = time.perf_counter()
@@ -166,7 +147,7 @@ async def _load(port: int, rate: float, seconds: float, redeliver_every: int, co
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - start
     while not idle.empty():
-        idle.get_nowait().writer.close()
+        idle.get_nowait().close()
     lat = np.array(latencies) * 1000
     return {"sent": total, "unique": len(set(sent_ids)), "elapsed_s": round(elapsed, 2),
             "achieved_rate": round(total / elapsed, 1), "statuses": dict(statuses), "errors": dict(errors),

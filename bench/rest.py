@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.http import HttpConnection
+
 from bench.store import TENANT
 
 __all__ = ["measure_rest", "serve"]
@@ -67,32 +69,6 @@ def _start_server(settings, port: int) -> subprocess.Popen:
                             env={**os.environ, "DEVMESH_BENCH_SETTINGS": settings.model_dump_json()})
 
 
-class _Http:
-    """One keep-alive HTTP/1.1 connection; responses are Content-Length framed (uvicorn's JSON answers are)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, port: int) -> "_Http":
-        return cls(*await asyncio.open_connection("127.0.0.1", port))
-
-    async def request(self, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, bytes]:
-        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n" + \
-            "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-        self.writer.write(head.encode() + body)
-        await self.writer.drain()
-        status = int((await self.reader.readline()).split()[1])
-        length = 0
-        while (line := await self.reader.readline()) not in (b"\r\n", b""):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":", 1)[1])
-        return status, await self.reader.readexactly(length)
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 def _percentiles(latencies_s: list[float]) -> dict:
     ms = np.asarray(latencies_s) * 1000
     if not len(ms):
@@ -107,7 +83,7 @@ def _body(query: str, mode: str) -> bytes:
 
 async def _credentials(port: int) -> dict[str, str]:
     """Register the bench organization (slug = the bench tenant) and make a key the limiter never stops."""
-    conn = await _Http.open(port)
+    conn = await HttpConnection.open(port)
     try:
         status, body = await conn.request("POST", "/api/v1/auth/register/organization",
                                           {"Content-Type": "application/json"}, json.dumps({
@@ -126,7 +102,7 @@ async def _credentials(port: int) -> dict[str, str]:
 
 
 async def _sequential(port: int, headers: dict, queries: list[str], mode: str, n: int) -> dict:
-    conn = await _Http.open(port)
+    conn = await HttpConnection.open(port)
     latencies, statuses, hits = [], Counter(), []
     try:
         for i in range(n):
@@ -154,7 +130,7 @@ async def _concurrent(port: int, headers: dict, queries: list[str], mode: str, c
         conn = None
         while time.perf_counter() < stop:
             try:
-                conn = conn or await _Http.open(port)
+                conn = conn or await HttpConnection.open(port)
                 start = time.perf_counter()
                 status, _ = await conn.request("POST", "/api/v1/search", headers,
                                                _body(queries[i % len(queries)], mode))
