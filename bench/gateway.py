@@ -12,9 +12,11 @@ import asyncio
 import hashlib
 import hmac
 import json
-import multiprocessing
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -166,9 +168,10 @@ def measure_gateway(settings, rate: float = 500, seconds: float = 30, redeliver_
         conn.execute("TRUNCATE webhook_deliveries")
     sink = Sink()
     port = _free_port()
-    ctx = multiprocessing.get_context("spawn")
-    child = ctx.Process(target=_serve, args=(str(settings.home), port, sink.url), daemon=True)
-    child.start()
+    # A plain subprocess stopped with SIGINT exits normally, so it leaves the embedded server's user list (a
+    # multiprocessing child ends with os._exit and would keep the server running after the bench).
+    child = subprocess.Popen([sys.executable, "-c", f"from bench.gateway import _serve; _serve({str(settings.home)!r}, "
+                              f"{port}, {sink.url!r})"], cwd=ROOT)
     try:
         import httpx
 
@@ -201,8 +204,11 @@ def measure_gateway(settings, rate: float = 500, seconds: float = 30, redeliver_
                        "redeliveries": result["sent"] - result["unique"], "cores": os.cpu_count()})
         return result
     finally:
-        child.terminate()
-        child.join(10)
+        child.send_signal(signal.SIGINT)
+        try:
+            child.wait(30)
+        except subprocess.TimeoutExpired:
+            child.kill()
         sink.server.shutdown()
 
 
