@@ -21,6 +21,7 @@ from prefect.blocks.fields import SecretDict
 from pydantic import Field
 
 from blocks.errors import ConfigError
+from blocks.redact import secret_values
 from blocks.retry import scrub
 
 __all__ = ["KubernetesConnection"]
@@ -102,18 +103,5 @@ class KubernetesConnection(Block):
         return f"kubeconfig context {name}"
 
     def _secrets(self) -> list[str]:
-        """Every string of 8+ characters in the kubeconfig (tokens, keys, passwords), for scrubbing."""
-        out: list[str] = []
-
-        def walk(value: Any) -> None:
-            if isinstance(value, str) and len(value) >= 8:
-                out.append(value)
-            elif isinstance(value, dict):
-                for item in value.values():
-                    walk(item)
-            elif isinstance(value, list):
-                for item in value:
-                    walk(item)
-
-        walk(self.kubeconfig.get_secret_value() if self.kubeconfig is not None else None)
-        return out
+        """Every secret string of the block (tokens, keys, passwords in the kubeconfig), for scrubbing."""
+        return secret_values(self)

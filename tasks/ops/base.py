@@ -12,11 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prefect.blocks.fields import SecretDict
-from pydantic import BaseModel, ConfigDict, Field, SecretBytes, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from blocks.errors import InputError
-from blocks.redact import register_secrets
+from blocks.redact import register_secrets, secret_values
 
 __all__ = ["Connections", "OpInput", "Operation", "Plan", "REGISTRY", "get_operation", "operations", "parse_input",
            "register", "secret_values"]
@@ -54,45 +53,6 @@ class Plan(BaseModel):
             lines += ["```diff", self.diff.rstrip(), "```", ""]
         lines += ["```json", json.dumps(self.request, indent=2, sort_keys=True, default=str), "```"]
         return "\n".join(lines)
-
-
-# Identifiers kept as plain strings by their blocks that still must not be logged (botocore logs the key id).
-PLAIN_SENSITIVE = {"aws_access_key_id"}
-
-
-def secret_values(block: BaseModel) -> list[str]:
-    """The plain values of every SecretStr / SecretDict field of a block (nested models included)."""
-    out: list[str] = []
-
-    def walk(value: Any) -> None:
-        if isinstance(value, (SecretStr, SecretBytes)):
-            raw = value.get_secret_value()
-            out.append(raw.decode(errors="replace") if isinstance(raw, bytes) else raw)
-        elif isinstance(value, SecretDict):
-            walk_plain(value.get_secret_value())
-        elif isinstance(value, BaseModel):
-            for name in type(value).model_fields:
-                field_value = getattr(value, name)
-                if name in PLAIN_SENSITIVE and isinstance(field_value, str):
-                    out.append(field_value)
-                else:
-                    walk(field_value)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                walk(item)
-
-    def walk_plain(value: Any) -> None:
-        if isinstance(value, str) and len(value) >= 8:
-            out.append(value)
-        elif isinstance(value, dict):
-            for item in value.values():
-                walk_plain(item)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                walk_plain(item)
-
-    walk(block)
-    return [s for s in out if s]
 
 
 @dataclass
