@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 UV_VERSION := 0.13.9
 
-.PHONY: demo test bench lock clean
+.PHONY: demo test bench audit lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m bench.run
+
+# Known vulnerabilities of requirements.lock (pip-audit; docs/security.md explains the rules and the accepted list).
+audit: $(VENV)/.installed
+	$(BIN)/python .ci/audit.py
 
 # Re-resolve the lock file after editing pyproject.toml.
 lock: | $(BIN)/python
