@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
 
-__all__ = ["FakeAPI", "Fault", "Seen", "vector", "json_response"]
+__all__ = ["Chaos", "FakeAPI", "Fault", "Seen", "vector", "json_response"]
 
 Response = tuple[int, dict[str, str], bytes]
 
@@ -78,6 +79,41 @@ class Fault:
 
 
 @dataclass
+class Chaos:
+    """Random faults: each request (with no scripted fault) fails with probability `rate`, as one of `kinds` drawn
+    evenly: "429" (rate limited, Retry-After of `retry_after_ms`), "500", or "hang" (answers only after `hang_s`,
+    past the client's timeout). Seeded, so requests arriving in the same order meet the same faults."""
+
+    rate: float
+    seed: int = 0
+    kinds: tuple[str, ...] = ("429", "500", "hang")
+    retry_after_ms: int = 50
+    hang_s: float = 2.0
+    counts: Counter = field(default_factory=Counter)  # faults served, by kind, and "ok"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rate < 1 or not self.kinds or set(self.kinds) - {"429", "500", "hang"}:
+            raise ValueError(f"Chaos: rate must be in [0, 1) and kinds among 429, 500, hang (got {self.rate}, "
+                             f"{self.kinds})")
+        self._rng = random.Random(self.seed)
+
+    def draw(self) -> Fault | None:
+        """The next request's fault (callers hold the fake's lock)."""
+        if self._rng.random() >= self.rate:
+            self.counts["ok"] += 1
+            return None
+        kind = self._rng.choice(self.kinds)
+        self.counts[kind] += 1
+        if kind == "429":
+            # OpenAI sends retry-after-ms beside the standard whole-second Retry-After; clients prefer the former.
+            return Fault.error(429, "Rate limit reached (chaos)",
+                               headers={"retry-after-ms": str(self.retry_after_ms), "Retry-After": "1"})
+        if kind == "500":
+            return Fault.error(500, "The server had an error while processing your request (chaos)")
+        return Fault.slow(self.hang_s)
+
+
+@dataclass
 class Seen:
     """A request the fake received."""
 
@@ -96,6 +132,7 @@ class FakeAPI:
         self.latency = 0.0  # seconds added to every answer (to observe concurrency)
         self.in_flight = 0
         self.max_in_flight = 0
+        self.chaos: Chaos | None = None  # random faults (set by the test), after any scripted ones
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -112,6 +149,7 @@ class FakeAPI:
             self.faults.clear()
             self.latency = 0.0
             self.max_in_flight = 0
+            self.chaos = None
 
     def script(self, *faults: Fault) -> None:
         """Queue faults; each request takes the next one, then requests succeed again."""
@@ -163,7 +201,7 @@ class FakeAPI:
         seen = Seen(handler.command, handler.path, {k.lower(): v for k, v in handler.headers.items()}, body)
         with self._lock:
             self.requests.append(seen)
-            fault = self.faults.popleft() if self.faults else None
+            fault = self.faults.popleft() if self.faults else (self.chaos.draw() if self.chaos else None)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
