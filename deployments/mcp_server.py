@@ -358,7 +358,7 @@ class McpHttpApp:
             await _respond(send, 401, "missing, invalid or revoked API key (Authorization: Bearer <key> or "
                                       "X-API-Key)", [(b"www-authenticate", b'Bearer realm="devmesh"')])
             return
-        self.lockout.succeeded(client)
+        # no lockout.succeeded(client) here: as for REST (deployments/api/auth.py), a valid key must not launder guesses
         wait = self.limiter.take(principal.key_id, principal.rate_per_minute, principal.burst)
         if wait:
             await _respond(send, 429, "rate limit exceeded", [(b"retry-after", b"%d" % (wait + 1))])
