@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Literal, Protocol
 from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from blocks import tracing
 from blocks.embedders.hosted import fingerprint
 from blocks.errors import MalformedResponse, ProviderTimeout, TransientError
 from blocks.redact import register_secrets
@@ -146,8 +147,12 @@ class ChatBlock(Block, ABC):
         request = self._build(system, list(messages), list(tools))
         key = self.api_key.get_secret_value()
         client = self._client(key)
-        return call_with_retries(lambda: self._send(client, request, key), max_retries=self.max_retries,
-                                 what=f"{self.provider} {self.model} chat")
+        with tracing.span("chat", provider=self.provider, model=self.model, messages=len(messages), tools=len(tools)):
+            turn = call_with_retries(lambda: self._send(client, request, key), max_retries=self.max_retries,
+                                     what=f"{self.provider} {self.model} chat")
+            tracing.set_attributes(input_tokens=turn.usage.input_tokens, output_tokens=turn.usage.output_tokens,
+                                   stop_reason=turn.stop_reason)
+        return turn
 
     def _client(self, key: str) -> Any:
         cache_key = (type(self).__qualname__, fingerprint(key), self.base_url, self.timeout)

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
+from blocks import tracing
 from blocks.errors import (
     MalformedResponse,
     AuthFailed,
@@ -110,5 +111,6 @@ def call_with_retries(fn: Callable[[], T], *, max_retries: int, what: str = "req
                 raise
             delay = backoff(attempt, exc)
             log.warning("%s failed (%s); retry %d of %d in %.2f s", what, exc, attempt + 1, max_retries, delay)
+            tracing.event("retry", attempt=attempt + 1, error=type(exc).__name__, delay_s=round(delay, 3))
             sleep(delay)
             attempt += 1

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["ChunkSettings", "SearchSettings", "IngestSettings", "OpsSettings", "GatewaySettings", "Settings"]
+__all__ = ["ChunkSettings", "SearchSettings", "IngestSettings", "OpsSettings", "GatewaySettings", "TracingSettings",
+           "Settings"]
 
 
 class ChunkSettings(BaseModel):
@@ -71,6 +73,25 @@ class GatewaySettings(BaseModel):
     retry_interval_s: float = Field(5.0, gt=0, le=600, description="Wait after the Prefect API refused or was down.")
 
 
+class TracingSettings(BaseModel):
+    """OpenTelemetry traces of flows, tasks and provider calls (blocks/tracing.py); off by default."""
+
+    exporter: Literal["none", "console", "otlp"] = Field(
+        "none", description="none: no tracer provider, spans are no-ops; console: JSON spans on stderr; "
+        "otlp: OTLP/HTTP protobuf to `endpoint`."
+    )
+    endpoint: str | None = Field(
+        None, description="OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces. Unset: the exporter's own "
+        "default (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT, else localhost:4318)."
+    )
+    headers: SecretStr | None = Field(
+        None, description="Headers sent to the collector, 'name=value,name2=value2' (an API key: kept secret; "
+        "checked by blocks.tracing, whose error never repeats the text)."
+    )
+    service_name: str = Field("devmesh", min_length=1, max_length=200, description="The resource's service.name.")
+    timeout_s: float = Field(10.0, gt=0, le=120, description="Seconds the exporter waits for the collector.")
+
+
 class Settings(BaseSettings):
     """All devmesh settings; build once at the entry point and pass it down."""
 
@@ -90,3 +111,4 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     ops: OpsSettings = OpsSettings()
     gateway: GatewaySettings = GatewaySettings()
+    tracing: TracingSettings = TracingSettings()

@@ -22,6 +22,7 @@ from prefect.flow_runs import pause_flow_run, resume_flow_run
 from prefect.input import RunInput
 from pydantic import BaseModel, ConfigDict, Field
 
+from blocks import tracing
 from blocks.errors import ApprovalRejected, GuardError, InputError, OperationDenied
 from blocks.metrics import TOOL_EXECUTIONS
 from blocks.policy import OperationPolicy
@@ -92,6 +93,8 @@ class _Guard:
     def finish(self, status: str, *, result: dict | None = None, error: str | None = None) -> dict[str, Any]:
         update_operation(self.pool, self.row["id"], status=status, result=result, error=error)
         TOOL_EXECUTIONS.labels(self.request.operation, status).inc()
+        tracing.set_attributes(operation=self.request.operation, outcome=status,  # the operate flow run's span
+                               target=self.plan.target if self.plan else None)
         record = self.audit(status, result=result, error=error)
         return {"operation_id": str(self.row["id"]), "status": status, "operation": self.request.operation,
                 "target": self.plan.target if self.plan else None,

@@ -10,6 +10,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NONE
 
+from blocks import tracing
 from blocks.errors import AppError, ConfigError
 from blocks.retry import call_with_retries, scrub
 from blocks.settings import OpsSettings
@@ -56,12 +57,17 @@ def scrub_error(exc: BaseException, secrets: list[str]) -> str:
 
 def _retrying(conns: Connections, what: str, fn, retries: int):
     """fn() with transient provider errors retried (Retry-After honoured); other errors re-raised scrubbed."""
-    try:
-        return call_with_retries(fn, max_retries=retries, what=what)
-    except AppError:
-        raise
-    except Exception as exc:  # a client library error our mapping did not know: never let its text leak secrets
-        raise AppError(scrub_error(exc, conns.secrets())) from None
+    operation, _, step = what.rpartition(" ")
+    with tracing.span(f"operation.{step}", operation=operation, step=step):
+        try:
+            result = call_with_retries(fn, max_retries=retries, what=what)
+        except AppError:
+            raise
+        except Exception as exc:  # a client library error our mapping did not know: never let its text leak secrets
+            raise AppError(scrub_error(exc, conns.secrets())) from None
+        if isinstance(result, Plan):
+            tracing.set_attributes(target=result.target)
+        return result
 
 
 @task(name="plan", cache_policy=NONE)

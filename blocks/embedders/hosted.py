@@ -14,6 +14,7 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 from pydantic import Field, PrivateAttr
 
+from blocks import tracing
 from blocks.embedders.base import EmbedderBlock
 from blocks.embedders.pricing import Usage
 from blocks.retry import MalformedResponse, call_with_retries
@@ -128,6 +129,7 @@ class HostedEmbedder(EmbedderBlock, ABC):
         if tokens is None:
             tokens = sum(estimate_tokens(t) for t in texts)
         usage = Usage.of(self.provider, self.model, int(tokens), len(texts), estimated=estimated)
+        tracing.set_attributes(tokens=int(tokens), tokens_estimated=estimated)  # on the request's "embed" span
         with _LOCK:
             self._usage.append(usage)
             for collector in _COLLECTORS.get():
@@ -145,7 +147,11 @@ class HostedEmbedder(EmbedderBlock, ABC):
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)
         client = self._client()
-        return np.concatenate([self._send(client, batch, query) for batch in self._batches(texts)])
+        out = []
+        for batch in self._batches(texts):
+            with tracing.span("embed", provider=self.provider, model=self.model, texts=len(batch), query=query):
+                out.append(self._send(client, batch, query))
+        return np.concatenate(out)
 
     def _send(self, client: Any, texts: list[str], query: bool) -> np.ndarray:
         """One request through the retry loop, checked and recorded; Titan overrides it to fan out."""
