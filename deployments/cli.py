@@ -105,6 +105,8 @@ def search(
         hits = search_now(request, settings)
     except (ValidationError, json.JSONDecodeError, AppError) as exc:
         _fail(str(exc))
+    except RecursionError:
+        _fail("--metadata is nested too deeply")
     if as_json:
         print(json.dumps([h.model_dump() for h in hits], indent=2))
         return

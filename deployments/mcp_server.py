@@ -38,6 +38,7 @@ from blocks.policy import OperationPolicy
 from blocks.postgres import PgVectorStore
 from blocks.redact import redact
 from blocks.settings import Settings
+from blocks.storable import StorableModel
 from deployments.memory import Memory
 from flows.operate import OperateRequest, submit_operation
 from tasks.context_models import MAX_APPEND, ContextCreate, MessageIn
@@ -52,10 +53,11 @@ __all__ = ["McpHttpApp", "PrincipalResolver", "build_server", "main", "mcp_http_
 log = logging.getLogger("devmesh.mcp")
 PrincipalResolver = Callable[[ServerRequestContext], Principal]  # raises AuthFailed; called in a worker thread
 PRINCIPAL_KEY = "devmesh.principal"  # where the HTTP app leaves the authenticated principal in the ASGI scope
+MAX_BODY = 4 * 1024 * 1024  # bytes of one JSON-RPC POST (the SDK's transport reads a body whole, with no cap)
 GUARD_FIELDS = ("dry_run", "idempotency_key")
 
 
-class _Args(BaseModel):
+class _Args(StorableModel):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -258,6 +260,9 @@ def build_server(principal_resolver: PrincipalResolver, settings: Settings | Non
         except AppError as exc:
             log.info("mcp %s by key %s of %s failed: %s", tool.spec.name, p.key_id, p.tenant, exc)
             return _error(f"{type(exc).__name__}: {exc}")
+        except ValidationError as exc:  # a model below the tool's arguments refused a value: still the caller's input
+            log.info("mcp %s by key %s of %s: invalid input: %s", tool.spec.name, p.key_id, p.tenant, exc)
+            return _error(f"InputError: {tool.spec.name}: invalid arguments: {_problems(exc)}")
         except Exception as exc:  # a bug or an unwrapped library error: report it, keep serving
             log.exception("mcp %s by key %s of %s crashed", tool.spec.name, p.key_id, p.tenant)
             return _error(f"internal error ({type(exc).__name__}): {exc}")
@@ -307,15 +312,17 @@ class McpHttpApp:
     """Streamable HTTP MCP endpoint (stateless: every POST stands alone) behind devmesh API keys.
 
     Each request: lockout check → key (`Authorization: Bearer` or `X-API-Key`) → 401 without a valid one → the
-    key's token bucket (429) → the SDK's transport. The app answers on any path, so it can be routed at `/mcp`.
+    key's token bucket (429) → a POST body over max_body bytes: 413 (the SDK reads bodies whole) → the SDK's
+    transport. The app answers on any path, so it can be routed at `/mcp`.
     Requests are served while `run()` is entered (its own ASGI lifespan does that when served alone). DNS-rebinding
     protection is off: a browser cannot attach the API key, so a rebound page gets only 401s.
     """
 
     def __init__(self, settings: Settings, *, connections: Connections | None = None,
                  policy: OperationPolicy | None = None, limiter: RateLimiter | None = None,
-                 lockout: AuthLockout | None = None):
+                 lockout: AuthLockout | None = None, max_body: int = MAX_BODY):
         self.settings = settings
+        self.max_body = max_body
         self.server = build_server(_scope_principal, settings, connections, policy)
         self.limiter = limiter or RateLimiter()
         self.lockout = lockout or AuthLockout()
@@ -363,7 +370,42 @@ class McpHttpApp:
         if wait:
             await _respond(send, 429, "rate limit exceeded", [(b"retry-after", b"%d" % (wait + 1))])
             return
+        receive = await self._capped_body(scope, receive, send)
+        if receive is None:
+            return
         await self._manager.handle_request({**scope, PRINCIPAL_KEY: principal}, receive, send)
+
+    async def _capped_body(self, scope, receive, send):
+        """A receive that replays the request body, read here up to max_body: 413 (None returned) by Content-Length
+        before reading, or as soon as the streamed body passes the cap, so a huge body is never buffered whole."""
+        if scope.get("method") != "POST":
+            return receive
+        too_large = f"the body must be at most {self.max_body} bytes"
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
+            await _respond(send, 413 if declared.isdigit() else 400, too_large if declared.isdigit()
+                           else "invalid Content-Length")
+            return None
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_body:
+                await _respond(send, 413, too_large)
+                return None
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        return replay
 
     async def _lifespan(self, receive, send) -> None:
         await receive()  # lifespan.startup

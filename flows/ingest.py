@@ -16,6 +16,7 @@ from blocks.errors import InputError
 from blocks.metrics import CHUNKS_STORED
 from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
+from blocks.storable import StorableModel
 from tasks.embed import embed_batch
 from tasks.migrate import ensure_schema
 from tasks.models import set_embedder_name, tenant_model
@@ -44,7 +45,7 @@ class DocumentSpec(BaseModel):
     metadata: dict = Field(default_factory=dict)
 
 
-class IngestRequest(BaseModel):
+class IngestRequest(StorableModel):
     """What to ingest and how to chunk it."""
 
     model_config = ConfigDict(extra="forbid")

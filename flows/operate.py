@@ -28,6 +28,7 @@ from blocks.metrics import TOOL_EXECUTIONS
 from blocks.policy import OperationPolicy
 from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
+from blocks.storable import StorableModel
 from tasks.approvals import authenticate_approver, read_decision, record_decision
 from tasks.audit import append_audit
 from tasks.guard import execute_step, idempotency_key, load_connections, plan_step, scrub_error, verify_step
@@ -39,7 +40,7 @@ from tasks.runtime import call, in_flow_run
 __all__ = ["ApprovalInput", "OperateRequest", "decide", "decide_as", "operate", "run_operation", "submit_operation"]
 
 
-class OperateRequest(BaseModel):
+class OperateRequest(StorableModel):
     """One operation to run through the guard. `dry_run` (the default) plans and judges but changes nothing."""
 
     model_config = ConfigDict(extra="forbid")

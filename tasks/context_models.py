@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from blocks.cipher import DEFAULT_KEY_NAME
 from blocks.errors import ContextNotFound, InputError
+from blocks.storable import StorableModel
 
 __all__ = [
     "ROLES", "MAX_MESSAGE_BYTES", "MAX_APPEND", "DEFAULT_MAX_MESSAGES", "DEFAULT_MAX_BYTES",
@@ -35,7 +36,7 @@ CONTEXT_COLUMNS = ("id, tenant_id, user_id, agent_id, session_id, type, metadata
                    " max_bytes, encrypted, key_name, created_at, updated_at")
 
 
-class _Strict(BaseModel):
+class _Strict(StorableModel):
     model_config = ConfigDict(extra="forbid")
 
 

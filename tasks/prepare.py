@@ -9,6 +9,7 @@ from prefect.cache_policies import NONE
 
 from blocks.embedders.base import Embedder
 from blocks.errors import InputError
+from blocks.storable import unstorable
 from tasks.chunk import chunk_document
 from tasks.read import ItemError, SourceDoc, decode_text
 from tasks.store import DocumentIn, document_hash
@@ -23,6 +24,10 @@ MAX_DOCUMENT_ID = 1024
 def _validate(doc: SourceDoc) -> None:
     if not doc.document_id or len(doc.document_id) > MAX_DOCUMENT_ID or "\x00" in doc.document_id:
         raise InputError(f"document id must be 1-{MAX_DOCUMENT_ID} characters without NUL", item=repr(doc.document_id[:80]))
+    problem = (unstorable(doc.document_id, "the document id") or unstorable(doc.metadata, "metadata")
+               or unstorable(doc.text, "the text"))
+    if problem:
+        raise InputError(f"{problem}, which cannot be stored", item=doc.document_id.encode("utf-8", "replace").decode())
     decode_text(doc.text.encode("utf-8", "surrogatepass"), doc.document_id)
     try:
         doc.text.encode("utf-8")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,12 +53,32 @@ def decode_text(data: bytes, item: str) -> str:
     return text
 
 
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
 def read_file(path: Path, document_id: str, max_bytes: int) -> SourceDoc:
-    """One file as a SourceDoc; size is checked before reading."""
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise InputError(f"file is {size:,} bytes, over the {max_bytes:,}-byte limit", item=document_id)
-    text = decode_text(path.read_bytes(), document_id)
+    """One regular file as a SourceDoc; size is checked before reading and never more than the limit is read.
+
+    The file is opened non-blocking and checked through its descriptor, so a FIFO or a device (/dev/zero, a
+    named pipe in a tree) is refused instead of blocking or reading forever, even if it replaced the file since
+    it was listed."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(f"{_kind(info.st_mode)}, not a regular file; only regular files are ingested",
+                             item=document_id)
+        if info.st_size > max_bytes:
+            raise InputError(f"file is {info.st_size:,} bytes, over the {max_bytes:,}-byte limit", item=document_id)
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:  # it grew since fstat
+        raise InputError(f"file is over the {max_bytes:,}-byte limit", item=document_id)
+    text = decode_text(data, document_id)
     return SourceDoc(document_id=document_id, text=text, path=str(path), metadata={"path": document_id})
 
 
@@ -93,6 +114,13 @@ def read_paths(paths: list[str], *, max_bytes: int, base: Path | None = None) ->
         for p in candidates:
             resolved = p.resolve()
             doc_id = resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else resolved.as_posix()
+            try:
+                doc_id.encode("utf-8")
+            except UnicodeEncodeError:  # undecodable bytes in the name (surrogate-escaped): not storable as an id
+                shown = doc_id.encode("utf-8", "backslashreplace").decode()
+                problem = ItemError(shown, "file name is not valid UTF-8; rename the file to ingest it")
+                (errors.append(problem) if explicit else skipped.append(f"{shown} ({problem.error})"))
+                continue
             try:
                 docs.append(read_file(p, doc_id, max_bytes))
             except InputError as exc:

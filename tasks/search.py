@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from blocks.errors import ConfigError, InputError
 from blocks.settings import SearchSettings
+from blocks.storable import StorableModel
 
 __all__ = ["SearchRequest", "SearchHit", "resolve_model", "configure_hnsw", "vector_ranking", "keyword_ranking", "rrf", "run_search"]
 
@@ -56,7 +57,7 @@ HIT_ROWS = """
 SELECT id, document_id, seq, content, metadata FROM chunks WHERE tenant_id = %(tenant)s AND id = ANY(%(ids)s)"""
 
 
-class SearchRequest(BaseModel):
+class SearchRequest(StorableModel):
     """One search: the query, the mode, filters and (optionally) ranking overrides."""
 
     model_config = ConfigDict(extra="forbid")

@@ -21,6 +21,7 @@ from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from blocks.errors import AuthFailed, InputError
+from blocks.storable import StorableModel
 
 __all__ = ["KEY_PREFIX", "OrganizationCreate", "Principal", "SCOPES", "authenticate", "create_key", "list_keys",
            "register_organization", "revoke_key", "rotate_key"]
@@ -31,7 +32,7 @@ _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{1,62}[a-z0-9])$")
 _KEY = re.compile(r"^devmesh_[A-Za-z0-9_-]{43}$")
 
 
-class OrganizationCreate(BaseModel):
+class OrganizationCreate(StorableModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     name: str = Field(..., min_length=1, max_length=200)
     slug: str = Field(..., description="Lower-case letters, digits and dashes; becomes the tenant id.")

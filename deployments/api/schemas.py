@@ -9,6 +9,8 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.types import FiniteFloat
 
+from blocks.storable import StorableModel
+
 from tasks.context_models import (
     DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGES, MAX_APPEND, MessageIn, SimilarContext,
 )
@@ -28,7 +30,14 @@ FILTERS = Field(None, description="JSON object the chunks' metadata must contain
                                   "{context_id, user_id, agent_id, session_id, type, metadata}.")
 
 
-class _Strict(BaseModel):
+class _Strict(StorableModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _PerItem(BaseModel):
+    """Documents to store: a value that cannot be stored fails its own document (the ingest checks each one and
+    lists the failures), not the whole batch."""
+
     model_config = ConfigDict(extra="forbid")
 
 
@@ -150,14 +159,14 @@ class SimilarList(BaseModel):
 
 # -- embeddings and search ---------------------------------------------------------------------------------------
 
-class DocumentItem(_Strict):
+class DocumentItem(_PerItem):
     id: str = Field(..., min_length=1, max_length=1024, description="Your id; storing it again updates it.")
     text: str = Field(..., min_length=1)
     metadata: dict[str, Any] = Field(default_factory=dict)
     kind: Literal["auto", "text", "markdown", "code"] = "auto"
 
 
-class EmbeddingsBody(_Strict):
+class EmbeddingsBody(_PerItem):
     """One document ({id, text, metadata}) or a batch ({documents: [...]})."""
 
     documents: list[DocumentItem] | None = Field(None, min_length=1, max_length=1000)
