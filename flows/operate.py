@@ -31,7 +31,7 @@ from blocks.settings import Settings
 from blocks.storable import StorableModel
 from tasks.approvals import authenticate_approver, read_decision, record_decision
 from tasks.audit import append_audit
-from tasks.guard import execute_step, idempotency_key, load_connections, plan_step, scrub_error, verify_step
+from tasks.guard import execute_step, guarded, idempotency_key, load_connections, plan_step, scrub_error, verify_step
 from tasks.migrate import ensure_schema
 from tasks.operation_log import arguments_hash, claim_operation, get_operation_row, recent_counts, update_operation
 from tasks.ops.base import Connections, Plan, get_operation, parse_input
@@ -154,8 +154,9 @@ def run_operation(request: OperateRequest, settings: Settings | None = None, *,
         if decision.needs_approval:
             _await_approval(g, policy, inp, conns, retries)
         update_operation(pool, g.row["id"], status="running")
-        result = call(execute_step, op.name, conns, inp, key, retries)
-        verified = call(verify_step, op.name, conns, inp, result, retries)
+        with guarded(key):  # the only place the execute and verify steps may run
+            result = call(execute_step, op.name, conns, inp, key, retries)
+            verified = call(verify_step, op.name, conns, inp, result, retries)
         if verified:
             result = {**result, "verified": verified}
         return g.finish("succeeded", result=result)

@@ -5,18 +5,42 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NONE
 
 from blocks import tracing
-from blocks.errors import AppError, ConfigError
+from blocks.errors import AppError, ConfigError, GuardError
 from blocks.retry import call_with_retries, scrub
 from blocks.settings import OpsSettings
 from tasks.ops.base import Connections, OpInput, Plan, get_operation
 
-__all__ = ["execute_step", "idempotency_key", "load_connections", "plan_step", "scrub_error", "verify_step"]
+__all__ = ["execute_step", "guarded", "idempotency_key", "load_connections", "plan_step", "scrub_error",
+           "verify_step"]
+
+_GUARDED: ContextVar[str | None] = ContextVar("devmesh_guarded_operation", default=None)
+
+
+@contextmanager
+def guarded(key: str) -> Iterator[None]:
+    """Within: the execute and verify steps of the operation under idempotency `key` may run. Only the guard
+    (flows.operate.run_operation) enters it, after the plan, the policy and any approval allowed the operation."""
+    token = _GUARDED.set(key)
+    try:
+        yield
+    finally:
+        _GUARDED.reset(token)
+
+
+def _require_guard(operation: str, key: str | None = None) -> None:
+    allowed = _GUARDED.get()
+    if allowed is None or (key is not None and allowed != key):
+        raise GuardError(f"{operation}: operations execute only through the guard (flows.operate.run_operation or "
+                         "the operate flow: plan, policy, approval, audit), not by calling its steps directly")
 
 
 def load_connections(provider: str, ops: OpsSettings) -> Connections:
@@ -79,7 +103,9 @@ def plan_step(operation: str, conns: Connections, inp: OpInput, retries: int = 4
 
 @task(name="execute", cache_policy=NONE)
 def execute_step(operation: str, conns: Connections, inp: OpInput, key: str, retries: int = 4) -> dict[str, Any]:
-    """Do it, with the idempotency key: a retry after an ambiguous failure finds the first result."""
+    """Do it, with the idempotency key: a retry after an ambiguous failure finds the first result. Refused outside
+    the guard's `guarded(key)`."""
+    _require_guard(operation, key)
     op = get_operation(operation)
     return _retrying(conns, f"{operation} execute", lambda: op.run(conns, inp, key), retries)
 
@@ -88,6 +114,7 @@ def execute_step(operation: str, conns: Connections, inp: OpInput, key: str, ret
 def verify_step(operation: str, conns: Connections, inp: OpInput, result: dict[str, Any],
                 retries: int = 4) -> dict[str, Any] | None:
     """Read back what execute did (a Kubernetes deploy waits for its rollout and rolls back when it fails)."""
+    _require_guard(operation)
     op = get_operation(operation)
     if op.verify is None:
         return None
