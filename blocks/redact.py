@@ -62,7 +62,7 @@ def _install() -> None:
 
 
 # Identifiers kept as plain strings by their blocks that still must not be logged (botocore logs the key id).
-PLAIN_SENSITIVE = {"aws_access_key_id"}
+PLAIN_SENSITIVE = {"aws_access_key_id", "aws_session_token"}  # prefect_aws keeps both as plain strings
 
 
 def secret_values(block: BaseModel) -> list[str]:

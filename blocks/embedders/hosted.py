@@ -17,6 +17,7 @@ from pydantic import Field, PrivateAttr
 from blocks import tracing
 from blocks.embedders.base import EmbedderBlock
 from blocks.embedders.pricing import Usage
+from blocks.redact import register_secrets, secret_values
 from blocks.retry import MalformedResponse, call_with_retries
 
 __all__ = ["HostedEmbedder", "Reply", "estimate_tokens", "fingerprint", "clear_clients", "collect_usage"]
@@ -140,6 +141,7 @@ class HostedEmbedder(EmbedderBlock, ABC):
         with _LOCK:
             client = _CLIENTS.get(key)
             if client is None:
+                register_secrets(secret_values(self))  # client libraries log request headers at DEBUG
                 client = _CLIENTS[key] = self._new_client()
         return client
 
