@@ -381,16 +381,20 @@ def run(workdir: Path, *, deliveries: int = 40, redeliveries: int = 10, downtime
         drain_timeout_s: float = 900.0, runner_poll_s: int | None = None, retry_interval_s: float | None = None,
         log=print) -> dict[str, Any]:
     """The outage benchmark in `workdir` (its own embedded PostgreSQL and Prefect database); every child stopped."""
-    workdir = Path(workdir)
-    started = time.monotonic()
-    with OutageStack(workdir / "home", runner_poll_s=runner_poll_s, retry_interval_s=retry_interval_s,
-                     log=log) as stack:
-        log(f"stack up in {time.monotonic() - started:.1f} s")
-        result = outage(stack, deliveries=deliveries, redeliveries=redeliveries, downtime_s=downtime_s,
-                        drain_timeout_s=drain_timeout_s, log=log)
+    from bench.run import stop_servers_under
     from blocks.postgres import close_pools
 
-    close_pools()
+    workdir = Path(workdir)
+    started = time.monotonic()
+    try:
+        with OutageStack(workdir / "home", runner_poll_s=runner_poll_s, retry_interval_s=retry_interval_s,
+                         log=log) as stack:
+            log(f"stack up in {time.monotonic() - started:.1f} s")
+            result = outage(stack, deliveries=deliveries, redeliveries=redeliveries, downtime_s=downtime_s,
+                            drain_timeout_s=drain_timeout_s, log=log)
+    finally:
+        close_pools()
+        stop_servers_under(workdir)  # the embedded PostgreSQL of this run's home, whoever is left using it
     return {**result["figures"], "parameters": {
         "deliveries": deliveries, "redeliveries": redeliveries, "downtime_s": downtime_s,
         "kill_signal": "SIGKILL", "runner_poll_s": runner_poll_s or "prefect default (10)",
@@ -400,10 +404,7 @@ def run(workdir: Path, *, deliveries: int = 40, redeliveries: int = 10, downtime
 
 
 if __name__ == "__main__":
-    from bench.run import DATA, stop_servers_under
+    from bench.run import DATA
 
     target = DATA / f"outage-{time.strftime('%Y%m%d-%H%M%S')}"
-    try:
-        print(json.dumps(run(target, log=lambda m: print(m, file=sys.stderr)), indent=2))
-    finally:
-        stop_servers_under(target)
+    print(json.dumps(run(target, log=lambda m: print(m, file=sys.stderr)), indent=2))
