@@ -8,6 +8,8 @@
     │   ├── ContextExpired          the context's ttl has passed (the expire-contexts flow deletes it)
     │   └── ContextLimitExceeded    max_messages, max_bytes or the per-message size would be exceeded
     ├── StoreError                  the database refused or is unreachable
+    │   └── StoreUnavailable        the database as a whole cannot take the work (disk full, server gone or
+    │                               restarting): no item can succeed, the message says what to do
     ├── GuardError                  OperationDenied | ApprovalRejected (never retried)
     └── ProviderError(.provider, .operation)
         ├── TransientError          RateLimited | ProviderTimeout | Conflict (retried)
@@ -26,6 +28,7 @@ __all__ = [
     "ContextExpired",
     "ContextLimitExceeded",
     "StoreError",
+    "StoreUnavailable",
     "GuardError",
     "OperationDenied",
     "ApprovalRejected",
@@ -74,6 +77,13 @@ class ContextLimitExceeded(InputError):
 
 class StoreError(AppError):
     """The database failed or refused a statement."""
+
+
+class StoreUnavailable(StoreError):
+    """The database as a whole failed (disk full, server crashed or stopped): retrying item by item cannot help.
+
+    What was committed before stays; an ingest re-run after the cause is fixed skips it and does the rest.
+    """
 
 
 class GuardError(AppError):

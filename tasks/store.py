@@ -15,7 +15,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 from psycopg_pool import ConnectionPool
 
-from blocks.errors import ConfigError, InputError, StoreError
+from blocks.errors import ConfigError, InputError, StoreError, StoreUnavailable
 from blocks.postgres import PgVectorStore
 
 __all__ = [
@@ -200,22 +200,43 @@ BULK_THRESHOLD = 20_000
 
 @contextmanager
 def bulk_load(pool: ConnectionPool, model_id: int, dimensions: int, new_rows: int) -> Iterator[bool]:
-    """Around a load of `new_rows` embeddings: drop the indexes if it is a bulk load, rebuild them after (always)."""
+    """Around a load of `new_rows` embeddings: drop the indexes if it is a bulk load, rebuild them after (always).
+
+    Indexes found missing (an earlier bulk load was cut short) are rebuilt after this load too, whatever its size.
+    """
     bulk = False
-    if new_rows >= BULK_THRESHOLD:
-        with pool.connection() as conn:
-            if new_rows > count_model_rows(conn, model_id):
-                drop_model_index(conn, model_id)
-                drop_keyword_index(conn)
-                bulk = True
+    with pool.connection() as conn:
+        if new_rows >= BULK_THRESHOLD and new_rows > count_model_rows(conn, model_id):
+            drop_model_index(conn, model_id)
+            drop_keyword_index(conn)
+            bulk = True
+        elif not (model_index_exists(conn, model_id) and keyword_index_exists(conn)):
+            bulk = True  # an earlier bulk load died before rebuilding them (server crash, full disk): rebuild now
     try:
         yield bulk
-    finally:
-        if bulk:
-            with pool.connection() as conn:
-                build_model_index(conn, model_id, dimensions)
-                build_keyword_index(conn)
-                analyze(conn)
+    except BaseException as exc:
+        # A dead or full database cannot build them (and waiting for a connection would hide the error): the next
+        # ingest sees them missing and rebuilds them. Otherwise try, without masking the error under way.
+        if bulk and not isinstance(exc, StoreUnavailable):
+            try:
+                _rebuild_indexes(pool, model_id, dimensions)
+            except Exception as rebuild_error:  # noqa: BLE001 - the first error is the one to report
+                exc.add_note(f"the search indexes were not rebuilt ({rebuild_error}); the next ingest rebuilds them")
+        raise
+    if bulk:
+        _rebuild_indexes(pool, model_id, dimensions)
+
+
+def _rebuild_indexes(pool: ConnectionPool, model_id: int, dimensions: int) -> None:
+    with pool.connection() as conn:
+        build_model_index(conn, model_id, dimensions)
+        build_keyword_index(conn)
+        analyze(conn)
+
+
+def keyword_index_exists(conn: Connection) -> bool:
+    """Whether the full-text GIN index exists (it is absent during a bulk load)."""
+    return conn.execute("SELECT to_regclass('chunks_tsv') IS NOT NULL").fetchone()[0]
 
 
 def drop_model_index(conn: Connection, model_id: int) -> None:
