@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 UV_VERSION := 0.13.9
 
-.PHONY: demo test bench audit lock clean
+.PHONY: demo test bench bench-core reliability audit lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,15 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(VENV)/.installed
+# Every benchmark: docs/benchmarks.md (~12 min on 2 cores), then docs/reliability.md (~45 min, most of it 1M chunks).
+bench: bench-core reliability
+
+bench-core: $(VENV)/.installed
 	$(BIN)/python -m bench.run
+
+# Faults, hostile inputs and load; `$(BIN)/python -m bench.reliability --only mixed` refreshes one section.
+reliability: $(VENV)/.installed
+	$(BIN)/python -m bench.reliability
 
 # Known vulnerabilities of requirements.lock (pip-audit; docs/security.md explains the rules and the accepted list).
 audit: $(VENV)/.installed

@@ -12,6 +12,7 @@ __all__ = ["RETENTION", "claim_processing", "finish_processing", "get_delivery",
            "mark_emit_failed", "pending_deliveries", "prune_deliveries", "stale_deliveries", "record_delivery"]
 
 RETENTION = timedelta(days=7)  # redeliveries within this window are recognised
+CLAIM_LEASE = timedelta(minutes=10)  # a claimed delivery no other run may take over before this
 INSERT = """
 INSERT INTO webhook_deliveries (delivery_id, source, event, action, repository, tenant_id, payload, route, status)
 VALUES (%(delivery_id)s, %(source)s, %(event)s, %(action)s, %(repository)s, %(tenant)s, %(payload)s::jsonb, %(route)s,
@@ -64,11 +65,16 @@ def get_delivery(pool: ConnectionPool, delivery_id: str) -> dict[str, Any] | Non
         return cur.execute("SELECT * FROM webhook_deliveries WHERE delivery_id = %s", [delivery_id]).fetchone()
 
 
-def claim_processing(pool: ConnectionPool, delivery_id: str, flow_run_id: str | None) -> dict[str, Any] | None:
-    """The delivery, claimed by this run; None when it was already processed (an event emitted twice)."""
+def claim_processing(pool: ConnectionPool, delivery_id: str, flow_run_id: str | None,
+                     lease: timedelta = CLAIM_LEASE) -> dict[str, Any] | None:
+    """The delivery, claimed by this run; None when it was already processed (an event emitted twice) or another
+    run claimed it less than `lease` ago (two runs of one delivery at once). The same flow run may claim again
+    (Prefect retried it); a failed delivery may be claimed at once (a redelivery or a manual re-run)."""
     with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-        cur.execute("UPDATE webhook_deliveries SET flow_run_id = %s WHERE delivery_id = %s"
-                    " AND status IN ('received', 'emitted', 'failed') RETURNING *", [flow_run_id, delivery_id])
+        cur.execute("UPDATE webhook_deliveries SET flow_run_id = %s, claimed_at = now() WHERE delivery_id = %s"
+                    " AND (status = 'failed' OR (status IN ('received', 'emitted') AND (claimed_at IS NULL"
+                    " OR claimed_at < now() - %s OR flow_run_id = %s))) RETURNING *",
+                    [flow_run_id, delivery_id, lease, flow_run_id])
         return cur.fetchone()
 
 

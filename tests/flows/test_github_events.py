@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import uuid
+from datetime import timedelta
 
 import pytest
 from psycopg.types.json import Jsonb
@@ -18,7 +19,7 @@ from blocks.github import GitHubConnection
 from flows.github_events import handle_delivery
 from flows.search import search_now
 from tasks.search import SearchRequest
-from tasks.webhooks import get_delivery
+from tasks.webhooks import claim_processing, get_delivery
 from tests.conftest import shared_testdata
 from tests.fakes.github_repo_server import FakeGitHubRepo
 
@@ -129,6 +130,25 @@ def test_a_delivery_processed_twice_does_nothing_the_second_time(settings, pool,
     assert second == {"status": "duplicate", "delivery_id": delivery, "previous_status": "processed"}
     assert _docs(pool, tenant) == {}
     assert get_delivery(pool, delivery)["processed_at"] == processed_at
+
+
+def test_a_second_run_of_a_delivery_another_run_holds_is_a_duplicate_until_the_lease_passes(settings, pool, tenant):
+    """Prefect's triggers dedupe event ids in memory only: an event re-emitted across a server crash can start a
+    second run while the first still processes. The claim is a lease: the second run is a duplicate."""
+    delivery = _deliver(pool, tenant, "issues", {"action": "opened", "issue": _issue(),
+                                                 "repository": {"full_name": REPO}})
+    first_run, second_run = str(uuid.uuid4()), str(uuid.uuid4())
+    assert claim_processing(pool, delivery, first_run)["delivery_id"] == delivery
+    assert claim_processing(pool, delivery, second_run) is None  # held by the first run
+    assert handle_delivery(delivery, settings) == {"status": "duplicate", "delivery_id": delivery,
+                                                  "previous_status": "received"}
+    assert claim_processing(pool, delivery, first_run) is not None  # the same run, retried by Prefect
+    assert claim_processing(pool, delivery, second_run, lease=timedelta(0)) is not None  # the holder crashed
+    assert str(get_delivery(pool, delivery)["flow_run_id"]) == second_run
+    with pool.connection() as conn:  # the lease passed: a redrive processes it
+        conn.execute("UPDATE webhook_deliveries SET claimed_at = now() - interval '11 minutes'"
+                     " WHERE delivery_id = %s", [delivery])
+    assert handle_delivery(delivery, settings)["status"] == "processed"
 
 
 def test_a_payload_missing_issue_number_fails_the_delivery_naming_the_field(settings, pool, tenant):
