@@ -71,6 +71,10 @@ class GatewaySettings(BaseModel):
     emit_batch: int = Field(50, ge=1, le=5000, description="Events per POST to the Prefect API.")
     emit_interval_s: float = Field(0.5, gt=0, le=60, description="Longest wait before pending events are sent.")
     retry_interval_s: float = Field(5.0, gt=0, le=600, description="Wait after the Prefect API refused or was down.")
+    metrics_token: SecretStr | None = Field(
+        None, description="When set, GET /metrics needs `Authorization: Bearer <token>` (its labels name tenants); "
+        "unset: open, for a gateway bound to loopback or behind a proxy that guards /metrics."
+    )
 
 
 class TracingSettings(BaseModel):

@@ -15,6 +15,7 @@ Run it with `devmesh up` (the whole stack) or `uvicorn --factory deployments.gat
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import re
@@ -208,7 +209,12 @@ def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | Non
         return {"ok": True, "pending_events": pending, "emitted": state["outbox"].emitted}
 
     @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        token = settings.gateway.metrics_token
+        if token is not None and not hmac.compare_digest(
+                request.headers.get("authorization", "").encode(), f"Bearer {token.get_secret_value()}".encode()):
+            return JSONResponse({"error": "unauthorized", "detail": "GET /metrics needs the metrics bearer token"},
+                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
         body, content_type = exposition()
         return Response(body, media_type=content_type)
 

@@ -191,3 +191,19 @@ def test_metrics_count_deliveries_by_outcome_and_time_requests(gateway):
     assert 'devmesh_webhook_deliveries_total{event="issues",outcome="accepted"}' in text
     assert 'devmesh_webhook_deliveries_total{event="issues",outcome="bad_signature"}' in text
     assert 'devmesh_http_request_seconds_count{method="POST",route="/webhooks/github",status="202"}' in text
+
+
+def test_metrics_need_the_bearer_token_when_one_is_set(settings, gateway):
+    from blocks.settings import Settings
+
+    client, _ = gateway
+    assert client.get("/metrics").status_code == 200  # unset: open (loopback by default)
+    guarded = Settings(home=settings.home, embedder="fake", gateway={"metrics_token": "scrape-me-7f3a"})
+    app = create_app(guarded, webhook=GitHubWebhook(secrets=[SecretStr(SECRET)]), emit=Emitter(),
+                     routes=Routes.from_prefect_yaml(ROOT / "prefect.yaml"))
+    with TestClient(app) as other:
+        refused = other.get("/metrics")
+        assert refused.status_code == 401 and "scrape-me" not in refused.text
+        assert other.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        allowed = other.get("/metrics", headers={"Authorization": "Bearer scrape-me-7f3a"})
+        assert allowed.status_code == 200 and "devmesh_http_request_seconds" in allowed.text
