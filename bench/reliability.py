@@ -52,11 +52,18 @@ def _wipe(path: Path) -> None:
     path.mkdir(parents=True)
 
 
+def _cell(text: str, limit: int = 400) -> str:
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[:limit] + " …"
+
+
 def _flatten(value, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, value) rows; a section's `markdown` (its own table) is rendered apart, not flattened."""
     if isinstance(value, dict):
         rows: list[tuple[str, str]] = []
         for key, inner in value.items():
-            rows += _flatten(inner, f"{prefix}.{key}" if prefix else str(key))
+            if key != "markdown":
+                rows += _flatten(inner, f"{prefix}.{key}" if prefix else str(key))
         return rows
     if isinstance(value, float):
         return [(prefix, f"{value:,.3f}".rstrip("0").rstrip("."))]
@@ -64,7 +71,7 @@ def _flatten(value, prefix: str = "") -> list[tuple[str, str]]:
         return [(prefix, f"{value:,}")]
     if isinstance(value, list) and len(value) > 12:
         value = value[:12] + ["…"]
-    return [(prefix, json.dumps(value, default=str) if not isinstance(value, str) else value)]
+    return [(prefix, _cell(value if isinstance(value, str) else json.dumps(value, default=str)))]
 
 
 def render(results: dict) -> str:
@@ -81,7 +88,8 @@ def render(results: dict) -> str:
             parts.append(f"{head}\n\n**Failed**: `{entry['error']}`")
             continue
         rows = "\n".join(f"| `{k}` | {v} |" for k, v in _flatten(entry["figures"]))
-        parts.append(f"{head}\n\n| figure | value |\n|---|---|\n{rows}")
+        own = entry["figures"].get("markdown") if isinstance(entry["figures"], dict) else None
+        parts.append(f"{head}\n\n" + (f"{own}\n\n" if own else "") + f"| figure | value |\n|---|---|\n{rows}")
     return "\n\n".join(parts)
 
 
