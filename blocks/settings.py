@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["ChunkSettings", "SearchSettings", "IngestSettings", "OpsSettings", "GatewaySettings", "TracingSettings",
@@ -116,3 +116,13 @@ class Settings(BaseSettings):
     ops: OpsSettings = OpsSettings()
     gateway: GatewaySettings = GatewaySettings()
     tracing: TracingSettings = TracingSettings()
+
+    @field_validator("tracing", mode="wrap")
+    @classmethod
+    def _tracing_off_when_invalid(cls, value, handler):
+        """A bad DEVMESH_TRACING__* setting is tracing off, not an error: importing blocks already warned, naming
+        the variable (blocks/tracing.py configure_from_environment), and no process fails over its traces."""
+        try:
+            return handler(value)
+        except ValidationError:
+            return TracingSettings()
