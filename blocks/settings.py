@@ -73,8 +73,17 @@ class GatewaySettings(BaseModel):
     retry_interval_s: float = Field(5.0, gt=0, le=600, description="Wait after the Prefect API refused or was down.")
     metrics_token: SecretStr | None = Field(
         None, description="When set, GET /metrics needs `Authorization: Bearer <token>` (its labels name tenants); "
-        "unset: open, for a gateway bound to loopback or behind a proxy that guards /metrics."
+        "unset or empty: open, for a gateway bound to loopback or behind a proxy that guards /metrics. Leading and "
+        "trailing whitespace is not part of the token (HTTP trims it from header values)."
     )
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _blank_token_is_unset(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None:
+            return None
+        token = v.get_secret_value().strip()
+        return SecretStr(token) if token else None
 
 
 class TracingSettings(BaseModel):
