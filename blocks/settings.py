@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["ChunkSettings", "SearchSettings", "IngestSettings", "OpsSettings", "GatewaySettings", "TracingSettings",
@@ -73,8 +73,17 @@ class GatewaySettings(BaseModel):
     retry_interval_s: float = Field(5.0, gt=0, le=600, description="Wait after the Prefect API refused or was down.")
     metrics_token: SecretStr | None = Field(
         None, description="When set, GET /metrics needs `Authorization: Bearer <token>` (its labels name tenants); "
-        "unset: open, for a gateway bound to loopback or behind a proxy that guards /metrics."
+        "unset or empty: open, for a gateway bound to loopback or behind a proxy that guards /metrics. Leading and "
+        "trailing whitespace is not part of the token (HTTP trims it from header values)."
     )
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _blank_token_is_unset(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None:
+            return None
+        token = v.get_secret_value().strip()
+        return SecretStr(token) if token else None
 
 
 class TracingSettings(BaseModel):
@@ -116,3 +125,13 @@ class Settings(BaseSettings):
     ops: OpsSettings = OpsSettings()
     gateway: GatewaySettings = GatewaySettings()
     tracing: TracingSettings = TracingSettings()
+
+    @field_validator("tracing", mode="wrap")
+    @classmethod
+    def _tracing_off_when_invalid(cls, value, handler):
+        """A bad DEVMESH_TRACING__* setting is tracing off, not an error: importing blocks already warned, naming
+        the variable (blocks/tracing.py configure_from_environment), and no process fails over its traces."""
+        try:
+            return handler(value)
+        except ValidationError:
+            return TracingSettings()

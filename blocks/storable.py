@@ -2,9 +2,10 @@
 
 PostgreSQL refuses NUL (U+0000) in text and jsonb, and a lone surrogate (U+D800-U+DFFF) cannot be encoded to UTF-8
 at all; and a value nested deeper than MAX_DEPTH levels is stored but cannot be serialized back (pydantic's
-serializer stops near 255 levels), so it is refused too. Without this check such a value reaches the database and fails there, naming no field (or, when it fails
-half-way through a write, after other rows were written). Models that take text from callers inherit
-`StorableModel`: every field is checked, including the keys and values nested in dicts and lists.
+serializer stops near 255 levels), so it is refused too. Without this check such a value reaches the database and
+fails there, naming no field (or, when it fails half-way through a write, after other rows were written). Models
+that take text from callers inherit `StorableModel`: every field is checked, including the keys and values nested in
+dicts and lists. Models built from database rows do not: what was stored is read back as it is.
 """
 
 from __future__ import annotations
@@ -26,20 +27,25 @@ def _what(text: str) -> str:
     return "a NUL character (\\u0000)" if char == "\x00" else f"a lone surrogate (\\u{ord(char):04x})"
 
 
+def _short(where: str, limit: int = 80) -> str:
+    """A place inside a value, cut to `limit` characters (a path 65 levels down is mostly repetition)."""
+    return where if len(where) <= limit else where[:limit - 1] + "\u2026"
+
+
 def unstorable(value: Any, path: str = "") -> str | None:
     """Where `value` holds a NUL or a lone surrogate or nests too deeply, and what, or None."""
     stack = [(value, path, 0)]
     while stack:
         item, where, depth = stack.pop()
         if depth > MAX_DEPTH:
-            return f"{path or 'the value'} is nested more than {MAX_DEPTH} levels deep"
+            return f"{_short(where) or 'the value'} is nested more than {MAX_DEPTH} levels deep"
         if isinstance(item, str):
             if _BAD.search(item):
-                return f"{where or 'the value'} contains {_what(item)}"
+                return f"{_short(where) or 'the value'} contains {_what(item)}"
         elif isinstance(item, dict):
             for key, sub in item.items():
                 if isinstance(key, str) and _BAD.search(key):
-                    return f"a key of {where or 'the object'} contains {_what(key)}"
+                    return f"a key of {_short(where) or 'the object'} contains {_what(key)}"
                 stack.append((sub, f"{where}.{key}" if where else str(key), depth + 1))
         elif isinstance(item, (list, tuple)):
             stack.extend((sub, f"{where}[{i}]", depth + 1) for i, sub in enumerate(item))

@@ -13,6 +13,7 @@ message; other exceptions record their type only (a client library's message may
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 from collections.abc import Iterator
@@ -21,12 +22,13 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from blocks.errors import AppError, ConfigError
 from blocks.settings import TracingSettings
 
-__all__ = ["TRACER", "configure", "enabled", "event", "set_attributes", "span"]
+__all__ = ["TRACER", "configure", "configure_from_environment", "enabled", "event", "set_attributes", "span"]
 
 TRACER = "devmesh"
 _lock = threading.Lock()
@@ -93,6 +95,26 @@ def configure(settings: TracingSettings | None = None, *, exporter: Any = None) 
         trace.set_tracer_provider(provider)  # the SDK flushes and shuts it down at interpreter exit
         _provider = provider
     return True
+
+
+def _variable(loc: tuple) -> str:
+    return "DEVMESH_" + "__".join(str(part).upper() for part in loc)
+
+
+def configure_from_environment() -> bool:
+    """configure() as importing the blocks package runs it, in every devmesh process. A bad DEVMESH_TRACING__*
+    setting does not fail the import: one warning names the variable and what is wrong with it (never its value:
+    the headers carry a key) and tracing stays off. Settings() then reads the tracing settings as off too."""
+    try:
+        return configure()
+    except ValidationError as exc:
+        problem = "; ".join(f"{_variable(e['loc'])}: {e['msg']}" for e in exc.errors(include_input=False))
+    except SettingsError:
+        problem = "DEVMESH_TRACING is not a JSON object"
+    except ConfigError as exc:
+        problem = str(exc)
+    logging.getLogger("devmesh.tracing").warning("devmesh: tracing is off: %s", problem)
+    return False
 
 
 def _redact(text: str) -> str:

@@ -100,13 +100,17 @@ def search(
 
     settings = Settings()
     try:
-        request = SearchRequest(query=query, mode=mode, limit=limit, tenant=tenant or settings.tenant,
-                                metadata=json.loads(metadata) if metadata else None)
-        hits = search_now(request, settings)
-    except (ValidationError, json.JSONDecodeError, AppError) as exc:
-        _fail(str(exc))
-    except RecursionError:
+        filters = json.loads(metadata) if metadata else None
+    except json.JSONDecodeError as exc:
+        _fail(f"--metadata is not valid JSON: {exc}")
+    except RecursionError:  # the json module recurses once per level
         _fail("--metadata is nested too deeply")
+    try:
+        request = SearchRequest(query=query, mode=mode, limit=limit, tenant=tenant or settings.tenant,
+                                metadata=filters)
+        hits = search_now(request, settings)
+    except (ValidationError, AppError) as exc:
+        _fail(str(exc))
     if as_json:
         print(json.dumps([h.model_dump() for h in hits], indent=2))
         return

@@ -211,8 +211,9 @@ def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | Non
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
         token = settings.gateway.metrics_token
-        if token is not None and not hmac.compare_digest(
-                request.headers.get("authorization", "").encode(), f"Bearer {token.get_secret_value()}".encode()):
+        scheme, _, credentials = request.headers.get("authorization", "").strip().partition(" ")
+        if token is not None and not (scheme.lower() == "bearer" and hmac.compare_digest(  # RFC 6750: any case
+                credentials.strip().encode(), token.get_secret_value().encode())):
             return JSONResponse({"error": "unauthorized", "detail": "GET /metrics needs the metrics bearer token"},
                                 status_code=401, headers={"WWW-Authenticate": "Bearer"})
         body, content_type = exposition()

@@ -4,6 +4,10 @@ The delivery is read from `webhook_deliveries`, processed once (a delivery alrea
 {"status": "duplicate"}), and marked processed, or failed with the error text before the error is re-raised (the
 flow run is Failed and the delivery row says why). Documents go to the delivery's tenant; ids are those of
 tasks.github_docs, so an edit replaces the document and `deleted` removes it.
+
+A run's claim on its delivery is a lease (tasks.webhooks.CLAIM_LEASE), renewed before and after each write of the
+DocumentSink and every minute while files are fetched; a run that lost it (another run took the delivery over after
+the lease passed) raises ClaimLost before writing on, and marks nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from blocks.settings import Settings
 from flows.sync_repository import DocumentSink, advance_code_cursor, github_client, stored_documents, sync_code
 from tasks.github_docs import comment_doc, comment_id, issue_doc, issue_id, pull_doc, repository_name, require
 from tasks.migrate import ensure_schema
-from tasks.webhooks import claim_processing, finish_processing, get_delivery
+from tasks.webhooks import ClaimLost, Lease, claim_processing, get_delivery
 
 __all__ = ["github_event", "handle_delivery"]
 
@@ -47,14 +51,20 @@ def handle_delivery(delivery_id: str, settings: Settings | None = None, github: 
         if row is None:
             raise InputError("no such webhook delivery", item=delivery_id)
         return {"status": "duplicate", "delivery_id": delivery_id, "previous_status": row["status"]}
-    sink = DocumentSink(settings, delivery["tenant_id"])
+    lease = Lease.of(pool, delivery)
+    sink = DocumentSink(settings, delivery["tenant_id"], renew=lease.renew)
     try:
         result = _dispatch(delivery, sink, settings, github, branches or [])
         sink.finish()
+    except ClaimLost:
+        raise  # the delivery is another run's now: mark nothing
     except Exception as exc:
-        finish_processing(pool, delivery_id, error=f"{type(exc).__name__}: {exc}"[:1000])
+        try:
+            lease.finish(error=f"{type(exc).__name__}: {exc}"[:1000])
+        except ClaimLost as lost:
+            exc.add_note(str(lost))
         raise
-    finish_processing(pool, delivery_id)
+    lease.finish()
     return {"status": "processed", "delivery_id": delivery_id, "event": delivery["event"],
             "action": delivery["action"], "tenant": sink.tenant, **result, **sink.summary()}
 
@@ -113,6 +123,7 @@ def _push(payload: dict, repo: str, sink: DocumentSink, settings: Settings, gith
                          changes=changes, label=None if branch == default else branch)
         sink.finish()
     if before:
+        sink.renew()
         advance_code_cursor(sink.pool, sink.tenant, repo, branch, before, after)
     return {"code": code}
 

@@ -8,6 +8,8 @@ Deleted issues and comments are invisible to `since`; the github-event flow remo
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -39,6 +41,7 @@ __all__ = ["DocumentSink", "IngestIncomplete", "MAX_FILES", "advance_code_cursor
 
 MAX_FILES = 5000  # files of a whole-tree ingest; the rest are skipped (and named)
 BATCH = 200  # documents per ingest call
+RENEW_EVERY = 60.0  # seconds between DocumentSink renewals while documents are only being added (fetched)
 OVERLAP = timedelta(minutes=2)  # `since` is read this much earlier: clocks and listing races lose nothing
 COMPARE_FILE_LIMIT = 300  # the compare API lists at most 300 files; more falls back to the whole tree
 CURSOR = "SELECT * FROM repository_sync WHERE tenant_id = %s AND repository = %s"
@@ -80,10 +83,15 @@ def advance_code_cursor(pool: ConnectionPool, tenant: str, repository: str, ref:
 
 
 class DocumentSink:
-    """Ingests documents BATCH at a time (the last one given per id wins), deletes ids, and adds up the work."""
+    """Ingests documents BATCH at a time (the last one given per id wins), deletes ids, and adds up the work.
 
-    def __init__(self, settings: Settings, tenant: str) -> None:
+    `renew` (optional) is called before and after every write, and every RENEW_EVERY seconds while documents are
+    added: a run holding a lease (a webhook delivery's claim) keeps it, and learns it lost it (`renew` raises)
+    before writing on."""
+
+    def __init__(self, settings: Settings, tenant: str, renew: Callable[[], None] | None = None) -> None:
         self.settings, self.tenant = settings, tenant
+        self._renew, self._renewed = renew, time.monotonic()
         self.pool = PgVectorStore.from_settings(settings).pool()
         ensure_schema(self.pool)
         self.pending: dict[str, SourceDoc] = {}
@@ -92,7 +100,14 @@ class DocumentSink:
         self.skipped: list[str] = []
         self.errors: list[dict] = []
 
+    def renew(self, *, due_only: bool = False) -> None:
+        """Call `renew` (only when RENEW_EVERY seconds have passed, with `due_only`)."""
+        if self._renew is not None and (not due_only or time.monotonic() - self._renewed >= RENEW_EVERY):
+            self._renew()
+            self._renewed = time.monotonic()
+
     def add(self, doc: SourceDoc) -> None:
+        self.renew(due_only=True)
         self.pending[doc.document_id] = doc
         if len(self.pending) >= BATCH:
             self.flush()
@@ -104,16 +119,21 @@ class DocumentSink:
         """Delete these documents (with their chunks); returns the ids that existed."""
         for i in ids:
             self.pending.pop(i, None)
-        deleted = delete_documents(self.pool, self.tenant, sorted(set(ids))) if ids else []
+        if not ids:
+            return []
+        self.renew()
+        deleted = delete_documents(self.pool, self.tenant, sorted(set(ids)))
         self.totals["documents_deleted"] += len(deleted)
         return deleted
 
     def flush(self) -> None:
         if not self.pending:
             return
+        self.renew()
         docs = [DocumentSpec(**asdict(d)) for d in self.pending.values()]
         self.pending = {}
         s = run_ingest(IngestRequest(tenant=self.tenant, documents=docs), self.settings)
+        self.renew()
         for key in ("documents_unchanged", "chunks", "chunks_inserted", "chunks_deleted", "embedding_calls",
                     "texts_embedded"):
             self.totals[key] += s[key]

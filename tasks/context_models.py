@@ -36,11 +36,19 @@ CONTEXT_COLUMNS = ("id, tenant_id, user_id, agent_id, session_id, type, metadata
                    " max_bytes, encrypted, key_name, created_at, updated_at")
 
 
-class _Strict(StorableModel):
+class _Strict(BaseModel):
+    """Outputs, built from database rows: what was stored is read back as it is, unchecked."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class ContextCreate(_Strict):
+class _StrictIn(StorableModel):
+    """Inputs from callers: every string, key and nested value must be storable (blocks/storable.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ContextCreate(_StrictIn):
     """A new context: who it belongs to, its metadata, lifetime, size limits and encryption."""
 
     user_id: str | None = _ID
@@ -55,7 +63,7 @@ class ContextCreate(_Strict):
     key_name: str = Field(DEFAULT_KEY_NAME, min_length=1, description="Secret block holding the Fernet key.")
 
 
-class MessageIn(_Strict):
+class MessageIn(_StrictIn):
     """One message to append; content is limited to MAX_MESSAGE_BYTES UTF-8 bytes."""
 
     role: Role = Field(..., description="system, user, assistant or tool.")
@@ -132,7 +140,7 @@ class ContextPage(_Strict):
     next_offset: int | None
 
 
-class ListContextsRequest(_Strict):
+class ListContextsRequest(_StrictIn):
     """Filters and pagination for listing contexts, newest first (keyset `cursor` or `offset`)."""
 
     user_id: str | None = None

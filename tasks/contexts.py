@@ -18,6 +18,7 @@ from blocks.embedders.base import Embedder
 from blocks.errors import InputError
 from blocks.postgres import PgVectorStore
 from blocks.settings import SearchSettings
+from blocks.storable import unstorable
 from tasks.context_index import append_messages, live_context, resolve_cipher
 from tasks.context_models import (
     CONTEXT_COLUMNS, Context, ContextCreate, ContextList, ContextPage, ContextSummary, ExpireResult,
@@ -157,6 +158,9 @@ def update_context_metadata(pool: ConnectionPool, tenant: str, context_id, metad
     cid = context_uuid(context_id)
     if not isinstance(metadata, dict):
         raise InputError(f"expected a JSON object as metadata, got {type(metadata).__name__}", item=str(cid))
+    problem = unstorable(metadata, "metadata")
+    if problem:
+        raise InputError(f"{problem}, which cannot be stored", item=str(cid))
     with pool.connection() as conn, conn.transaction():
         row = conn.execute(UPDATE_METADATA, {"tenant": tenant, "id": cid, "metadata": Jsonb(metadata),
                                              "replace": replace}).fetchone()

@@ -24,15 +24,14 @@ MAX_DOCUMENT_ID = 1024
 def _validate(doc: SourceDoc) -> None:
     if not doc.document_id or len(doc.document_id) > MAX_DOCUMENT_ID or "\x00" in doc.document_id:
         raise InputError(f"document id must be 1-{MAX_DOCUMENT_ID} characters without NUL", item=repr(doc.document_id[:80]))
-    problem = (unstorable(doc.document_id, "the document id") or unstorable(doc.metadata, "metadata")
-               or unstorable(doc.text, "the text"))
+    problem = unstorable(doc.document_id, "the document id") or unstorable(doc.metadata, "metadata")
     if problem:
         raise InputError(f"{problem}, which cannot be stored", item=doc.document_id.encode("utf-8", "replace").decode())
-    decode_text(doc.text.encode("utf-8", "surrogatepass"), doc.document_id)
-    try:
-        doc.text.encode("utf-8")
+    try:  # the text: lone surrogates here, then empty, NUL (binary) and the rest as for a file's bytes
+        data = doc.text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise InputError(f"invalid Unicode (lone surrogate) at character {exc.start}", item=doc.document_id) from None
+    decode_text(data, doc.document_id)
 
 
 def source_hash(doc: SourceDoc, *, kind: str, size: int, overlap: int, model_id: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass, field
@@ -67,7 +68,13 @@ def read_file(path: Path, document_id: str, max_bytes: int) -> SourceDoc:
     The file is opened non-blocking and checked through its descriptor, so a FIFO or a device (/dev/zero, a
     named pipe in a tree) is refused instead of blocking or reading forever, even if it replaced the file since
     it was listed."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:  # Linux refuses to open a socket (or a device without a driver) with ENXIO
+        if exc.errno != errno.ENXIO:
+            raise
+        raise InputError(f"{_kind(os.stat(path).st_mode)}, not a regular file; only regular files are ingested",
+                         item=document_id) from None
     with os.fdopen(fd, "rb") as f:
         info = os.fstat(f.fileno())
         if not stat.S_ISREG(info.st_mode):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-__all__ = ["RETENTION", "claim_processing", "finish_processing", "get_delivery", "mark_emitted",
+from blocks.errors import AppError
+
+__all__ = ["CLAIM_LEASE", "RETENTION", "ClaimLost", "Lease", "claim_processing", "get_delivery", "mark_emitted",
            "mark_emit_failed", "pending_deliveries", "prune_deliveries", "stale_deliveries", "record_delivery"]
 
 RETENTION = timedelta(days=7)  # redeliveries within this window are recognised
@@ -68,20 +71,69 @@ def get_delivery(pool: ConnectionPool, delivery_id: str) -> dict[str, Any] | Non
 def claim_processing(pool: ConnectionPool, delivery_id: str, flow_run_id: str | None,
                      lease: timedelta = CLAIM_LEASE) -> dict[str, Any] | None:
     """The delivery, claimed by this run; None when it was already processed (an event emitted twice) or another
-    run claimed it less than `lease` ago (two runs of one delivery at once). The same flow run may claim again
-    (Prefect retried it); a failed delivery may be claimed at once (a redelivery or a manual re-run)."""
+    run claimed it less than `lease` ago (two runs of one delivery at once, a failed one re-run twice included). The
+    same flow run may claim again (Prefect retried it). A run holds its claim by renewing it (Lease.renew) and
+    gives it up when it finishes, so a failed delivery can be re-run at once."""
     with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-        cur.execute("UPDATE webhook_deliveries SET flow_run_id = %s, claimed_at = now() WHERE delivery_id = %s"
-                    " AND (status = 'failed' OR (status IN ('received', 'emitted') AND (claimed_at IS NULL"
-                    " OR claimed_at < now() - %s OR flow_run_id = %s))) RETURNING *",
+        cur.execute("UPDATE webhook_deliveries SET flow_run_id = %s, claimed_at = clock_timestamp()"
+                    " WHERE delivery_id = %s AND status IN ('received', 'emitted', 'failed') AND (claimed_at IS NULL"
+                    " OR claimed_at < now() - %s OR flow_run_id = %s) RETURNING *",
                     [flow_run_id, delivery_id, lease, flow_run_id])
         return cur.fetchone()
 
 
-def finish_processing(pool: ConnectionPool, delivery_id: str, error: str | None = None) -> None:
-    with pool.connection() as conn:
-        conn.execute("UPDATE webhook_deliveries SET status = %s, processed_at = now(), last_error = %s"
-                     " WHERE delivery_id = %s", ["failed" if error else "processed", error, delivery_id])
+class ClaimLost(AppError):
+    """Another run took over a delivery this run had claimed (the lease passed without renewal): this run stops
+    writing; the other one processes the delivery."""
+
+
+# Fenced by the claim itself: the flow run (None outside one) and the claimed_at this run last set.
+_FENCE = "delivery_id = %(id)s AND flow_run_id IS NOT DISTINCT FROM %(run)s AND claimed_at = %(at)s"
+
+
+@dataclass
+class Lease:
+    """This run's claim on a delivery (from claim_processing): renewed while the run progresses; every renewal and
+    the finish succeed only while the claim is still this run's, else ClaimLost."""
+
+    pool: ConnectionPool
+    delivery_id: str
+    flow_run_id: Any
+    claimed_at: datetime
+    lease: timedelta = CLAIM_LEASE
+
+    @classmethod
+    def of(cls, pool: ConnectionPool, claimed: dict[str, Any], lease: timedelta = CLAIM_LEASE) -> "Lease":
+        return cls(pool, claimed["delivery_id"], claimed["flow_run_id"], claimed["claimed_at"], lease)
+
+    def _params(self, **more) -> dict:
+        return {"id": self.delivery_id, "run": self.flow_run_id, "at": self.claimed_at, **more}
+
+    def renew(self) -> None:
+        """Restart the lease; ClaimLost when another run claimed the delivery meanwhile."""
+        with self.pool.connection() as conn:
+            row = conn.execute(f"UPDATE webhook_deliveries SET claimed_at = clock_timestamp() WHERE {_FENCE}"
+                               " RETURNING claimed_at", self._params()).fetchone()
+        if row is None:
+            raise self._lost()
+        self.claimed_at = row[0]
+
+    def finish(self, error: str | None = None) -> None:
+        """Mark the delivery processed (or failed with `error`) and give up the claim; ClaimLost, with nothing
+        marked, when another run holds it now."""
+        with self.pool.connection() as conn:
+            done = conn.execute(f"UPDATE webhook_deliveries SET status = %(status)s, processed_at = now(),"
+                                f" last_error = %(error)s, claimed_at = NULL WHERE {_FENCE}",
+                                self._params(status="failed" if error else "processed", error=error)).rowcount
+        if not done:
+            raise self._lost()
+
+    def _lost(self) -> ClaimLost:
+        row = get_delivery(self.pool, self.delivery_id) or {}
+        holder = row.get("flow_run_id")
+        return ClaimLost(f"webhook delivery {self.delivery_id}: this run's claim passed to "
+                         f"{f'flow run {holder}' if holder else 'another run'} (status {row.get('status')}) after "
+                         f"more than {self.lease} without renewal; this run stopped writing")
 
 
 def stale_deliveries(pool: ConnectionPool, older_than: timedelta, limit: int = 500) -> list[str]:

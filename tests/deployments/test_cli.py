@@ -38,7 +38,21 @@ def test_search_refuses_bad_mode_and_filters(settings, tenant):
     result = runner.invoke(app, ["search", "x", "--mode", "fuzzy", "--tenant", tenant])
     assert result.exit_code == 2 and "mode" in result.output
     result = runner.invoke(app, ["search", "x", "--metadata", "{not json", "--tenant", tenant])
-    assert result.exit_code == 2
+    assert result.exit_code == 2 and "--metadata is not valid JSON" in result.output
+    result = runner.invoke(app, ["search", "x", "--metadata", "[" * 100_000 + "]" * 100_000, "--tenant", tenant])
+    assert result.exit_code == 2 and "--metadata is nested too deeply" in result.output
+
+
+def test_a_recursion_error_in_the_search_is_not_blamed_on_metadata(settings, tenant, monkeypatch):
+    import flows.search
+
+    def runaway(request, settings):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(flows.search, "search_now", runaway)
+    result = runner.invoke(app, ["search", "x", "--metadata", '{"path": "README.md"}', "--tenant", tenant])
+    assert isinstance(result.exception, RecursionError)  # a bug: its traceback, not a wrong diagnosis
+    assert "--metadata" not in result.output
 
 
 def test_search_prints_ranked_hits(settings, tenant, tmp_path):

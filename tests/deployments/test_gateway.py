@@ -207,3 +207,17 @@ def test_metrics_need_the_bearer_token_when_one_is_set(settings, gateway):
         assert other.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
         allowed = other.get("/metrics", headers={"Authorization": "Bearer scrape-me-7f3a"})
         assert allowed.status_code == 200 and "devmesh_http_request_seconds" in allowed.text
+        for header in ("bearer scrape-me-7f3a", "BEARER  scrape-me-7f3a"):  # RFC 6750: the scheme in any case
+            assert other.get("/metrics", headers={"Authorization": header}).status_code == 200, header
+        for header in ("Basic scrape-me-7f3a", "scrape-me-7f3a", "Bearer", "Bearerscrape-me-7f3a"):
+            assert other.get("/metrics", headers={"Authorization": header}).status_code == 401, header
+
+
+@pytest.mark.parametrize("token", ["", "   "])
+def test_an_empty_metrics_token_is_unset_not_a_lock_nobody_can_open(settings, monkeypatch, token):
+    from blocks.settings import Settings
+
+    monkeypatch.setenv("DEVMESH_GATEWAY__METRICS_TOKEN", token)
+    assert Settings().gateway.metrics_token is None
+    monkeypatch.setenv("DEVMESH_GATEWAY__METRICS_TOKEN", " scrape-me-7f3a\n")  # as pasted: HTTP trims the header
+    assert Settings().gateway.metrics_token.get_secret_value() == "scrape-me-7f3a"

@@ -16,10 +16,13 @@ from psycopg.types.json import Jsonb
 
 from blocks.errors import InputError
 from blocks.github import GitHubConnection
+from flows import github_events, sync_repository
+from flows.sync_repository import DocumentSink
 from flows.github_events import handle_delivery
 from flows.search import search_now
+from tasks.github_docs import issue_doc
 from tasks.search import SearchRequest
-from tasks.webhooks import claim_processing, get_delivery
+from tasks.webhooks import ClaimLost, Lease, claim_processing, get_delivery
 from tests.conftest import shared_testdata
 from tests.fakes.github_repo_server import FakeGitHubRepo
 
@@ -149,6 +152,84 @@ def test_a_second_run_of_a_delivery_another_run_holds_is_a_duplicate_until_the_l
         conn.execute("UPDATE webhook_deliveries SET claimed_at = now() - interval '11 minutes'"
                      " WHERE delivery_id = %s", [delivery])
     assert handle_delivery(delivery, settings)["status"] == "processed"
+
+
+def test_a_failed_delivery_is_leased_too_and_released_when_its_run_ends(settings, pool, tenant):
+    """A failed delivery may be re-run at once (its run gave the claim up), but two re-runs at once are not both
+    winners: the second is a duplicate while the first holds it."""
+    issue = _issue()
+    del issue["number"]
+    delivery = _deliver(pool, tenant, "issues", {"action": "opened", "issue": issue,
+                                                 "repository": {"full_name": REPO}})
+    with pytest.raises(InputError):
+        handle_delivery(delivery, settings)
+    assert get_delivery(pool, delivery)["status"] == "failed" and get_delivery(pool, delivery)["claimed_at"] is None
+    first_run, second_run = str(uuid.uuid4()), str(uuid.uuid4())
+    assert claim_processing(pool, delivery, first_run) is not None  # a re-run: at once
+    assert claim_processing(pool, delivery, second_run) is None  # a second re-run while the first holds it
+    assert handle_delivery(delivery, settings) == {"status": "duplicate", "delivery_id": delivery,
+                                                  "previous_status": "failed"}
+    assert claim_processing(pool, delivery, first_run) is not None  # the same run, retried by Prefect
+
+
+def test_a_run_that_renews_its_claim_keeps_it_past_the_lease(settings, pool, tenant):
+    delivery = _deliver(pool, tenant, "issues", {"action": "opened", "issue": _issue(),
+                                                 "repository": {"full_name": REPO}})
+    first_run = str(uuid.uuid4())
+    claimed = claim_processing(pool, delivery, first_run)
+    with pool.connection() as conn:  # the run has been working for 11 minutes
+        claimed["claimed_at"] = conn.execute(
+            "UPDATE webhook_deliveries SET claimed_at = claimed_at - interval '11 minutes' WHERE delivery_id = %s"
+            " RETURNING claimed_at", [delivery]).fetchone()[0]
+    lease = Lease.of(pool, claimed)
+    lease.renew()  # as its DocumentSink does around each batch
+    assert claim_processing(pool, delivery, str(uuid.uuid4())) is None  # a redrive now: a duplicate
+    lease.finish()
+    row = get_delivery(pool, delivery)
+    assert row["status"] == "processed" and str(row["flow_run_id"]) == first_run and row["claimed_at"] is None
+
+
+@pytest.mark.parametrize("event", ["opened", "deleted"])
+def test_a_run_that_lost_its_claim_stops_before_writing_and_marks_nothing(settings, pool, tenant, monkeypatch, event):
+    """The lease passed and another run took the delivery over: the first run learns it at its next write (an
+    ingest batch or a delete), raises ClaimLost, writes nothing more and leaves the delivery to the other run."""
+    repo = {"full_name": REPO}
+    handle_delivery(_deliver(pool, tenant, "issues", {"action": "opened", "issue": _issue(), "repository": repo}),
+                    settings)
+    stored = "SELECT document_id, content_hash, updated_at FROM documents WHERE tenant_id = %s ORDER BY 1"
+    with pool.connection() as conn:
+        before = conn.execute(stored, [tenant]).fetchall()
+    edited = _issue(body="Pods crashloop after the migration.")
+    delivery = _deliver(pool, tenant, "issues", {"action": event, "issue": edited, "repository": repo})
+    other_run = str(uuid.uuid4())
+    name = "issue_doc" if event == "opened" else "stored_documents"
+    original = getattr(github_events, name)
+
+    def taken_over(*args, **kwargs):  # while this run works, its lease passes and a redrive claims the delivery
+        assert claim_processing(pool, delivery, other_run, lease=timedelta(0)) is not None
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(github_events, name, taken_over)
+    with pytest.raises(ClaimLost, match=f"claim passed to flow run {other_run} .*stopped writing"):
+        handle_delivery(delivery, settings)
+    with pool.connection() as conn:
+        assert conn.execute(stored, [tenant]).fetchall() == before and len(before) == 1
+    row = get_delivery(pool, delivery)
+    assert row["status"] == "received" and str(row["flow_run_id"]) == other_run and row["last_error"] is None
+
+
+def test_the_sink_renews_around_each_write_and_while_fetching(settings, pool, tenant, monkeypatch):
+    calls = []
+    sink = DocumentSink(settings, tenant, renew=lambda: calls.append("renew"))
+    sink.add(issue_doc(REPO, _issue(1)))
+    assert calls == []  # not due yet: adding costs no query
+    monkeypatch.setattr(sync_repository, "RENEW_EVERY", 0.0)
+    sink.add(issue_doc(REPO, _issue(2)))
+    assert calls == ["renew"]  # a long fetch keeps the lease
+    sink.finish()
+    assert len(calls) == 3  # before and after the batch
+    sink.delete([f"github:{REPO}#issue/1"])
+    assert len(calls) == 4 and sink.totals["documents_deleted"] == 1
 
 
 def test_a_payload_missing_issue_number_fails_the_delivery_naming_the_field(settings, pool, tenant):

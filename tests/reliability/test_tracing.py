@@ -195,9 +195,32 @@ def test_otlp_exporter_sends_protobuf_with_the_secret_headers_to_the_collector()
     assert {a.key: a.value.int_value for a in span.attributes if a.key == "devmesh.texts"} == {"devmesh.texts": 3}
 
 
-def test_malformed_headers_fail_clearly_without_repeating_them():
-    done = _python("import blocks", DEVMESH_TRACING__EXPORTER="otlp",
-                   DEVMESH_TRACING__HEADERS=f"authorization=Bearer x,{KEY}")
-    assert done.returncode != 0
-    assert "DEVMESH_TRACING__HEADERS: pair 2 is not 'name=value'" in done.stderr
+_BAD = """
+from blocks import tracing
+from blocks.settings import Settings
+print("enabled", tracing.enabled(), "exporter", Settings().tracing.exporter)
+"""
+
+
+def test_malformed_headers_leave_tracing_off_with_one_warning_that_does_not_repeat_them():
+    done = _python(_BAD, DEVMESH_TRACING__EXPORTER="otlp", DEVMESH_TRACING__HEADERS=f"authorization=Bearer x,{KEY}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[:2] == ["enabled", "False"]
+    assert done.stderr.splitlines() == ["devmesh: tracing is off: DEVMESH_TRACING__HEADERS: pair 2 is not "
+                                        "'name=value' (pairs are comma-separated)"]
+    assert KEY not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize("variable, value, problem", [
+    ("EXPORTER", "OTLP-" + KEY, "Input should be 'none', 'console' or 'otlp'"),
+    ("TIMEOUT_S", "ten-" + KEY, "Input should be a valid number"),
+])
+def test_an_invalid_tracing_setting_does_not_break_importing_blocks(variable, value, problem):
+    """Every devmesh process imports blocks first (the CLI, the gateway, flow runs): a typo in a tracing setting
+    costs the traces, with one warning naming the variable (never its value), not the process."""
+    done = _python(_BAD, **{f"DEVMESH_TRACING__{variable}": value})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["enabled", "False", "exporter", "none"]
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"devmesh: tracing is off: DEVMESH_TRACING__{variable}: {problem}")
     assert KEY not in done.stderr + done.stdout

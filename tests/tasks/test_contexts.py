@@ -9,6 +9,7 @@ import uuid
 import numpy as np
 import pytest
 from pgvector.psycopg import register_vector
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from blocks.cipher import ContextCipher, register_cipher
@@ -264,6 +265,32 @@ def test_bad_input_is_refused_with_nothing_written(pool, tenant, fake_embedder):
         _append(pool, tenant, ctx.id, fake_embedder)
     assert _rows(pool, tenant) == before
     assert C.get_context(pool, tenant, ctx.id).context.byte_count == len("hello there")
+
+
+def _nest(depth):
+    value = "leaf"
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def test_metadata_stored_deep_before_the_check_still_reads_and_new_input_is_checked(pool, tenant):
+    """Only inputs are checked for storability: a context whose metadata is nested deeper than MAX_DEPTH (stored
+    before the limit existed) still reads, lists and serializes; a new update of that depth is refused."""
+    ctx = C.create_context(pool, tenant, {"metadata": {"project": "payments"}})
+    with pool.connection() as conn:
+        conn.execute("UPDATE contexts SET metadata = %s WHERE id = %s", [Jsonb({"deep": _nest(120)}), ctx.id])
+    page = C.get_context(pool, tenant, ctx.id)
+    assert page.context.metadata == {"deep": _nest(120)}
+    assert '"leaf"' in page.model_dump_json()
+    assert [c.id for c in C.list_contexts(pool, tenant, {}).items] == [ctx.id]
+    with pytest.raises(InputError, match=r"metadata\.x\.a\.a.* is nested more than 64 levels deep, which cannot be stored"):
+        C.update_context_metadata(pool, tenant, ctx.id, {"x": _nest(100)})
+    with pytest.raises(InputError, match=r"a key of metadata contains a NUL character"):
+        C.update_context_metadata(pool, tenant, ctx.id, {"a\x00b": 1})
+    with pytest.raises(InputError, match=r"metadata\.deep.* nested more than 64"):
+        C.create_context(pool, tenant, {"metadata": {"deep": _nest(100)}})
+    assert C.get_context(pool, tenant, ctx.id).context.metadata == {"deep": _nest(120)}
 
 
 def test_expired_context_refuses_reads_and_appends(pool, tenant, fake_embedder):
