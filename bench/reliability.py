@@ -69,6 +69,8 @@ def _flatten(value, prefix: str = "") -> list[tuple[str, str]]:
         return [(prefix, f"{value:,.3f}".rstrip("0").rstrip("."))]
     if isinstance(value, int) and not isinstance(value, bool):
         return [(prefix, f"{value:,}")]
+    if isinstance(value, list) and 0 < len(value) <= 4 and all(isinstance(v, dict) for v in value):
+        return [row for i, inner in enumerate(value) for row in _flatten(inner, f"{prefix}[{i}]")]
     if isinstance(value, list) and len(value) > 12:
         value = value[:12] + ["…"]
     return [(prefix, _cell(value if isinstance(value, str) else json.dumps(value, default=str)))]
