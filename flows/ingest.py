@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.embedders import load_embedder
 from blocks.embedders.hosted import collect_usage
-from blocks.errors import InputError, StoreError, StoreUnavailable
+from blocks.errors import InputError, StoreError
 from blocks.metrics import CHUNKS_STORED
 from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
