@@ -47,6 +47,9 @@ class IngestSettings(BaseModel):
     embed_batch: int = Field(64, ge=1, description="Texts per embedder call.")
     store_batch: int = Field(2000, ge=1, description="Chunks per store transaction.")
     workers: int = Field(2, ge=1, le=32, description="Bound of the flow's task runner thread pool.")
+    index_memory_mb: int | None = Field(
+        None, ge=64, le=1048576, description="Most maintenance_work_mem (MB) an index build asks of the server. "
+        "Unset: a quarter of this machine's RAM for the embedded server, 1024 for an external one.")
 
 
 class OpsSettings(BaseModel):

@@ -1,4 +1,7 @@
-"""`devmesh doctor`: check the installation, one line per check, each failure with how to fix it."""
+"""`devmesh doctor`: check the installation, one line per check, each failure with how to fix it.
+
+    python -m deployments.doctor --rebuild-indexes    build the search indexes found missing (see _indexes)
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,8 @@ from pathlib import Path
 
 from blocks.settings import Settings
 
-__all__ = ["Check", "run_checks"]
+__all__ = ["Check", "run_checks", "rebuild_missing_indexes"]
+REBUILD_COMMAND = "python -m deployments.doctor --rebuild-indexes"
 
 MIN_PGVECTOR = (0, 7)
 
@@ -69,7 +73,63 @@ def _database(settings: Settings) -> list[Check]:
                             "devmesh doctor --migrate (or any devmesh command that opens the store)"))
     else:
         checks.append(Check("migrations", "ok", f"{len(files)} applied, current"))
+    if has_table and not missing:
+        checks.append(_indexes(pool))
     return checks
+
+
+def _indexes(pool) -> Check:
+    """Each model's HNSW index and the full-text GIN index. A bulk load drops them and rebuilds them at its end; one
+    cut short (crash, full disk) leaves them missing until the next ingest of that model: searches meanwhile still
+    answer, by exact scans, but slowly."""
+    from tasks.store import missing_indexes
+
+    try:
+        with pool.connection() as conn:
+            missing = missing_indexes(conn)
+    except Exception as exc:  # noqa: BLE001
+        return Check("search indexes", "warn", f"could not be checked: {exc}", "run `devmesh doctor` again")
+    if not missing:
+        return Check("search indexes", "ok", "every model's HNSW index and the full-text index exist")
+    return Check("search indexes", "warn",
+                 f"missing: {', '.join(missing)} (a bulk load under way, or one cut short): searches scan exactly",
+                 f"if no ingest is running: run an ingest with that model's embedder, or `{REBUILD_COMMAND}`")
+
+
+def rebuild_missing_indexes(settings: Settings | None = None) -> list[str]:
+    """Build every missing search index (waiting for a bulk load that holds one); returns the names built."""
+    from blocks.postgres import PgVectorStore
+    from tasks.migrate import ensure_schema
+    from tasks.store import index_memory_cap_mb, missing_indexes, model_index_name, rebuild_indexes
+
+    settings = settings or Settings()
+    store = PgVectorStore.from_settings(settings)
+    pool = store.pool()
+    ensure_schema(pool)
+    with pool.connection() as conn:
+        missing = missing_indexes(conn)
+        models = conn.execute("SELECT id, dimensions FROM embedding_models ORDER BY id").fetchall()
+    cap = index_memory_cap_mb(store, settings.ingest.index_memory_mb)
+    for model_id, dimensions in models:  # each build also builds the full-text index if missing
+        if model_index_name(model_id) in missing or "chunks_tsv" in missing:
+            rebuild_indexes(pool, model_id, dimensions, memory_cap_mb=cap)
+    with pool.connection() as conn:
+        still = set(missing_indexes(conn))
+    return [name for name in missing if name not in still]
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m deployments.doctor")
+    parser.add_argument("--rebuild-indexes", action="store_true", help="build the search indexes found missing")
+    args = parser.parse_args(argv)
+    if not args.rebuild_indexes:
+        parser.print_help()
+        return 2
+    built = rebuild_missing_indexes()
+    print(f"built: {', '.join(built)}" if built else "no search index was missing")
+    return 0
 
 
 def _model() -> Check:
@@ -145,3 +205,7 @@ def run_checks(settings: Settings | None = None) -> list[Check]:
                             "`devmesh up` needs it; see the README"))
     checks += _prefect(settings)
     return checks
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

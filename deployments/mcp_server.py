@@ -33,7 +33,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from blocks.errors import AppError, AuthFailed, InputError
+from blocks.errors import AppError, AuthFailed, InputError, StoreError
 from blocks.policy import OperationPolicy
 from blocks.postgres import PgVectorStore
 from blocks.redact import redact
@@ -257,6 +257,9 @@ def build_server(principal_resolver: PrincipalResolver, settings: Settings | Non
             return _error(f"forbidden: this API key lacks the '{tool.scope}' scope that {tool.spec.name} needs")
         try:
             payload = await anyio.to_thread.run_sync(tool.call, p, dict(params.arguments or {}))
+        except StoreError as exc:  # the full message (paths, free bytes, log lines, host) is for the server log
+            log.warning("mcp %s by key %s of %s: the database failed: %s", tool.spec.name, p.key_id, p.tenant, exc)
+            return _error(f"{type(exc).__name__}: the database is unavailable; retry later")
         except AppError as exc:
             log.info("mcp %s by key %s of %s failed: %s", tool.spec.name, p.key_id, p.tenant, exc)
             return _error(f"{type(exc).__name__}: {exc}")

@@ -16,7 +16,10 @@ from tasks.migrate import ensure_schema
 from tasks.usage import record_usage
 from tasks.models import embed_missing_wave, fail_switch, finish_switch, set_embedder_name, start_switch, tenant_model
 from tasks.runtime import call, in_flow_run
-from tasks.store import analyze, build_model_index, count_model_rows, drop_model_index, ensure_model, model_index_exists
+from tasks.store import (
+    analyze, build_model_index, count_model_rows, drop_model_index, ensure_model, index_lock, index_memory_cap_mb,
+    model_index_exists,
+)
 
 __all__ = ["SwitchModelRequest", "switch_model", "run_switch"]
 
@@ -46,42 +49,50 @@ def run_switch(request: SwitchModelRequest, settings: Settings | None = None) ->
                 "reason": "already the default"}
     switch_id, cursor = start_switch(pool, request.tenant, model_id)
     batch = min(request.batch, embedder.max_batch)
-    with pool.connection() as conn:
-        # Nobody searches a model before its switch completes, so an unused model loads without its index
-        # (pgvector builds an index far faster than it inserts into one) and gets it before the switch.
-        if model_index_exists(conn, model_id) and count_model_rows(conn, model_id) == 0:
-            drop_model_index(conn, model_id)
-        rebuild = not model_index_exists(conn, model_id)
+    # Nobody searches a model before its switch completes, so an unused model loads without its index
+    # (pgvector builds an index far faster than it inserts into one) and gets it before the switch. The model's
+    # index lock is held from the drop to the build, so that an ingest of this model meanwhile does not build it
+    # (tasks.store.bulk_load). Not getting it: a bulk load of the model is under way and builds the index itself.
+    lock = index_lock(pool, model_id, keyword=False)
+    if lock is not None:
+        if model_index_exists(lock.conn, model_id) and count_model_rows(lock.conn, model_id) == 0:
+            drop_model_index(lock.conn, model_id)
+        if model_index_exists(lock.conn, model_id):
+            lock.close()
+            lock = None
+    cap = index_memory_cap_mb(store, settings.ingest.index_memory_mb)
     try:
         with collect_usage() as usages:
             try:
                 embedded, index_seconds = _backfill(store, pool, embedder, request, model_id, switch_id, cursor,
-                                                    batch, rebuild)
+                                                    batch, lock, cap)
             finally:
                 record_usage(pool, request.tenant, usages)
     except BaseException as exc:
         fail_switch(pool, switch_id, f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        if lock is not None:
+            lock.close()
     if in_flow_run():
         get_run_logger().info("tenant %s now searches %s (%s chunks backfilled)", request.tenant, embedder.model_id, embedded)
     return {"tenant": request.tenant, "model": embedder.model_id, "switched": True, "embedded": embedded,
             "previous": current.name if current else None, "index_seconds": round(index_seconds, 3)}
 
 
-def _backfill(store, pool, embedder, request, model_id, switch_id, cursor, batch, rebuild) -> tuple[int, float]:
+def _backfill(store, pool, embedder, request, model_id, switch_id, cursor, batch, lock, cap) -> tuple[int, float]:
     """Waves of provider calls until nothing is missing, the index (re)built, and the switch made."""
-    embedded, index_seconds = 0, 0.0
+    embedded, index_seconds, built = 0, 0.0, lock is None
     while True:
         n, cursor = call(embed_missing_wave, store, embedder, request.tenant, model_id, switch_id, cursor, batch,
                          request.concurrency)
         embedded += n
         if n:
             continue
-        if rebuild:
+        if not built:
             started = time.perf_counter()
-            with pool.connection() as conn:
-                build_model_index(conn, model_id, embedder.dimensions)
-            index_seconds, rebuild = time.perf_counter() - started, False
+            build_model_index(lock.conn, model_id, embedder.dimensions, memory_cap_mb=cap)
+            index_seconds, built = time.perf_counter() - started, True
         if embedded:
             with pool.connection() as conn:
                 analyze(conn)  # fresh statistics keep the switch's completeness check an index anti-join

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.embedders import load_embedder
 from blocks.embedders.hosted import collect_usage
-from blocks.errors import InputError, StoreUnavailable
+from blocks.errors import InputError, StoreError
 from blocks.metrics import CHUNKS_STORED
 from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
@@ -25,8 +25,8 @@ from tasks.prepare import prepare_batch, source_hash
 from tasks.read import ItemError, SourceDoc, read_sources
 from tasks.runtime import call, in_flow_run
 from tasks.store import (
-    DocumentIn, StoreResult, bulk_load, ensure_model, hashes_needing_embedding, unchanged_documents,
-    write_batch, write_documents,
+    DocumentIn, StoreResult, bulk_load, ensure_model, hashes_needing_embedding, index_memory_cap_mb,
+    unchanged_documents, write_batch, write_documents,
 )
 from tasks.usage import record_usage
 
@@ -131,14 +131,14 @@ def _run_ingest(request: IngestRequest, settings: Settings, progress: Progress |
 
     needed = hashes_needing_embedding(pool, request.tenant, model_id, [c.content_hash for d in todo for c in d.chunks])
     total = StoreResult()
-    with bulk_load(pool, model_id, embedder.dimensions, len(needed)) as bulk, collect_usage() as usages:
+    cap = index_memory_cap_mb(store, settings.ingest.index_memory_mb)
+    with bulk_load(pool, model_id, embedder.dimensions, len(needed), memory_cap_mb=cap) as bulk, \
+            collect_usage() as usages:
         try:
             calls, embedded = _embed_and_write(store, pool, embedder, model_id, request.tenant, todo, needed,
                                                settings, total, errors, report)
-        except StoreUnavailable:
-            raise  # the database cannot take the usage rows either (gone, or full)
-        except BaseException:
-            record_usage(pool, request.tenant, usages)  # tokens and cost of hosted providers, even on failure
+        except BaseException as exc:
+            _record_usage_after(exc, pool, request.tenant, usages)
             raise
         record_usage(pool, request.tenant, usages)
 
@@ -160,6 +160,19 @@ def _run_ingest(request: IngestRequest, settings: Settings, progress: Progress |
     }
     CHUNKS_STORED.labels(request.tenant).inc(total.chunks_inserted)
     return summary
+
+
+def _record_usage_after(exc: BaseException, pool, tenant: str, usages: list) -> None:
+    """Record the hosted providers' tokens and cost of an ingest that failed with `exc`, without replacing it."""
+    if not usages:
+        return
+    if isinstance(exc, StoreError):  # the database is gone, full or refusing: the usage rows would wait 30 s, fail
+        exc.add_note(f"the usage of {len(usages)} embedding call(s) was not recorded: the database failed")
+        return
+    try:
+        record_usage(pool, tenant, usages)  # tokens and cost of hosted providers, even on failure
+    except Exception as usage_error:  # noqa: BLE001 - the first error is the one to report
+        exc.add_note(f"the usage of {len(usages)} embedding call(s) was not recorded ({usage_error})")
 
 
 def _embed_and_write(store, pool, embedder, model_id, tenant, todo, needed, settings, total, errors,

@@ -25,13 +25,18 @@ from blocks.errors import (
     InputError, OperationDenied, ProviderError, RateLimited, StoreError, TransientError,
 )
 
-__all__ = ["ApiError", "ErrorJSON", "error_response", "install_error_handlers", "status_of"]
+__all__ = ["ApiError", "ErrorJSON", "error_response", "install_error_handlers", "status_of", "STORE_UNAVAILABLE",
+           "STORE_RETRY_AFTER_S"]
 
 log = logging.getLogger("devmesh.api")
 STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                 405: "method_not_allowed", 409: "conflict", 410: "gone", 413: "payload_too_large",
                 415: "unsupported_media_type", 422: "invalid_input", 429: "rate_limited", 500: "internal",
                 502: "provider_error", 503: "unavailable"}
+# What a client is told when the database fails: the full message (data directory, free bytes, the server log's
+# PANIC line, an external server's host and port, operator advice) goes to the server log only.
+STORE_UNAVAILABLE = "the database is unavailable; retry later"
+STORE_RETRY_AFTER_S = 30
 
 
 class ErrorJSON(JSONResponse):
@@ -124,6 +129,9 @@ def install_error_handlers(app: FastAPI) -> None:
             headers = {"Retry-After": str(max(1, int(exc.retry_after + 0.999)))}
         if status >= 500:
             log.warning("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        if isinstance(exc, StoreError):
+            return error_response(request, status, code, STORE_UNAVAILABLE,
+                                  headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
         return error_response(request, status, code, str(exc)[:2000], item=getattr(exc, "item", None),
                               headers=headers)
 

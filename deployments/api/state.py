@@ -31,14 +31,15 @@ REGISTER_RATE = (10, 5)  # registrations per minute and burst, per client IP (ea
 
 
 class ApiState:
-    """Per-app shared objects. The first database use resolves the store's URL once and pins it in the settings,
-    so the per-call helpers (search_now, run_ingest, Memory, run_operation) find the open pool by URL instead of
-    re-checking the embedded server (a new connection, 4-8 ms) on every call."""
+    """Per-app shared objects. The settings keep naming the store as configured (an external URL, or the embedded
+    server's home: never its resolved URL), so that every call goes through PgVectorStore.pool(): for the embedded
+    server that restarts it if its postmaster died and drops the pool's connections to a dead one, and errors name
+    its log (a PANIC on a full disk). Finding the open pool costs reading postmaster.pid, not a connection."""
 
     def __init__(self, shared: dict[str, Any], settings: Settings) -> None:
         self.shared = shared
         self._settings = settings
-        self._pool: ConnectionPool | None = None
+        self._schema_ready = False
         self._lock = threading.Lock()
         shared.setdefault("limiter", RateLimiter())
         shared.setdefault("lockout", AuthLockout())
@@ -62,20 +63,16 @@ class ApiState:
 
     def pool(self) -> ConnectionPool:
         """The process-wide sync pool of the store (schema ensured once)."""
-        pool = self._pool
-        if pool is not None and not pool.closed:
-            return pool
-        with self._lock:
-            if self._pool is None or self._pool.closed:
-                store = PgVectorStore.from_settings(self._settings)
-                url = store.resolve_url()
-                self._settings = self._settings.model_copy(update={"database_url": url})
-                self._pool = PgVectorStore.from_settings(self._settings).pool()
-                ensure_schema(self._pool)
-            return self._pool
+        pool = PgVectorStore.from_settings(self._settings).pool()
+        if not self._schema_ready:
+            with self._lock:
+                if not self._schema_ready:
+                    ensure_schema(pool)
+                    self._schema_ready = True
+        return pool
 
     def memory(self, tenant: str) -> Memory:
-        """The tenant's Memory facade (cheap: the pool is found by its pinned URL)."""
+        """The tenant's Memory facade (cheap: the pool is found by its URL)."""
         return Memory(tenant=tenant, settings=self.settings)
 
     def ops_policy(self) -> OperationPolicy | None:

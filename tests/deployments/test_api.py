@@ -385,3 +385,33 @@ def test_openapi_documents_every_route_with_the_error_body(client):
     assert {"401", "403", "404", "422", "429"} <= set(execute["responses"])
     assert execute["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
     assert {"HTTPBearer", "APIKeyHeader"} <= set(schema["components"]["securitySchemes"])
+
+
+def test_a_database_failure_is_a_generic_503_with_retry_after_and_logged_in_full(settings, caplog):
+    from blocks.errors import StoreUnavailable
+
+    detail = ("the database ran out of disk space (could not extend file: No space left on device; its volume has "
+              "1024 bytes free); embedded PostgreSQL, data in /srv/secret-home/pgdata. Free space on that volume")
+    app = make_app(settings)
+
+    def broken():
+        raise StoreUnavailable(detail)
+
+    app.add_api_route("/test-store-failure", broken)
+    with TestClient(app) as client, caplog.at_level("WARNING", logger="devmesh.api"):
+        response = client.get("/test-store-failure")
+    error = assert_error(response, 503, "store_unavailable")
+    assert error["message"] == "the database is unavailable; retry later"
+    assert response.headers["Retry-After"] == "30"
+    assert "secret-home" not in response.text and "bytes free" not in response.text
+    assert any(detail in r.getMessage() for r in caplog.records)  # the operator still gets all of it
+
+
+def test_the_api_keeps_the_embedded_home_not_its_url(settings):
+    from blocks.postgres import PgVectorStore
+    from deployments.api.state import ApiState
+
+    api = ApiState({}, settings)
+    api.pool()
+    assert api.settings.database_url is None
+    assert PgVectorStore.from_settings(api.settings).server_log() is not None  # errors can read its PANIC lines

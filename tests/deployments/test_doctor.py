@@ -35,3 +35,20 @@ def test_prefect_server_and_blocks_are_checked(settings, prefect_harness):
     assert checks["prefect server"].status == "ok"
     assert checks["block devmesh-aws"].status == "ok"
     assert all(c.fix for c in checks.values() if c.status != "ok")
+
+
+def test_missing_search_indexes_are_reported_with_the_fix_then_rebuilt(settings, pool, fake_embedder):
+    from deployments.doctor import REBUILD_COMMAND, rebuild_missing_indexes
+    from tasks.store import drop_keyword_index, drop_model_index, ensure_model, model_index_name
+
+    model_id = ensure_model(pool, fake_embedder.model_id, fake_embedder.dimensions)
+    assert {c.name: c for c in run_checks(settings)}["search indexes"].status == "ok"
+    with pool.connection() as conn:  # what a bulk load cut short by a crash leaves
+        drop_model_index(conn, model_id)
+        drop_keyword_index(conn)
+    check = {c.name: c for c in run_checks(settings)}["search indexes"]
+    assert check.status == "warn"
+    assert model_index_name(model_id) in check.detail and "chunks_tsv" in check.detail
+    assert REBUILD_COMMAND in check.fix and "ingest" in check.fix
+    assert set(rebuild_missing_indexes(settings)) >= {model_index_name(model_id), "chunks_tsv"}
+    assert {c.name: c for c in run_checks(settings)}["search indexes"].status == "ok"

@@ -8,8 +8,12 @@ work while embedding only what was not committed.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +21,8 @@ import pytest
 
 import tasks.store
 from blocks.errors import StoreUnavailable
-from blocks.postgres import PgVectorStore
+from blocks import postgres
+from blocks.postgres import PgVectorStore, start_embedded
 from flows.ingest import run_ingest
 from flows.search import search_now
 from tasks.migrate import ensure_schema
@@ -191,3 +196,109 @@ def test_disk_full_fails_with_a_clear_error_and_the_rerun_completes_when_space_r
         pf.stop_server(home)
         if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+# ------------------------------------------------------------------ restarts seen by a long-lived process
+
+def _restart_from_another_process(home: Path) -> None:
+    """What the gateway, `prefect serve` or a CLI sharing the server does when it finds the postmaster dead."""
+    done = subprocess.run([sys.executable, "-c", "import sys; from blocks.postgres import start_embedded; "
+                           "start_embedded(sys.argv[1])", str(home)],
+                          cwd=pf.ROOT, env={**os.environ, "PYTHONPATH": str(pf.ROOT)}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_threads_finding_the_server_dead_restart_it_once(own_home, monkeypatch, caplog):
+    store = PgVectorStore(home=str(own_home))
+    pool = store.pool()
+    pf.kill_postmaster(own_home)
+    starts = []
+    real = postgres._start_embedded
+    monkeypatch.setattr(postgres, "_start_embedded", lambda home: starts.append(home) or real(home))
+    barrier = threading.Barrier(8)
+    pools = []
+
+    def use() -> None:
+        barrier.wait()
+        pools.append(store.pool())
+
+    with caplog.at_level(logging.WARNING, logger="devmesh.postgres"):
+        threads = [threading.Thread(target=use) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    assert len(pools) == 8 and all(p is pool for p in pools)
+    assert len(starts) == 1, starts  # the other 7 found it running again
+    assert sum("had stopped" in r.getMessage() for r in caplog.records) == 1
+    with pool.connection() as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_server_restarted_by_another_process_gets_this_process_pools_back(own_home):
+    store = PgVectorStore(home=str(own_home))
+    pool = store.pool()
+    with pool.connection() as conn:  # an idle connection to the first postmaster stays in the pool
+        conn.execute("SELECT 1")
+
+    async def scenario() -> None:
+        apool = await store.open_async_pool(max_size=2)  # as the gateway does
+        try:
+            async with apool.connection() as conn:
+                await conn.execute("SELECT 1")
+            first = pf.postmaster_pid(own_home)
+            await asyncio.to_thread(pf.kill_postmaster, own_home)
+            await asyncio.to_thread(_restart_from_another_process, own_home)
+            assert pf.postmaster_pid(own_home) not in (None, first)
+            # This process did not restart it; its pools still hold connections to the dead postmaster.
+            assert store.pool() is pool
+            with pool.connection() as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+            async with apool.connection() as conn:
+                assert await (await conn.execute("SELECT 1")).fetchone() == (1,)
+        finally:
+            await apool.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_rest_api_state_restarts_the_embedded_server_and_names_its_log(own_home):
+    from deployments.api.state import ApiState
+
+    api = ApiState({}, pf.settings_for(own_home))
+    pool = api.pool()
+    assert api.settings.database_url is None  # the home is kept, not the resolved URL
+    assert PgVectorStore.from_settings(api.settings).server_log() == pf.pgdata(own_home) / "log"
+    pf.kill_postmaster(own_home)
+    assert api.pool() is pool
+    with api.pool().connection() as conn:  # the gateway process started it again
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+class _FailingEmbedder(pf.FakeEmbedder):
+    """Reports a hosted call's usage, then the database becomes unusable and the embedder fails."""
+
+    _block_type_name = "Failing Usage Embedder"
+    home: str = ""
+
+    def embed(self, texts):
+        from blocks.embedders.hosted import _COLLECTORS
+        from blocks.embedders.pricing import Usage
+
+        for usages in _COLLECTORS.get():
+            usages.append(Usage.of("openai", "text-embedding-3-small", 100, len(texts)))
+        postgres._pools[start_embedded(Path(self.home))].close()  # the pool the usage rows would use
+        raise RuntimeError("the provider broke")
+
+
+def test_a_failure_while_the_usage_cannot_be_recorded_keeps_its_own_error(own_home):
+    from blocks.embedders import register_embedder
+
+    store = PgVectorStore(home=str(own_home))
+    ensure_schema(store.pool())
+    register_embedder("failing-usage", _FailingEmbedder(home=str(own_home)))
+    settings = pf.settings_for(own_home).model_copy(update={"embedder": "failing-usage"})
+    with pytest.raises(RuntimeError, match="the provider broke") as failed:
+        run_ingest(pf.request(1, 3).model_copy(update={"embedder": "failing-usage"}), settings)
+    assert any("was not recorded" in note for note in getattr(failed.value, "__notes__", [])), failed.value

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
 import pytest
@@ -68,14 +69,31 @@ def test_hnsw_build_memory_fits_the_graph(pool, tenant, monkeypatch):
     monkeypatch.setattr(store, "HNSW_BUILD_MEMORY_MB", (1, 16384))  # the estimate alone, without the 1GB floor
     assert hnsw_build_memory_mb(ROWS, DIMS) < 16  # small enough that an underestimate would show
     assert _build(pool, model_id) == []
-    monkeypatch.setattr(store, "hnsw_build_memory_mb", lambda rows, dims, m=16: 1)
+    monkeypatch.setattr(store, "hnsw_build_memory_mb", lambda rows, dims, m=16, cap_mb=None: 1)
     assert _build(pool, model_id), "a 1MB budget should not hold 3,000 vectors of 384 dimensions"
 
 
 def test_hnsw_build_memory_sizes():
-    assert hnsw_build_memory_mb(0, DIMS) == 1024  # the floor, as before
-    assert 2600 <= hnsw_build_memory_mb(1_000_000, DIMS) <= 3000  # 2,251 bytes a row measured, + 25 %
-    assert hnsw_build_memory_mb(100_000_000, DIMS) == 16384  # the ceiling
+    big = 1 << 20  # a cap above the ceiling
+    assert hnsw_build_memory_mb(0, DIMS, cap_mb=big) == 1024  # the floor, as before
+    assert 2600 <= hnsw_build_memory_mb(1_000_000, DIMS, cap_mb=big) <= 3000  # 2,251 bytes a row measured, + 25 %
+    assert hnsw_build_memory_mb(100_000_000, DIMS, cap_mb=big) == 16384  # the ceiling
+    assert hnsw_build_memory_mb(1_000_000, 1536, cap_mb=2048) == 2048  # 8.2 GB wanted, the server's cap given
+
+
+def test_hnsw_build_memory_is_capped_by_the_server():
+    from pydantic import SecretStr
+
+    from blocks.postgres import PgVectorStore
+    from tasks.store import index_memory_cap_mb
+
+    ram_mb = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**20
+    embedded = PgVectorStore(home="unused")
+    external = PgVectorStore(url=SecretStr("postgresql://db.example:5432/devmesh"))
+    assert index_memory_cap_mb(embedded) == ram_mb // 4  # this machine's server: a quarter of its RAM
+    assert index_memory_cap_mb(external) == 1024  # another machine's, shared: the old fixed 1 GB
+    assert index_memory_cap_mb(external, 4096) == 4096  # unless configured (DEVMESH_INGEST__INDEX_MEMORY_MB)
+    assert hnsw_build_memory_mb(10**9, 1536) <= ram_mb // 4  # the default is this machine's cap
 
 
 def test_corpus_is_deterministic_unique_and_exact():
