@@ -55,6 +55,9 @@ def fuzz_org(settings, tenant, monkeypatch):
     return org
 
 
+# Hypothesis flags any change of the global `random` state while a case is drawn; here it is the pool's worker
+# threads (psycopg_pool jitters connection lifetimes with `random`) running during the draw, not the strategies.
+@pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
 @schema.parametrize()
 @hypothesis_settings(max_examples=20, deadline=None, derandomize=True, database=None,
                      suppress_health_check=list(HealthCheck))
