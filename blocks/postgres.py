@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import calendar
 import logging
 import os
 import subprocess
 import threading
-import time
 import warnings
 from pathlib import Path
 
@@ -19,8 +17,10 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from pydantic import Field, SecretStr
 
 from blocks.errors import ConfigError, StoreError, StoreUnavailable
+from blocks.pg_failure import database_failure
+from blocks.postmaster import postmaster_alive, wait_ready
 
-__all__ = ["PgVectorStore", "start_embedded", "embedded_url", "database_failure", "EMBEDDED_DATABASE"]
+__all__ = ["PgVectorStore", "start_embedded", "embedded_url", "EMBEDDED_DATABASE"]
 
 EMBEDDED_DATABASE = "devmesh"
 _log = logging.getLogger("devmesh.postgres")
@@ -48,12 +48,12 @@ def start_embedded(home: Path) -> str:
     pgdata = key / "pgdata"
     with _lock:
         known, known_pid = _embedded_urls.get(key), _embedded_pids.get(key)
-    if known is not None and known_pid is not None and _postmaster_alive(pgdata) == known_pid:
+    if known is not None and known_pid is not None and postmaster_alive(pgdata) == known_pid:
         return known
     with _restart_lock:  # one thread restarts or re-checks; the others then find it done
         with _lock:
             known, known_pid = _embedded_urls.get(key), _embedded_pids.get(key)
-        pid = _postmaster_alive(pgdata) if known is not None else None
+        pid = postmaster_alive(pgdata) if known is not None else None
         if pid is not None and pid == known_pid:
             return known  # another thread got here first
         if pid is not None:  # another process started it again (its socket, hence its URL, is the same)
@@ -62,7 +62,7 @@ def start_embedded(home: Path) -> str:
             url = known
         else:
             url = _start_embedded(key)
-            pid = _postmaster_alive(pgdata)
+            pid = postmaster_alive(pgdata)
             if known is not None:
                 _log.warning("the embedded PostgreSQL in %s had stopped; started it again", pgdata)
         with _lock:
@@ -81,75 +81,6 @@ def embedded_url(url: str) -> bool:
 
 # A pid in postmaster.pid may name a process that is not that postmaster any more: a zombie (its parent did not
 # reap it, e.g. in a container whose init does not), or another process that reused the pid. Line 3 of
-# postmaster.pid is the postmaster's start time (epoch seconds); /proc gives the process's. The slack covers the
-# time from fork to PostmasterMain on a loaded machine and the rounding of btime.
-_START_SLACK_S = 10.0
-
-
-def _postmaster_alive(pgdata: Path) -> int | None:
-    """The pid of the postmaster named in pgdata/postmaster.pid if it is running, else None."""
-    try:
-        with open(pgdata / "postmaster.pid", "rb") as f:
-            pid = int(f.readline())
-            f.readline()
-            started = int(f.readline() or 0)
-    except (OSError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass  # it exists, under another user (root runs the server as embedded_postgres)
-    return pid if _same_process(pid, started) else None
-
-
-def _same_process(pid: int, started: int) -> bool:
-    """Whether `pid` is a live (not zombie) process started at `started` (epoch s); True where /proc is absent."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode("ascii", "replace")
-    except FileNotFoundError:
-        return not Path("/proc/self/stat").exists()  # no procfs (macOS): trust kill(pid, 0)
-    except OSError:
-        return True
-    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state is field 3, starttime field 22
-    if fields[0] in ("Z", "X"):
-        return False
-    if started <= 0:
-        return True
-    boot = _boot_time()
-    if boot is None:
-        return True
-    return abs(boot + int(fields[19]) / os.sysconf("SC_CLK_TCK") - started) <= _START_SLACK_S
-
-
-def _boot_time() -> int | None:
-    try:
-        with open("/proc/stat", "rb") as f:
-            for line in f:
-                if line.startswith(b"btime "):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def _wait_ready(pgdata: Path, timeout: float) -> None:
-    """Wait until a postmaster that is starting (crash recovery) says 'ready' in postmaster.pid."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _postmaster_alive(pgdata) is None:
-            return  # not running (or it died): the caller's retry starts it or reports why
-        try:
-            lines = (pgdata / "postmaster.pid").read_text().splitlines()
-        except OSError:
-            lines = []
-        if len(lines) >= 8 and lines[7].strip() == "ready":
-            return
-        time.sleep(0.1)
-
-
 def _start_embedded(home: Path) -> str:
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, root shells) and falls back to /tmp.
@@ -176,7 +107,7 @@ def _start_embedded(home: Path) -> str:
                 # pg_ctl gives up after 10 s, but a crash recovery may take longer: wait for it, then join
                 if attempt == 2:
                     raise StoreError(f"could not start the embedded PostgreSQL in {pgdata}: {exc}") from exc
-                _wait_ready(pgdata, RECOVERY_TIMEOUT_S)
+                wait_ready(pgdata, RECOVERY_TIMEOUT_S)
             except Exception as exc:  # the wheel raises CalledProcessError and others
                 raise StoreError(f"could not start the embedded PostgreSQL in {pgdata}: {exc}; its log is "
                                  f"{pgdata / 'log'}") from exc
@@ -252,7 +183,7 @@ class PgVectorStore(Block):
 
     def _answers(self) -> bool:
         if self.embedded:
-            return _postmaster_alive(Path(self.home).expanduser().resolve() / "pgdata") is not None
+            return postmaster_alive(Path(self.home).expanduser().resolve() / "pgdata") is not None
         try:
             psycopg.connect(self.url.get_secret_value(), connect_timeout=5).close()
         except psycopg.Error:
@@ -295,15 +226,15 @@ class PgVectorStore(Block):
         postmaster changed since the last getconn (restarted by another process, or dead: then started again
         here); if so the pool drops its idle connections to the dead one before this one is used."""
         home = Path(self.home).expanduser().resolve()
-        seen = [_postmaster_alive(home / "pgdata")]
+        seen = [postmaster_alive(home / "pgdata")]
 
         async def check(conn) -> None:
-            pid = _postmaster_alive(home / "pgdata")
+            pid = postmaster_alive(home / "pgdata")
             if pid == seen[0]:
                 return
             if pid is None:
                 await asyncio.to_thread(start_embedded, home)
-                pid = _postmaster_alive(home / "pgdata")
+                pid = postmaster_alive(home / "pgdata")
             seen[0] = pid
             _log.warning("the embedded PostgreSQL in %s was restarted: the async pool drops its connections to the "
                          "old one", home / "pgdata")
@@ -322,82 +253,6 @@ class PgVectorStore(Block):
             home=str(settings.home),
             pool_max_size=settings.pool_max_size,
         )
-
-
-_CONNECTION_LOST = ("57P01", "57P02", "57P03")  # admin_shutdown, crash_shutdown, cannot_connect_now
-_NO_SPACE = "No space left on device"
-_SHARED_MEMORY = "shared memory segment"  # /dev/shm too small for a parallel build: 53100 too, but not the disk
-
-
-def database_failure(exc: BaseException, where: str, server_log: Path | None = None) -> StoreUnavailable | None:
-    """A StoreUnavailable saying what happened and what to do, when `exc` means the database as a whole failed
-    (disk full, server crashed, stopped or restarting, no connection); None for an error of one statement.
-
-    Args:
-        exc: what a database call raised (psycopg or psycopg_pool errors; others give None).
-        where: the store's description (PgVectorStore.describe(): no credentials).
-        server_log: the embedded server's log. A lost connection is often a PANIC of the server (PostgreSQL
-            PANICs when it cannot write its WAL on a full disk): the log's last minute says which.
-    """
-    if isinstance(exc, StoreUnavailable):
-        return exc
-    if not isinstance(exc, psycopg.Error):
-        return None
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    sqlstate = getattr(exc, "sqlstate", None)
-    lost = sqlstate in _CONNECTION_LOST or (isinstance(exc, psycopg.OperationalError) and sqlstate is None)
-    said = None  # what the embedded server's log (or, too full to log, its volume) says about a lost connection
-    if lost and server_log is not None:
-        said = _recent_panic(server_log)
-        if said is None and (free := _free_bytes(server_log.parent)) is not None and free < 16 * 2**20:
-            said = f"its volume has {free} bytes free ({_NO_SPACE})"
-    if _SHARED_MEMORY in str(exc):
-        return None  # "could not resize shared memory segment ...: No space left on device": this statement's
-        # parallel workers did not fit in /dev/shm; the disk is fine and other statements go on
-    if isinstance(exc, psycopg.errors.DiskFull) or _NO_SPACE in str(exc) or (said and _NO_SPACE in said):
-        cause = f"{text}; {said}" if said else text
-        return StoreUnavailable(
-            f"the database ran out of disk space ({cause}); {where}. Free space on that volume (or grow it), "
-            "then run the ingest again: what was committed is kept and skipped, nothing was half-written")
-    if lost:
-        cause = f"{text}; {said}" if said else text
-        return StoreUnavailable(
-            f"lost the connection to the database ({cause}); {where}. The server crashed, stopped or is "
-            "recovering: the embedded server is started again on the next call (an external one must be brought "
-            "back), then run the ingest again: what was committed is kept and skipped, nothing was half-written")
-    return None
-
-
-def _free_bytes(path: Path) -> int | None:
-    """Bytes free on the volume holding `path` (None if it cannot be read)."""
-    try:
-        stat = os.statvfs(path)
-    except OSError:
-        return None
-    return stat.f_bavail * stat.f_frsize
-
-
-def _recent_panic(log: Path, within_s: float = 60.0) -> str | None:
-    """The last PANIC line of the server log written in the last minute (the log's timestamps are UTC)."""
-    try:
-        with open(log, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(f.tell() - 65536, 0))
-            lines = f.read().decode("utf-8", "replace").splitlines()
-    except OSError:
-        return None
-    now = time.time()
-    for line in reversed(lines):
-        if "PANIC:" not in line:
-            continue
-        try:  # log_timezone is the environment's at initdb: UTC here; another zone is not trusted for age
-            stamp = calendar.timegm(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) if line[24:27] == "UTC" else None
-        except ValueError:
-            stamp = None
-        if stamp is None or now - stamp > within_s:
-            return None
-        return "the server then PANICked: " + line.split("PANIC:", 1)[1].strip()
-    return None
 
 
 def close_pools() -> None:

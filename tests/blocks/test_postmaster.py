@@ -1,4 +1,4 @@
-"""blocks.postgres._postmaster_alive: the pid in postmaster.pid counts only if it is that postmaster, running."""
+"""blocks.postmaster.postmaster_alive: the pid in postmaster.pid counts only if it is that postmaster, running."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import psutil
 
-from blocks.postgres import _postmaster_alive
+from blocks.postmaster import postmaster_alive
 
 
 def _pidfile(pgdata, pid: int, started: float) -> None:
@@ -19,13 +19,13 @@ def _pidfile(pgdata, pid: int, started: float) -> None:
 def test_a_running_process_started_when_the_file_says_is_alive(tmp_path):
     me = psutil.Process()
     _pidfile(tmp_path / "pgdata", me.pid, me.create_time())
-    assert _postmaster_alive(tmp_path / "pgdata") == me.pid
+    assert postmaster_alive(tmp_path / "pgdata") == me.pid
 
 
 def test_a_reused_pid_is_not_the_postmaster(tmp_path):
     me = psutil.Process()  # alive, but started an hour after the postmaster the file names
     _pidfile(tmp_path / "pgdata", me.pid, me.create_time() - 3600)
-    assert _postmaster_alive(tmp_path / "pgdata") is None
+    assert postmaster_alive(tmp_path / "pgdata") is None
 
 
 def test_a_zombie_is_not_alive(tmp_path):
@@ -36,14 +36,14 @@ def test_a_zombie_is_not_alive(tmp_path):
             assert time.monotonic() < deadline
             time.sleep(0.02)
         _pidfile(tmp_path / "pgdata", child.pid, psutil.Process(child.pid).create_time())
-        assert _postmaster_alive(tmp_path / "pgdata") is None
+        assert postmaster_alive(tmp_path / "pgdata") is None
     finally:
         child.wait()
 
 
 def test_no_file_or_a_dead_pid_is_not_alive(tmp_path):
-    assert _postmaster_alive(tmp_path / "pgdata") is None
+    assert postmaster_alive(tmp_path / "pgdata") is None
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     _pidfile(tmp_path / "pgdata", child.pid, time.time())
-    assert _postmaster_alive(tmp_path / "pgdata") is None
+    assert postmaster_alive(tmp_path / "pgdata") is None

@@ -9,7 +9,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from pydantic import SecretStr
 
 from blocks.errors import StoreUnavailable
-from blocks.postgres import PgVectorStore, database_failure, start_embedded
+from blocks.pg_failure import database_failure
+from blocks.postgres import PgVectorStore, start_embedded
 
 DEAD_URL = "postgresql://nobody@127.0.0.1:9/none"
 

@@ -184,7 +184,7 @@ def test_every_block_secret_reaches_no_sink(settings, pool, tenant, echo, caplog
     store = cases[PgVectorStore]
 
     def connect():  # the pool's first connection, without its 30 s wait for the server: the driver's error, then
-        try:        # devmesh's mapping of it (blocks.postgres.database_failure)
+        try:        # devmesh's mapping of it (blocks.pg_failure.database_failure)
             psycopg.connect(store.resolve_url(), connect_timeout=2).close()
         except psycopg.OperationalError as exc:
             raise (store.failure(exc) or exc) from exc
