@@ -191,7 +191,9 @@ class OutageStack:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        """SIGINT (as Ctrl-C in `devmesh up`) to gateway, serve, server in that order; SIGKILL what lingers."""
+        """SIGINT (as Ctrl-C in `devmesh up`) to gateway, serve, server in that order; SIGKILL what lingers; then
+        the embedded PostgreSQL of this home (children killed with SIGKILL stay on its list of users, so the last
+        process to exit would not stop it)."""
         for name in ("gateway", "serve", "prefect-server"):
             proc = self.procs.get(name)
             if proc is not None and proc.poll() is None:
@@ -209,6 +211,9 @@ class OutageStack:
                     pass
                 proc.wait(timeout=30)
         self.procs.clear()
+        from bench.run import stop_servers_under
+
+        stop_servers_under(self.home, log=self.log)
 
     def alive(self) -> dict[str, bool]:
         return {name: proc.poll() is None for name, proc in self.procs.items()}
