@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,11 +37,8 @@ __all__ = ["run", "run_kill", "run_disk_full"]
 
 def _wait_answering(home: Path, timeout: float) -> float:
     started = time.perf_counter()
-    while time.perf_counter() - started < timeout:
-        if pf.count(home) is not None:
-            return time.perf_counter() - started
-        time.sleep(0.05)
-    raise RuntimeError(f"the server in {home} did not answer within {timeout} s")
+    pf.wait_answering(home, timeout)
+    return time.perf_counter() - started
 
 
 def _indexes(conninfo: str) -> list[str]:
@@ -144,32 +139,17 @@ def run_disk_full(workdir: Path, *, docs: int = 200, chunks_per_doc: int = 100, 
                   store_batch: int = 2000) -> dict:
     """A tmpfs data volume fills mid-ingest, grows again, the ingest re-runs; see the module docstring."""
     from blocks.errors import StoreUnavailable
-    from blocks.postgres import PgVectorStore
     from flows.ingest import run_ingest
-    from tasks.migrate import ensure_schema
 
     total = docs * chunks_per_doc
     out: dict = {"docs": docs, "chunks_per_doc": chunks_per_doc, "chunks_total": total, "free_mb": free_mb,
                  "store_batch": store_batch}
-    if os.geteuid() != 0:
-        return {**out, "skipped": "mounting a tmpfs needs root; this run is not root"}
     mount = Path(workdir) / "volume"
-    mount.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        return {**out, "skipped": f"mount -t tmpfs is not permitted here: {done.stderr.strip()}"}
+    if (cannot := pf.mount_tmpfs(mount)) is not None:
+        return {**out, "skipped": cannot}
     home = mount / "home"
     try:
-        store = PgVectorStore(home=str(home))
-        pool = store.pool()
-        ensure_schema(pool)
-        with pool.connection() as conn:
-            conn.execute("CHECKPOINT")
-        stat = os.statvfs(mount)
-        used = (stat.f_blocks - stat.f_bfree) * stat.f_frsize
-        size = used + free_mb * 2**20
-        subprocess.run(["mount", "-o", f"remount,size={size}", str(mount)], check=True, capture_output=True)
+        store, used, size = pf.start_on_volume(home, free_mb * 2**20)
         out["tmpfs_mb"] = round(size / 2**20, 1)
         out["used_by_empty_database_mb"] = round(used / 2**20, 1)
         settings = pf.settings_for(home, store_batch)
@@ -188,7 +168,7 @@ def run_disk_full(workdir: Path, *, docs: int = 200, chunks_per_doc: int = 100, 
         out["server_panicked"] = panics[0] if panics else None  # the WAL could not be written: crash and restart
 
         grown = 1024 * 2**20 + used
-        subprocess.run(["mount", "-o", f"remount,size={grown}", str(mount)], check=True, capture_output=True)
+        pf.resize_tmpfs(mount, grown)
         out["tmpfs_grown_to_mb"] = round(grown / 2**20, 1)
         recovery = time.perf_counter()
         store.pool()  # starts the server again if the PANIC left it down
@@ -217,8 +197,7 @@ def run_disk_full(workdir: Path, *, docs: int = 200, chunks_per_doc: int = 100, 
     finally:
         pf.forget(home)
         pf.stop_server(home)
-        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+        pf.unmount(mount)
 
 
 def run(workdir: Path, *, docs: int = 500, chunks_per_doc: int = 100, kill_fraction: float = 0.5,
@@ -253,7 +232,7 @@ if __name__ == "__main__":
         for pid_file in target.rglob("postmaster.pid"):
             pf.stop_server(pid_file.parent.parent)
         for volume in target.glob("*/volume"):
-            subprocess.run(["umount", "-l", str(volume)], capture_output=True)
+            pf.unmount(volume)
         shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     print(json.dumps(run(target, docs=args.docs, chunks_per_doc=args.chunks_per_doc,

@@ -182,6 +182,57 @@ def count(home: Path, sql: str = "SELECT count(*) FROM chunks") -> int | None:
         return None
 
 
+def wait_answering(home: Path, timeout: float = 60.0) -> int:
+    """Poll until the server answers; the chunk count. RuntimeError naming the home after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        n = count(home)
+        if n is not None:
+            return n
+        time.sleep(0.05)
+    raise RuntimeError(f"the server in {home} did not answer within {timeout} s")
+
+
+def mount_tmpfs(path: Path, size: str = "256m") -> str | None:
+    """Mount a tmpfs on `path`; None, or why it cannot be done here (not root, mount refused)."""
+    if os.geteuid() != 0:
+        return "mounting a tmpfs needs root (mount -t tmpfs); this run is not root"
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    return None if done.returncode == 0 else f"mount -t tmpfs is not permitted here: {done.stderr.strip()}"
+
+
+def resize_tmpfs(path: Path, size_bytes: int) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size_bytes}", str(path)], check=True, capture_output=True)
+
+
+def used_bytes(path: Path) -> int:
+    stat = os.statvfs(path)
+    return (stat.f_blocks - stat.f_bfree) * stat.f_frsize
+
+
+def unmount(path: Path) -> None:
+    if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def start_on_volume(home: Path, free_bytes: int) -> tuple:
+    """The store of `home` (on a tmpfs) started with its schema and checkpointed, then the tmpfs shrunk to leave
+    `free_bytes`; (store, bytes the empty database uses, tmpfs size)."""
+    from blocks.postgres import PgVectorStore
+    from tasks.migrate import ensure_schema
+
+    store = PgVectorStore(home=str(home))
+    pool = store.pool()
+    ensure_schema(pool)
+    with pool.connection() as conn:
+        conn.execute("CHECKPOINT")
+    used = used_bytes(home.parent)
+    resize_tmpfs(home.parent, used + free_bytes)
+    return store, used, used + free_bytes
+
+
 def integrity(conninfo: str, tenant: str = TENANT) -> dict:
     """What a fault may have left behind: duplicates, chunks without embeddings, documents without chunks."""
     with psycopg.connect(conninfo, autocommit=True) as conn:

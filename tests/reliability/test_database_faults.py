@@ -47,13 +47,10 @@ def own_home(tmp_path):
 
 
 def _wait_answering(home: Path, timeout: float = 60.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        n = pf.count(home)
-        if n is not None:
-            return n
-        time.sleep(0.05)
-    raise AssertionError(f"the server in {home} did not answer within {timeout} s")
+    try:
+        return pf.wait_answering(home, timeout)
+    except RuntimeError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 def _assert_nothing_half_written(state: dict) -> None:
@@ -137,35 +134,15 @@ def test_kill_9_mid_ingest_then_the_rerun_embeds_only_what_was_not_committed(own
     assert again["documents_unchanged"] == DOCS and again["texts_embedded"] == 0
 
 
-def _mount_tmpfs(path: Path, size: str) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (mount -t tmpfs); this run is not root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"mount -t tmpfs is not permitted here: {done.stderr.strip()}")
-
-
-def _remount(path: Path, size_bytes: int) -> None:
-    subprocess.run(["mount", "-o", f"remount,size={size_bytes}", str(path)], check=True, capture_output=True)
-
-
 def test_disk_full_fails_with_a_clear_error_and_the_rerun_completes_when_space_returns(tmp_path, monkeypatch):
     mount = tmp_path / "volume"
-    mount.mkdir()
-    _mount_tmpfs(mount, "256m")
+    if (cannot := pf.mount_tmpfs(mount)) is not None:
+        pytest.skip(cannot)
     home = mount / "home"
     try:
-        store = PgVectorStore(home=str(home))
-        pool = store.pool()
-        ensure_schema(pool)
-        with pool.connection() as conn:
-            conn.execute("CHECKPOINT")
-        stat = os.statvfs(mount)
-        used = (stat.f_blocks - stat.f_bfree) * stat.f_frsize
         # 12 MB left: a few hundred chunks fit, 3,000 do not. Where PostgreSQL hits the wall decides what it does:
         # in a table or index file it raises DiskFull (53100) and goes on; in the WAL it PANICs and restarts.
-        _remount(mount, used + 12 * 2**20)
+        store, used, _ = pf.start_on_volume(home, 12 * 2**20)
         seen = pf.register_embedder()
         settings = pf.settings_for(home, STORE_BATCH)
         with pytest.raises(StoreUnavailable) as failed:
@@ -175,7 +152,7 @@ def test_disk_full_fails_with_a_clear_error_and_the_rerun_completes_when_space_r
         assert "Free space on that volume" in message and "run the ingest again" in message, message
         assert str(home / "pgdata") in message, message
 
-        _remount(mount, used + 256 * 2**20)
+        pf.resize_tmpfs(mount, used + 256 * 2**20)
         store.pool()  # starts the server again if the PANIC left it down
         _wait_answering(home)
         before = pf.integrity(pf.url(home))
@@ -194,8 +171,7 @@ def test_disk_full_fails_with_a_clear_error_and_the_rerun_completes_when_space_r
     finally:
         pf.forget(home)
         pf.stop_server(home)
-        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+        pf.unmount(mount)
 
 
 # ------------------------------------------------------------------ restarts seen by a long-lived process
