@@ -239,23 +239,10 @@ class OutageStack:
 
     def _wait_deployments(self, timeout: float) -> None:
         """Until the served deployments and their trigger automations exist (as `devmesh up` waits)."""
-        import yaml
+        from deployments.stack import wait_for_deployments
 
-        deployments = yaml.safe_load(self.spec.read_text(encoding="utf-8"))["deployments"]
-        want_deployments, want_triggers = len(deployments), sum(len(d.get("triggers") or []) for d in deployments)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.procs["serve"].poll() is not None:
-                raise RuntimeError(f"serve exited ({self.procs['serve'].returncode}); see {self.home / 'logs'}")
-            try:
-                deployments = httpx.post(f"{self.api}/deployments/count", json={}, auth=self.auth, timeout=5).json()
-                automations = httpx.post(f"{self.api}/automations/count", json={}, auth=self.auth, timeout=5).json()
-                if deployments >= want_deployments and automations >= want_triggers:
-                    return
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"the served deployments did not register within {timeout:.0f} s")
+        wait_for_deployments(self.procs["serve"], self.api, self.auth, timeout, spec=self.spec,
+                             hint=f"; see {self.home / 'logs'}")
 
     def _webhook_block(self) -> None:
         from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings

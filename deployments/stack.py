@@ -101,33 +101,32 @@ def _wait(component: Component, auth: str | None, timeout: float) -> None:
     raise RuntimeError(f"{component.name} did not become healthy within {timeout:.0f} s ({component.health})")
 
 
-def _expected_deployments() -> tuple[int, int]:
-    """(deployments, triggers) declared in prefect.yaml."""
+def expected_deployments(spec: Path | None = None) -> tuple[int, int]:
+    """(deployments, triggers) declared in `spec` (default: this repository's prefect.yaml)."""
     import yaml
 
-    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "prefect.yaml").read_text(encoding="utf-8"))
-    deployments = spec["deployments"]
+    spec = spec or Path(__file__).resolve().parents[1] / "prefect.yaml"
+    deployments = yaml.safe_load(spec.read_text(encoding="utf-8"))["deployments"]
     return len(deployments), sum(len(d.get("triggers") or []) for d in deployments)
 
 
-def _wait_for_deployments(serving: Component, env: dict[str, str], timeout: float) -> None:
-    """Block until the served deployments and their trigger automations exist on the Prefect server."""
-    want_deployments, want_triggers = _expected_deployments()
-    user, _, password = env["PREFECT_API_AUTH_STRING"].partition(":")
-    api = env["PREFECT_API_URL"]
+def wait_for_deployments(serving: subprocess.Popen, api: str, auth: tuple[str, str], timeout: float,
+                         spec: Path | None = None, hint: str = "") -> None:
+    """Block until the deployments `serving` serves and their trigger automations exist on the Prefect server."""
+    want_deployments, want_triggers = expected_deployments(spec)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if serving.process.poll() is not None:
-            raise RuntimeError(f"deployments exited with code {serving.process.returncode} while starting")
+        if serving.poll() is not None:
+            raise RuntimeError(f"deployments exited with code {serving.returncode} while starting{hint}")
         try:
-            deployments = httpx.post(f"{api}/deployments/count", json={}, auth=(user, password), timeout=5).json()
-            automations = httpx.post(f"{api}/automations/count", json={}, auth=(user, password), timeout=5).json()
+            deployments = httpx.post(f"{api}/deployments/count", json={}, auth=auth, timeout=5).json()
+            automations = httpx.post(f"{api}/automations/count", json={}, auth=auth, timeout=5).json()
             if deployments >= want_deployments and automations >= want_triggers:
                 return
         except (httpx.HTTPError, ValueError):
             pass
         time.sleep(0.5)
-    raise RuntimeError(f"the served deployments did not register within {timeout:.0f} s")
+    raise RuntimeError(f"the served deployments did not register within {timeout:.0f} s{hint}")
 
 
 def _port_free(port: int) -> bool:
@@ -195,7 +194,9 @@ def up(settings: Settings | None = None, *, gateway_port: int | None = None, pre
             [python, "-m", "deployments.serve"], env=env, stdout=_log(home, "serve"), stderr=subprocess.STDOUT),
             None)
         components.append(serving)
-        _wait_for_deployments(serving, env, timeout=180)  # else an early delivery finds no trigger to run it
+        user, _, password = env["PREFECT_API_AUTH_STRING"].partition(":")
+        # else an early delivery finds no trigger to run it
+        wait_for_deployments(serving.process, env["PREFECT_API_URL"], (user, password), timeout=180)
         gateway = Component("gateway", subprocess.Popen(
             [python, "-m", "uvicorn", "--factory", "deployments.gateway:create_app", "--host", settings.gateway.host,
              "--port", str(gateway_port), "--no-access-log"], env=env, stdout=_log(home, "gateway"),
