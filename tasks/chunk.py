@@ -19,6 +19,7 @@ __all__ = [
     "chunk_document",
     "chunk_markdown",
     "chunk_text",
+    "chunk_turns",
     "language_for_path",
 ]
 
@@ -155,6 +156,30 @@ def chunk_conversation(
     return _chunks(pieces, count_tokens)
 
 
+def chunk_turns(
+    messages: list[Message],
+    *,
+    size: int,
+    overlap: int,
+    count_tokens: TokenCounter,
+    first_index: int = 0,
+) -> list[Chunk]:
+    """Each message its own chunk ("name: content"), so a hit is the one turn that says it.
+
+    A message longer than `size` tokens is split like plain text (with `overlap`), every part keeping its
+    message_range. Unlike chunk_conversation the chunks do not depend on how messages were grouped into
+    appends, and appending one message embeds that message only.
+    """
+    splitter = _splitter(size, overlap, count_tokens)
+    pieces: list[tuple[str, dict]] = []
+    for i, message in enumerate(messages):
+        text = _render_turn(message)
+        meta = {"message_range": [i + first_index, i + first_index], "speakers": [_speaker(message)]}
+        parts = [text] if count_tokens(text) <= size else splitter.split_text(text)
+        pieces.extend((part, meta) for part in parts)
+    return _chunks(pieces, count_tokens)
+
+
 def chunk_document(
     text: str,
     *,
@@ -214,6 +239,12 @@ def _carried(
 def _render(message: Message) -> str:
     """A message as chunk text: "role: content", or "role (name): content"."""
     return f"{_speaker(message)}: {message.content}"
+
+
+def _render_turn(message: Message) -> str:
+    """A message as a turn chunk: "name: content" when it has a name (the speaker is the signal; the role
+    word is the same on half the turns), else "role: content"."""
+    return f"{message.name or message.role}: {message.content}"
 
 
 def _speaker(message: Message) -> str:

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import json
 from collections.abc import Sequence
+from datetime import datetime
 
 import numpy as np
 from psycopg import Connection
@@ -17,7 +18,7 @@ from blocks.embedders.base import Embedder
 from blocks.embedders.hosted import collect_usage
 from blocks.errors import ContextExpired, ContextLimitExceeded, ContextNotFound, InputError, StoreError
 from blocks.settings import ChunkSettings
-from tasks.chunk import Chunk, Message, chunk_conversation
+from tasks.chunk import Chunk, Message, chunk_conversation, chunk_turns
 from tasks.context_models import (
     CONTEXT_COLUMNS, MAX_APPEND, AppendResult, Context, MessageIn, chunk_fields, context_from_row, context_uuid,
     document_id, open_message, parse_input,
@@ -50,7 +51,7 @@ UPDATE contexts SET message_count = message_count + %(n)s, byte_count = byte_cou
   last_message_at = greatest(last_message_at, %(last_at)s, CASE WHEN %(any_now)s THEN now() END), updated_at = now()
 WHERE tenant_id = %(tenant)s AND id = %(id)s AND (expires_at IS NULL OR expires_at > now())
   AND message_count + %(n)s <= max_messages AND byte_count + %(bytes)s <= max_bytes
-RETURNING message_count - %(n)s, chunk_count - %(chunks)s, user_id, agent_id, session_id, type, metadata"""
+RETURNING message_count - %(n)s, chunk_count - %(chunks)s, user_id, agent_id, session_id, type, metadata, now()"""
 ADJUST_CHUNKS = "UPDATE contexts SET chunk_count = chunk_count + %(delta)s WHERE tenant_id = %(tenant)s AND id = %(id)s"
 INSERT_MESSAGES = """
 INSERT INTO context_messages (tenant_id, context_id, idx, role, content, sealed, name, tool_name, tool_arguments,
@@ -76,6 +77,8 @@ FROM unnest(%(texts)s::text[]) WITH ORDINALITY AS t(text, n) ORDER BY t.n"""
 BUMP_DOCUMENT = """
 UPDATE documents SET chunk_count = chunk_count + %(n)s, updated_at = now()
 WHERE tenant_id = %(tenant)s AND document_id = %(document_id)s"""
+COPY_TIMED_CHUNKS = ("COPY chunks (id, tenant_id, document_id, seq, content, content_hash, token_count, metadata,"
+                     " created_at) FROM STDIN WITH (FORMAT BINARY)")
 _SEPARATOR = "\n\n"  # tasks.chunk joins turns with it
 
 
@@ -109,12 +112,12 @@ def _append_messages(pool: ConnectionPool, tenant: str, context_id, messages: li
     count = functools.lru_cache(maxsize=4096)(embedder.count_tokens)  # the chunker re-counts the same texts
     tokens = [count(render(t)) for t in turns]
     size = sum(m.byte_size for m in new)
-    plan = dict(size=chunk.size, overlap=chunk.overlap, count_tokens=count)
+    plan = dict(size=chunk.size, overlap=chunk.overlap, count_tokens=count, unit=chunk.conversation)
     with pool.connection() as conn:
         context = live_context(conn, tenant, cid)
         _check_limits(context, len(new), size)
         cipher = resolve_cipher(context, cipher)
-        carried = _carried(conn, tenant, cid, context.message_count, chunk.overlap, count, cipher)
+        carried = _carried(conn, tenant, cid, context.message_count, chunk, count, cipher)
         chunks = plan_chunks(carried, turns, context.message_count, cipher=cipher, **plan)
         vectors = cached_vectors(conn, tenant, model_id, [c.content_hash for c in chunks])
     embedded = embed_chunks(embedder, chunks, vectors)  # outside any transaction, holding no connection
@@ -128,10 +131,10 @@ def _append_messages(pool: ConnectionPool, tenant: str, context_id, messages: li
         if row is None:  # deleted, expired or filled since the first read: say which
             _check_limits(live_context(conn, tenant, cid), len(new), size)
             raise StoreError(f"{cid}: the append was refused for a reason that has since passed; retry")
-        start, first_seq, *fields = row
+        start, first_seq, *fields, now = row
         contended = start != context.message_count
         if contended:
-            carried = _carried(conn, tenant, cid, start, chunk.overlap, count, cipher)
+            carried = _carried(conn, tenant, cid, start, chunk, count, cipher)
             planned, chunks = len(chunks), plan_chunks(carried, turns, start, cipher=cipher, **plan)
             vectors.update(cached_vectors(conn, tenant, model_id, [c.content_hash for c in chunks
                                                                    if c.content_hash not in vectors]))
@@ -142,8 +145,10 @@ def _append_messages(pool: ConnectionPool, tenant: str, context_id, messages: li
         stored = finish_chunks(chunks, first_seq, chunk_fields(cid, *fields))
         if cipher is not None:
             stored = seal_chunks(conn, cipher, context.key_name, stored)
+        said = [m.created_at or now for m in new]  # a chunk's time is its last message's
         append_chunks(conn, tenant, model_id, embedder.dimensions, document_id(cid), stored,
-                      [vectors[c.content_hash] for c in chunks])
+                      [vectors[c.content_hash] for c in chunks],
+                      times=[said[c.metadata["message_range"][1] - start] for c in chunks])
     return AppendResult(context_id=cid, first_idx=start, last_idx=start + len(new) - 1,
                         message_count=start + len(new), chunks_added=len(chunks), texts_embedded=embedded,
                         carried=len(carried), contended=contended)
@@ -181,14 +186,18 @@ def carried_messages(tail: list[Message], overlap: int, count_tokens) -> list[Me
 
 
 def plan_chunks(carried: list[Message], new: list[Message], first_new_idx: int, *, size: int, overlap: int,
-                count_tokens, cipher: ContextCipher | None = None) -> list[Chunk]:
+                count_tokens, cipher: ContextCipher | None = None, unit: str = "windows") -> list[Chunk]:
     """Chunks covering the new messages, the first ones led by the carried messages; seq from 0.
 
     A chunk made of carried messages only is already stored (it ended an earlier append) and is dropped.
-    With a cipher, content hashes are HMAC fingerprints rather than sha256 of the text.
+    With a cipher, content hashes are HMAC fingerprints rather than sha256 of the text. With unit "turns"
+    each message is its own chunk and nothing is carried.
     """
-    chunks = chunk_conversation([*carried, *new], size=size, overlap=overlap, count_tokens=count_tokens,
-                                first_index=first_new_idx - len(carried))
+    if unit == "turns":
+        carried = []
+    chunker = chunk_turns if unit == "turns" else chunk_conversation
+    chunks = chunker([*carried, *new], size=size, overlap=overlap, count_tokens=count_tokens,
+                     first_index=first_new_idx - len(carried))
     kept = [c for c in chunks if c.metadata["message_range"][1] >= first_new_idx]
     return [
         dataclasses.replace(c, seq=i, content_hash=cipher.fingerprint(c.text) if cipher else c.content_hash)
@@ -230,14 +239,16 @@ def seal_chunks(conn: Connection, cipher: ContextCipher, key_name: str, chunks: 
 
 
 def append_chunks(conn: Connection, tenant: str, model_id: int, dimensions: int, document_id: str,
-                  chunks: list[Chunk], vectors: Sequence[np.ndarray]) -> int:
+                  chunks: list[Chunk], vectors: Sequence[np.ndarray], times: Sequence[datetime] | None = None) -> int:
     """COPY new chunks (seq already final) and their vectors into the caller's transaction; returns the count.
 
+    `times` gives each chunk its created_at (what time filters of search compare); default: now.
     Unlike tasks.store.write_documents it never reads the document's existing chunks: the append path's cost
     depends on the new chunks only.
     """
-    if len(chunks) != len(vectors):
-        raise InputError(f"expected one vector per chunk, got {len(vectors)} for {len(chunks)}", item=document_id)
+    if len(chunks) != len(vectors) or (times is not None and len(times) != len(chunks)):
+        raise InputError(f"expected one vector (and time) per chunk, got {len(vectors)} for {len(chunks)}",
+                         item=document_id)
     if not chunks:
         return 0
     checked = [check_vector(v, dimensions, f"{document_id}#{c.seq}") for c, v in zip(chunks, vectors)]
@@ -245,10 +256,18 @@ def append_chunks(conn: Connection, tenant: str, model_id: int, dimensions: int,
         raise StoreError(f"{document_id}: no documents row to append chunks to")
     ids = [r[0] for r in conn.execute(NEXT_IDS, {"n": len(chunks)})]
     with conn.cursor() as cur:
-        with cur.copy(COPY_CHUNKS) as copy:
-            copy.set_types(["int8", "text", "text", "int4", "text", "text", "int4", "jsonb"])
-            for cid, c in zip(ids, chunks):
-                copy.write_row((cid, tenant, document_id, c.seq, c.text, c.content_hash, c.token_count, Jsonb(c.metadata)))
+        if times is None:
+            with cur.copy(COPY_CHUNKS) as copy:
+                copy.set_types(["int8", "text", "text", "int4", "text", "text", "int4", "jsonb"])
+                for cid, c in zip(ids, chunks):
+                    copy.write_row((cid, tenant, document_id, c.seq, c.text, c.content_hash, c.token_count,
+                                    Jsonb(c.metadata)))
+        else:
+            with cur.copy(COPY_TIMED_CHUNKS) as copy:
+                copy.set_types(["int8", "text", "text", "int4", "text", "text", "int4", "jsonb", "timestamptz"])
+                for cid, c, at in zip(ids, chunks, times):
+                    copy.write_row((cid, tenant, document_id, c.seq, c.text, c.content_hash, c.token_count,
+                                    Jsonb(c.metadata), at))
         with cur.copy(COPY_EMBEDDINGS) as copy:
             copy.set_types(["int8", "int4", "text", "vector"])
             for cid, vector in zip(ids, checked):
@@ -267,9 +286,10 @@ def _check_limits(context: Context, n: int, size: int) -> None:
             item=str(context.id))
 
 
-def _carried(conn: Connection, tenant: str, cid, end: int, overlap: int, count_tokens, cipher) -> list[Message]:
-    """The earlier messages that lead the first new chunk (up to `overlap` tokens), read by primary key."""
-    if overlap <= 0 or end == 0:
+def _carried(conn: Connection, tenant: str, cid, end: int, chunk: ChunkSettings, count_tokens, cipher) -> list[Message]:
+    """The earlier messages that lead the first new window (up to `overlap` tokens), read by primary key."""
+    overlap = chunk.overlap
+    if overlap <= 0 or end == 0 or chunk.conversation == "turns":
         return []
     rows = conn.execute(TAIL_MESSAGES, {"tenant": tenant, "id": cid, "end": end, "k": min(overlap + 1, 512),
                                         "overlap": overlap}).fetchall()

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import math
+import re
+from datetime import datetime
 from typing import Literal
 
 import numpy as np
 from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from blocks.errors import ConfigError, InputError
 from blocks.settings import SearchSettings
 from blocks.storable import StorableModel
+from tasks.fusion import Candidate, convex, rescore_turns
 
 __all__ = ["SearchRequest", "SearchHit", "resolve_model", "configure_hnsw", "vector_ranking", "keyword_ranking", "rrf", "run_search"]
 
@@ -54,7 +57,19 @@ SIMILARITIES = """
 SELECT chunk_id, 1 - (embedding::vector({dims}) <=> %(q)s::vector({dims})) FROM embeddings
 WHERE model_id = {model_id} AND chunk_id = ANY(%(ids)s)"""
 HIT_ROWS = """
-SELECT id, document_id, seq, content, metadata FROM chunks WHERE tenant_id = %(tenant)s AND id = ANY(%(ids)s)"""
+SELECT id, document_id, seq, content, metadata, created_at FROM chunks WHERE tenant_id = %(tenant)s AND id = ANY(%(ids)s)"""
+# Where each fused candidate sits in its conversation: turn re-scoring (tasks/fusion.py) reads nothing else.
+CANDIDATE_TURNS = """
+SELECT id, document_id, metadata->'message_range', metadata->'speakers' FROM chunks
+WHERE tenant_id = %(tenant)s AND id = ANY(%(ids)s)"""
+# The chunks starting at the given messages of the given conversations, within the request's filters
+# (served by chunks_message, tasks/sql/021_context_turns.sql).
+NEIGHBOUR_TURNS = """
+SELECT c.id, c.document_id, c.metadata->'message_range', c.metadata->'speakers'
+FROM unnest(%(docs)s::text[], %(turns)s::int[]) AS x(document_id, turn)
+JOIN chunks c ON c.tenant_id = %(tenant)s AND c.document_id = x.document_id AND c.metadata ? 'message_range'
+  AND (c.metadata -> 'message_range' ->> 0)::integer = x.turn
+WHERE true {filters}"""
 
 
 class SearchRequest(StorableModel):
@@ -70,9 +85,12 @@ class SearchRequest(StorableModel):
     metadata: dict | None = Field(None, description="Only chunks whose metadata contains this JSON object.")
     min_similarity: float | None = Field(None, ge=-1, le=1, description="Drop hits below this cosine similarity.")
     model: str | None = Field(None, description="Embedding model to search; default: the embedder's.")
-    rrf_k: int | None = Field(None, ge=1, description="Override of the RRF constant.")
+    rrf_k: int | None = Field(None, ge=1, description="Fuse by RRF with this constant (whatever the fusion setting).")
     vector_weight: float | None = Field(None, ge=0)
     keyword_weight: float | None = Field(None, ge=0)
+    created_after: datetime | None = Field(
+        None, description="Only chunks created at or after this time (a message's own created_at for conversations).")
+    created_before: datetime | None = Field(None, description="Only chunks created before this time.")
 
     @field_validator("query")
     @classmethod
@@ -82,6 +100,19 @@ class SearchRequest(StorableModel):
         if not v.strip():
             raise ValueError("query is blank")
         return v
+
+    @field_validator("created_after", "created_before")
+    @classmethod
+    def _aware(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            raise ValueError("give a time zone (e.g. 2024-05-08T13:56:00Z)")
+        return v
+
+    @model_validator(mode="after")
+    def _window_not_empty(self) -> "SearchRequest":
+        if self.created_after and self.created_before and self.created_after >= self.created_before:
+            raise ValueError("created_after must be before created_before")
+        return self
 
 
 class SearchHit(BaseModel):
@@ -96,6 +127,7 @@ class SearchHit(BaseModel):
     keyword_score: float | None = Field(None, description="BM25 score, when the keyword side matched.")
     metadata: dict
     relevance: Literal["high", "medium", "low"]
+    created_at: datetime | None = Field(None, description="When the chunk's content was created (said, for a turn).")
 
 
 def resolve_model(pool: ConnectionPool, name: str) -> tuple[int, int]:
@@ -116,6 +148,12 @@ def _filters(request: SearchRequest) -> tuple[sql.Composable, dict]:
     if request.metadata is not None:
         parts.append(sql.SQL("AND c.metadata @> %(metadata)s"))
         params["metadata"] = Jsonb(request.metadata)
+    if request.created_after is not None:
+        parts.append(sql.SQL("AND c.created_at >= %(created_after)s"))
+        params["created_after"] = request.created_after
+    if request.created_before is not None:
+        parts.append(sql.SQL("AND c.created_at < %(created_before)s"))
+        params["created_before"] = request.created_before
     return sql.SQL(" ").join(parts), params
 
 
@@ -203,6 +241,52 @@ def _relevance(similarity: float | None, score: float, top: float) -> str:
     return "high" if ratio >= 0.75 else "medium" if ratio >= 0.4 else "low"
 
 
+def _fuse(pool: ConnectionPool, request: SearchRequest, settings: SearchSettings, sims: dict[int, float],
+          kw: dict[int, float]) -> list[tuple[int, float]]:
+    """The hybrid ranking: RRF, or the convex fusion with conversation turns re-scored (tasks/fusion.py)."""
+    weights = [request.vector_weight if request.vector_weight is not None else settings.vector_weight,
+               request.keyword_weight if request.keyword_weight is not None else settings.keyword_weight]
+    if settings.fusion == "rrf" or request.rrf_k is not None:
+        return rrf([list(sims), list(kw)], weights, request.rrf_k or settings.rrf_k)
+    if sum(weights) <= 0:
+        raise InputError("vector_weight and keyword_weight cannot both be 0", item="search")
+    fused = convex(sims, kw, *weights)
+    if not fused or settings.turn_neighbour_weight + settings.turn_window_weight + settings.speaker_boost == 0:
+        return fused
+    with pool.connection() as conn:
+        rows = conn.execute(CANDIDATE_TURNS, {"tenant": request.tenant, "ids": [c for c, _ in fused]}).fetchall()
+        candidates = {r[0]: _candidate(*r) for r in rows}
+        # The turns around each candidate compete too (fused score 0): an answer no ranking found can still
+        # win on its neighbours' scores.
+        known = {(c.document_id, c.turn) for c in candidates.values() if c.turn is not None}
+        wanted = sorted({(doc, t + d) for doc, t in known for d in range(-settings.turn_window, settings.turn_window + 1)
+                         if t + d >= 0} - known)
+        if wanted:
+            filters, params = _filters(request)
+            query = sql.SQL(NEIGHBOUR_TURNS).format(filters=filters)
+            for row in conn.execute(query, {**params, "tenant": request.tenant, "docs": [w[0] for w in wanted],
+                                            "turns": [w[1] for w in wanted]}):
+                neighbour = _candidate(*row)
+                if row[0] not in candidates and neighbour.turn is not None:
+                    candidates[row[0]] = neighbour
+                    fused.append((row[0], 0.0))
+    return rescore_turns(fused, candidates, request.query,
+                         neighbour_weight=settings.turn_neighbour_weight, window=settings.turn_window,
+                         window_weight=settings.turn_window_weight, speaker_boost=settings.speaker_boost)
+
+
+def _candidate(chunk_id: int, document_id: str, message_range, speakers) -> Candidate:
+    """A fused chunk as turn re-scoring sees it: a turn when it covers one message, its speaker's name if any."""
+    turn = message_range[0] if isinstance(message_range, list) and len(message_range) == 2 \
+        and message_range[0] == message_range[1] and isinstance(message_range[0], int) else None
+    speaker = speakers[0] if isinstance(speakers, list) and len(speakers) == 1 and isinstance(speakers[0], str) else None
+    name = _SPEAKER_NAME.fullmatch(speaker) if speaker else None
+    return Candidate(chunk_id=chunk_id, document_id=document_id, turn=turn, speaker=name.group(1) if name else None)
+
+
+_SPEAKER_NAME = re.compile(r"\w+ \((.+)\)")  # tasks.chunk writes a named speaker as "role (name)"
+
+
 def run_search(pool: ConnectionPool, request: SearchRequest, *, settings: SearchSettings,
                model: tuple[int, int] | None = None, vector: np.ndarray | None = None) -> list[SearchHit]:
     """Rank, fuse and hydrate hits; `vector` is the embedded query (needed unless mode is keyword)."""
@@ -220,10 +304,7 @@ def run_search(pool: ConnectionPool, request: SearchRequest, *, settings: Search
     elif request.mode == "keyword":
         ranked = list(kw.items())
     else:
-        ranked = rrf([list(sims), list(kw)],
-                     [request.vector_weight if request.vector_weight is not None else settings.vector_weight,
-                      request.keyword_weight if request.keyword_weight is not None else settings.keyword_weight],
-                     request.rrf_k or settings.rrf_k)
+        ranked = _fuse(pool, request, settings, sims, kw)
     with pool.connection() as conn:
         missing = [cid for cid, _ in ranked if cid not in sims]
         if model is not None and vector is not None and missing:
@@ -237,6 +318,6 @@ def run_search(pool: ConnectionPool, request: SearchRequest, *, settings: Search
     return [
         SearchHit(chunk_id=cid, document_id=rows[cid][1], seq=rows[cid][2], text=rows[cid][3], score=score,
                   similarity=sims.get(cid), keyword_score=kw.get(cid), metadata=rows[cid][4],
-                  relevance=_relevance(sims.get(cid), score, top))
+                  relevance=_relevance(sims.get(cid), score, top), created_at=rows[cid][5])
         for cid, score in ranked if cid in rows
     ]

@@ -25,6 +25,7 @@ from tasks.embed import EmbedStats
 from tasks.search import SearchRequest, resolve_model
 
 CHUNK = ChunkSettings(size=40, overlap=12)
+WINDOWS = ChunkSettings(size=40, overlap=12, conversation="windows")
 
 
 def _append(pool, tenant, cid, embedder, *messages, **kw):
@@ -122,11 +123,11 @@ def test_list_filters_and_paginates_by_keyset_and_offset(pool, tenant):
 
 def test_append_indexes_only_new_messages_with_overlap(pool, tenant, fake_embedder):
     ctx = C.create_context(pool, tenant, {"user_id": "u1"})
-    first = _append(pool, tenant, ctx.id, fake_embedder, *_conversation(6))
+    first = _append(pool, tenant, ctx.id, fake_embedder, *_conversation(6), chunk=WINDOWS)
     before = _chunks(pool, tenant, ctx.id)
     EmbedStats.reset()
     new = [_msg("user", "now scale the payments deployment to five replicas please")]
-    result = _append(pool, tenant, ctx.id, fake_embedder, *new)
+    result = _append(pool, tenant, ctx.id, fake_embedder, *new, chunk=WINDOWS)
     after = _chunks(pool, tenant, ctx.id)
     assert after[: len(before)] == before  # earlier chunks untouched (same ids, text, seq)
     assert result.first_idx == 6 and result.chunks_added == 1 and result.texts_embedded == EmbedStats.texts == 1
@@ -143,7 +144,7 @@ def test_append_indexes_only_new_messages_with_overlap(pool, tenant, fake_embedd
 
 def test_append_reads_a_bounded_tail_of_a_long_conversation(pool, tenant, fake_embedder):
     ctx = C.create_context(pool, tenant, {})
-    _append(pool, tenant, ctx.id, fake_embedder, *[_msg("user", f"short {i}") for i in range(3000)])
+    _append(pool, tenant, ctx.id, fake_embedder, *[_msg("user", f"short {i}") for i in range(3000)], chunk=WINDOWS)
     k = CHUNK.overlap + 1
     with pool.connection() as conn:
         plan = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + context_index.TAIL_MESSAGES,
@@ -157,7 +158,7 @@ def test_append_reads_a_bounded_tail_of_a_long_conversation(pool, tenant, fake_e
 
     assert 0 < max(rows(plan[0]["Plan"])) <= k  # never a scan of the 3,000 messages
     EmbedStats.reset()
-    result = _append(pool, tenant, ctx.id, fake_embedder, _msg("assistant", "done"))
+    result = _append(pool, tenant, ctx.id, fake_embedder, _msg("assistant", "done"), chunk=WINDOWS)
     assert result.carried == CHUNK.overlap // 3 and EmbedStats.texts == 1  # "user: short N" is 3 tokens
 
 
