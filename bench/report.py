@@ -6,11 +6,12 @@ import csv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("store", "search", "rest", "reingest", "embedder", "contexts", "backfill", "gateway", "quality")
+SECTIONS = ("store", "search", "rest", "reingest", "embedder", "contexts", "backfill", "gateway", "quality", "locomo")
 TITLES = {"store": "1. Store path", "search": "2. Search", "reingest": "3. Re-ingest of an unchanged corpus",
           "embedder": "4. Embedder throughput", "contexts": "5. Conversation appends",
           "backfill": "6. Model-switch backfill", "gateway": "7. Webhook gateway under load",
-          "quality": "8. Retrieval quality: BEIR SciFact", "rest": "2b. REST search through the gateway"}
+          "quality": "8. Retrieval quality: BEIR SciFact", "rest": "2b. REST search through the gateway",
+          "locomo": "9. Conversation memory: LoCoMo evidence recall"}
 
 
 def _n(x: float, digits: int = 0) -> str:
@@ -135,15 +136,26 @@ def _published() -> list[list[str]]:
 def _md_quality(r: dict) -> str:
     rows = [[f"devmesh {mode}", f"**{m['ndcg@10']:.4f}**", f"{m['recall@100']:.4f}", _n(m["p50_ms"], 1)]
             for mode, m in r["modes"].items()]
+    if "rrf" in r:  # the fusion before issue 14, same run and tenant
+        m = r["rrf"]["modes"]["hybrid"]
+        rows.append(["devmesh hybrid, RRF k=60 1:1 (before issue 14)", f"{m['ndcg@10']:.4f}", f"{m['recall@100']:.4f}",
+                     _n(m["p50_ms"], 1)])
     s = r["settings"]
     return "\n".join([
         "## 5. Retrieval quality: BEIR SciFact", "",
         f"`flows.evaluate.run_beir_eval` ({r['queries']} test queries, {r['documents']:,} documents, one chunk "
         f"per document, model `{r['model']}`, embeddings {r['embeddings']}; its own database). "
-        f"RRF k={s['rrf_k']}, weights vector {s['vector_weight']} / BM25 {s['keyword_weight']}, BM25 k1={s['bm25_k1']} "
+        f"Hybrid: {s.get('fusion', 'rrf')} fusion (RRF k={s['rrf_k']}), weights vector {s['vector_weight']} / BM25 "
+        f"{s['keyword_weight']}, BM25 k1={s['bm25_k1']} "
         f"b={s['bm25_b']}, ef_search={s['ef_search']}, top {s['limit']} retrieved. Defaults, not tuned on these qrels.", "",
         _table(["system", "nDCG@10", "recall@100", "p50 ms"], rows + _published()), "",
     ])
+
+
+def _md_locomo(r: dict) -> str:
+    from bench.locomo import markdown
+
+    return markdown(r, TITLES["locomo"])
 
 
 def _goals(results: dict) -> str:
@@ -193,6 +205,10 @@ def _goals(results: dict) -> str:
         rows.append(["gateway: 500 signed deliveries/s for 30 s, p99 ack ≤ 100 ms, none lost or doubled",
                      f"{gw['achieved_rate']:.0f}/s, p99 {gw['p99_ms']} ms, lost {gw['lost']}, twice {gw['emitted_twice']}",
                      "yes" if ok else "**no**"])
+    if isinstance(results.get("locomo"), dict):
+        from bench.locomo import goal_rows
+
+        rows += goal_rows(results["locomo"])
     return "\n".join(["## Goals", "", _table(["goal", "measured", "met"], rows), ""]) if rows else ""
 
 
@@ -277,7 +293,7 @@ def render(results: dict, machine: dict, started: str, seconds: float, loads: di
     ]
     renderers = {"store": _md_store, "search": _md_search, "reingest": _md_reingest, "embedder": _md_embedder,
                  "contexts": _md_contexts, "backfill": _md_backfill, "gateway": _md_gateway, "quality": _md_quality,
-                 "rest": _md_rest}
+                 "rest": _md_rest, "locomo": _md_locomo}
     if isinstance(results.get("store"), dict) and "online" in results:
         results["store"]["online"] = results["online"]
     for name in SECTIONS:

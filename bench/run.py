@@ -206,7 +206,17 @@ def main(argv: list[str] | None = None) -> int:
     def quality():
         from flows.evaluate import run_beir_eval
 
-        return run_beir_eval(SCIFACT, settings=_settings(DATA / "quality"), use_precomputed=True)
+        now = _settings(DATA / "quality")
+        result = run_beir_eval(SCIFACT, settings=now, use_precomputed=True)
+        before = now.model_copy(update={"search": now.search.model_copy(
+            update={"fusion": "rrf", "vector_weight": 1.0, "keyword_weight": 1.0})})
+        result["rrf"] = run_beir_eval(SCIFACT, settings=before, use_precomputed=True)  # same tenant: nothing reloads
+        return result
+
+    def locomo():
+        from bench.locomo import measure_locomo
+
+        return measure_locomo(_settings(DATA / "locomo"), log=_log)
 
     def rest():
         from bench.rest import measure_rest
@@ -241,6 +251,14 @@ def main(argv: list[str] | None = None) -> int:
             section("quality", quality)
         else:
             results["quality"] = f"Skipped: {SCIFACT} is absent (it travels with CI, not with a clone)."
+
+    if "locomo" in chosen:
+        from bench.locomo import LOCOMO
+
+        if (LOCOMO / "locomo-dev.json").is_file():
+            section("locomo", locomo)
+        else:
+            results["locomo"] = f"Skipped: {LOCOMO} is absent (it travels with CI, not with a clone)."
 
     from bench.search import EF_SEARCH, HNSW_PARAMETERS
     from bench.store import BATCH_CHUNKS, CHUNKS_PER_DOC, SIGMA

@@ -37,14 +37,15 @@ class SearchSettings(BaseModel):
         "convex", description="Hybrid fusion: convex (weighted mean of min-max normalised scores, tasks/fusion.py) "
         "or rrf (Reciprocal Rank Fusion).")
     rrf_k: int = Field(60, ge=1, description="Reciprocal Rank Fusion constant k.")
-    vector_weight: float = Field(1.0, ge=0, description="Weight of the vector ranking in hybrid fusion.")
-    keyword_weight: float = Field(1.5, ge=0, description="Weight of the BM25 ranking in hybrid fusion.")
+    # Weights and turn re-scoring chosen on the LoCoMo development conversations (docs/locomo.md).
+    vector_weight: float = Field(0.3, ge=0, description="Weight of the vector ranking in hybrid fusion (relative).")
+    keyword_weight: float = Field(0.7, ge=0, description="Weight of the BM25 ranking in hybrid fusion (relative).")
     turn_neighbour_weight: float = Field(
-        0.6, ge=0, description="Hybrid search of conversation turns: share of the best neighbouring turn's score.")
-    turn_window: int = Field(2, ge=0, le=50, description="Turns on each side whose mean score a turn gains.")
-    turn_window_weight: float = Field(1.5, ge=0, description="Weight of that mean in a turn's hybrid score.")
+        0.4, ge=0, description="Hybrid search of conversation turns: share of the best neighbouring turn's score.")
+    turn_window: int = Field(3, ge=0, le=20, description="Turns on each side whose mean score a turn gains.")
+    turn_window_weight: float = Field(2.0, ge=0, description="Weight of that mean in a turn's hybrid score.")
     speaker_boost: float = Field(
-        0.4, ge=0, description="Added to the hybrid score of turns by the one speaker a query names.")
+        0.6, ge=0, description="Added to the hybrid score of turns by the one speaker a query names.")
     bm25_k1: float = Field(0.9, gt=0, description="BM25 term-frequency saturation.")
     bm25_b: float = Field(0.4, ge=0, le=1, description="BM25 length normalisation.")
     ef_search: int = Field(100, ge=1, le=1000, description="HNSW candidate list size at query time.")

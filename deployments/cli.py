@@ -154,6 +154,41 @@ def eval_beir(
     Console().print(table)
 
 
+@eval_app.command("locomo")
+def eval_locomo(
+    path: Path = typer.Argument(..., help="A LoCoMo JSON file (list of samples) or a folder holding one locomo*.json."),
+    tenant: Optional[str] = typer.Option(None, help="Tenant to load it into (default: locomo-<file hash>)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+) -> None:
+    """Evidence-turn recall@5/10/25 of vector, keyword and hybrid search on LoCoMo conversations."""
+    from flows.evaluate_locomo import run_locomo_eval
+    from tasks.locomo import CATEGORIES, KS
+
+    try:
+        result = run_locomo_eval(path, settings=Settings(), tenant=tenant)
+    except (AppError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"LoCoMo {result['dataset']}: {result['questions']} questions, {result['turns']} turns "
+                        "(recall / hit-all / hit-any, %)")
+    table.add_column("mode")
+    table.add_column("questions")
+    for k in KS:
+        table.add_column(f"@{k}")
+    table.add_column("p50 ms")
+    for mode, m in result["modes"].items():
+        for group in ("all", *CATEGORIES.values()):
+            g = m[group]
+            if not g["questions"]:
+                continue
+            table.add_row(mode if group == "all" else f"  {group}", str(g["questions"]),
+                          *(f"{g[f'recall@{k}']:.1f} / {g[f'hit_all@{k}']:.1f} / {g[f'hit_any@{k}']:.1f}" for k in KS),
+                          f"{m['p50_ms']:.1f}" if group == "all" else "")
+    Console().print(table)
+
+
 @app.command()
 def up(port: Optional[int] = typer.Option(None, help="Gateway port (default DEVMESH_GATEWAY__PORT or 8787).")) -> None:
     """Start the embedded PostgreSQL, a Prefect server, the served deployments and the gateway; Ctrl-C stops."""

@@ -41,6 +41,7 @@ import json
 import logging
 import time
 import uuid
+from datetime import datetime
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -313,8 +314,11 @@ class _Api:
         return self._call(_Call("DELETE", _path("contexts", context_id)))
 
     def search_context(self, context_id: str, query: str, *, mode: str = "hybrid", limit: int = 10,
-                       min_similarity: float | None = None) -> SearchHits:
-        body = _clean({"query": query, "mode": mode, "limit": limit, "min_similarity": min_similarity})
+                       min_similarity: float | None = None, created_after: datetime | None = None,
+                       created_before: datetime | None = None) -> SearchHits:
+        """Search within one context; created_after/created_before (time-zone aware) bound when it was said."""
+        body = _clean({"query": query, "mode": mode, "limit": limit, "min_similarity": min_similarity,
+                       "created_after": created_after, "created_before": created_before})
         return self._call(_Call("POST", _path("contexts", context_id, "search"), body=body,
                                 parse=_model(SearchHits)))
 
@@ -346,11 +350,12 @@ class _Api:
 
     def search(self, query: str, *, mode: str = "hybrid", limit: int = 10, filters: dict | None = None,
                document_ids: list[str] | None = None, context_id: str | None = None, user_id: str | None = None,
-               model: str | None = None, min_similarity: float | None = None) -> SearchHits:
+               model: str | None = None, min_similarity: float | None = None, created_after: datetime | None = None,
+               created_before: datetime | None = None) -> SearchHits:
         """Search the tenant's documents and contexts, one context or one user's contexts."""
         body = _clean({"query": query, "mode": mode, "limit": limit, "filters": filters,
                        "document_ids": document_ids, "context_id": context_id, "user_id": user_id, "model": model,
-                       "min_similarity": min_similarity})
+                       "min_similarity": min_similarity, "created_after": created_after, "created_before": created_before})
         return self._call(_Call("POST", _path("search"), body=body, parse=_model(SearchHits)))
 
     def search_vector(self, vector: Iterable[float], model: str, *, limit: int = 10, filters: dict | None = None,

@@ -178,6 +178,7 @@ class SearchHit(_Model):
     keyword_score: float | None = None
     metadata: dict[str, Any] = {}
     relevance: str
+    created_at: datetime | None = None
 
 
 class SearchHits(_Model):

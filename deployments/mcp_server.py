@@ -31,7 +31,7 @@ from mcp.server import Server, ServerRequestContext
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from blocks.errors import AppError, AuthFailed, InputError, StoreError
 from blocks.policy import OperationPolicy
@@ -76,8 +76,11 @@ class SearchArgs(_Args):
     query: str = Field(..., min_length=1, max_length=10_000, description="What to look for.")
     context_id: str | None = Field(None, description="Only this conversation.")
     user_id: str | None = Field(None, description="Only this user's conversations.")
-    mode: Literal["hybrid", "vector", "keyword"] = Field("hybrid", description="Ranking: hybrid (RRF), vector, BM25.")
+    mode: Literal["hybrid", "vector", "keyword"] = Field("hybrid", description="Ranking: hybrid (both fused), vector, BM25.")
     limit: int = Field(10, ge=1, le=100, description="Hits to return.")
+    created_after: AwareDatetime | None = Field(None, description="Only what was said (or stored) at or after this "
+                                                "time, ISO 8601 with a time zone.")
+    created_before: AwareDatetime | None = Field(None, description="Only what was said (or stored) before this time.")
 
 
 class SimilarArgs(_Args):
@@ -146,8 +149,10 @@ class _Tools:
             args = _parse(SearchArgs, a, "search")
             if args.context_id and args.user_id:
                 raise InputError("give context_id or user_id, not both", item="search")
+            times = {k: v for k, v in (("created_after", args.created_after), ("created_before", args.created_before))
+                     if v is not None}
             hits = self.memory(p).search(args.query, context_id=args.context_id, user_id=args.user_id,
-                                         mode=args.mode, limit=args.limit)
+                                         mode=args.mode, limit=args.limit, **times)
             return {"hits": [_dump(h) for h in hits]}
 
         def similar(p: Principal, a: dict) -> dict:

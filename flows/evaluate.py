@@ -161,7 +161,7 @@ def run_beir_eval(directory: Path, settings: Settings, use_precomputed: bool = T
         "queries": len(dataset.queries),
         "embeddings": f"precomputed {precomputed.path.name}" if used_file else "computed",
         "model": embedder.model_id,
-        "settings": {"rrf_k": search.rrf_k, "vector_weight": search.vector_weight,
+        "settings": {"fusion": search.fusion, "rrf_k": search.rrf_k, "vector_weight": search.vector_weight,
                      "keyword_weight": search.keyword_weight, "bm25_k1": search.bm25_k1, "bm25_b": search.bm25_b,
                      "ef_search": search.ef_search, "candidates": search.candidates, "limit": LIMIT},
         "ingest": loaded,

@@ -131,8 +131,9 @@ def run_locomo_eval(path: Path, settings: Settings, tenant: str | None = None, m
         "questions": sum(len(c.questions) for c in conversations),
         "evidence_dropped": sum(c.dropped_evidence for c in conversations),
         "model": embedder.model_id, "chunk": settings.chunk.model_dump(),
-        "settings": {"rrf_k": search.rrf_k, "vector_weight": search.vector_weight,
-                     "keyword_weight": search.keyword_weight, "candidates": search.candidates, "limit": LIMIT},
+        "settings": {**search.model_dump(include={
+            "fusion", "rrf_k", "vector_weight", "keyword_weight", "turn_neighbour_weight", "turn_window",
+            "turn_window_weight", "speaker_boost", "candidates", "bm25_k1", "bm25_b"}), "limit": LIMIT},
         "ingest": ingest, "ks": list(KS), "modes": results,
     }
 

@@ -92,7 +92,8 @@ def search(context_id: str, body: ContextSearchBody, principal: Reader, api: Api
     memory = api.memory(principal.tenant)
     cid = memory.get(context_id, limit=0).context.id
     hits = text_search(api, context_scope(principal.tenant, cid, body.query, mode=body.mode, limit=body.limit,
-                                          min_similarity=body.min_similarity))
+                                          min_similarity=body.min_similarity, created_after=body.created_after,
+                                          created_before=body.created_before))
     return {"hits": hits, "count": len(hits)}
 
 

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from pydantic.types import FiniteFloat
 
 from blocks.storable import StorableModel
@@ -129,11 +129,18 @@ class AppendBody(_Strict):
     messages: list[MessageIn] = Field(..., min_length=1, max_length=MAX_APPEND)
 
 
+CREATED_AFTER = Field(None, description="Only chunks created at or after this time (with a time zone); a "
+                      "conversation turn's time is its message's created_at.")
+CREATED_BEFORE = Field(None, description="Only chunks created before this time (with a time zone).")
+
+
 class ContextSearchBody(_Strict):
     query: str = Field(..., min_length=1, max_length=10_000)
     mode: Mode = "hybrid"
     limit: int = Field(10, ge=1, le=200)
     min_similarity: float | None = Field(None, ge=-1, le=1)
+    created_after: AwareDatetime | None = CREATED_AFTER
+    created_before: AwareDatetime | None = CREATED_BEFORE
 
 
 class ContextEmbedding(BaseModel):
@@ -223,6 +230,8 @@ class SearchBody(_Strict):
                                 description="Only chunks whose metadata has this user_id: the user's contexts.")
     model: str | None = Field(None, min_length=1, max_length=200, description="Default: the tenant's model.")
     min_similarity: float | None = Field(None, ge=-1, le=1)
+    created_after: AwareDatetime | None = CREATED_AFTER
+    created_before: AwareDatetime | None = CREATED_BEFORE
 
     @model_validator(mode="after")
     def _one_scope(self) -> "SearchBody":

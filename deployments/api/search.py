@@ -66,7 +66,8 @@ def search(body: SearchBody, principal: Reader, api: ApiState = Depends(api_stat
         metadata = {**(metadata or {}), "user_id": body.user_id}
     request = SearchRequest(query=body.query, mode=body.mode, limit=body.limit, tenant=principal.tenant,
                             document_ids=document_ids, metadata=metadata, model=body.model,
-                            min_similarity=body.min_similarity)
+                            min_similarity=body.min_similarity, created_after=body.created_after,
+                            created_before=body.created_before)
     hits = text_search(api, request)
     return {"hits": hits, "count": len(hits)}
 

@@ -21,6 +21,7 @@ from tasks.chunk import (
     chunk_document,
     chunk_markdown,
     chunk_text,
+    chunk_turns,
     language_for_path,
 )
 
@@ -347,6 +348,40 @@ def test_real_agent_transcripts(size, overlap):
         covered = {i for c in chunks for i in range(c.metadata["message_range"][0], c.metadata["message_range"][1] + 1)}
         assert covered == set(range(len(messages))), record["id"]
         assert chunks == chunk_conversation(messages, size=size, overlap=overlap, count_tokens=count_wordpiece)
+
+
+def test_turns_are_one_chunk_per_message_named_by_speaker():
+    messages = [
+        Message("user", "the deploy of payments failed", name="Ana"),
+        Message("assistant", "I will roll it back now"),
+        Message("tool", "rollback ok", name="kubectl"),
+    ]
+    chunks = chunk_turns(messages, size=12, overlap=4, count_tokens=count_words, first_index=7)
+    assert [c.text for c in chunks] == ["Ana: the deploy of payments failed", "assistant: I will roll it back now",
+                                        "kubectl: rollback ok"]
+    assert [c.metadata for c in chunks] == [
+        {"message_range": [7, 7], "speakers": ["user (Ana)"]},
+        {"message_range": [8, 8], "speakers": ["assistant"]},
+        {"message_range": [9, 9], "speakers": ["tool (kubectl)"]},
+    ]
+    assert [c.seq for c in chunks] == [0, 1, 2]
+    assert chunks[0].content_hash == hashlib.sha256(chunks[0].text.encode()).hexdigest()
+
+
+def test_turns_split_only_a_message_longer_than_size_and_ignore_grouping():
+    long = Message("tool", " ".join(f"line{i}" for i in range(100)))
+    messages = [Message("user", "show the logs"), long, Message("user", "and now?")]
+    chunks = chunk_turns(messages, size=30, overlap=5, count_tokens=count_words)
+    _assert_well_formed(chunks, 30, count_words)
+    assert [c.metadata["message_range"] for c in chunks][0] == [0, 0]
+    assert chunks[-1].metadata["message_range"] == [2, 2]
+    middle = chunks[1:-1]
+    assert len(middle) >= 4 and all(c.metadata["message_range"] == [1, 1] for c in middle)
+    assert all(f"line{i}" in " ".join(c.text for c in middle) for i in range(100))
+    # The same messages appended one at a time give the same texts: turns do not depend on the append batches.
+    one_by_one = [c for i, m in enumerate(messages)
+                  for c in chunk_turns([m], size=30, overlap=5, count_tokens=count_words, first_index=i)]
+    assert [(c.text, c.metadata) for c in one_by_one] == [(c.text, c.metadata) for c in chunks]
 
 
 # --- properties ---------------------------------------------------------------------------------------
