@@ -232,6 +232,27 @@ def test_an_unexpected_failure_is_a_bare_500_without_internals(client, org, monk
 
 # -- contexts ----------------------------------------------------------------------------------------------------
 
+def test_search_by_the_time_a_turn_was_said(client, org):
+    h = org.headers
+    cid = client.post(f"{API}/contexts", json={"user_id": "ana"}, headers=h).json()["id"]
+    said = [{"role": "user", "name": "Ana", "content": f"the payments deploy failed again, day {d}",
+             "created_at": f"2024-05-0{d}T10:00:00Z"} for d in (1, 2, 3)]
+    assert client.post(f"{API}/contexts/{cid}/messages", json={"messages": said}, headers=h).status_code == 201
+    window = {"created_after": "2024-05-02T00:00:00Z", "created_before": "2024-05-03T00:00:00+00:00"}
+    inside = client.post(f"{API}/contexts/{cid}/search", json={"query": "payments deploy failed", **window},
+                         headers=h).json()
+    assert [x["metadata"]["message_range"] for x in inside["hits"]] == [[1, 1]]
+    assert inside["hits"][0]["created_at"].startswith("2024-05-02T10:00:00")
+    across = client.post(f"{API}/search", json={"query": "payments deploy", "user_id": "ana",
+                                                "created_after": "2024-05-03T00:00:00Z"}, headers=h).json()
+    assert [x["metadata"]["message_range"] for x in across["hits"]] == [[2, 2]]
+    assert_error(client.post(f"{API}/search", json={"query": "x", "created_after": "2024-05-03T00:00:00"},
+                             headers=h), 422)
+    assert_error(client.post(f"{API}/contexts/{cid}/search", json={"query": "x", "created_after": window["created_before"],
+                                                                    "created_before": window["created_after"]},
+                             headers=h), 422)
+
+
 def test_contexts_crud_append_search_summary_similar_embeddings(client, org):
     h = org.headers
     created = client.post(f"{API}/contexts", json={"user_id": "ana", "agent_id": "copilot",

@@ -120,6 +120,19 @@ async def test_context_round_trip_and_search(settings, pool, acme):
         assert both.is_error and "not both" in text(both)
 
 
+async def test_search_bounds_the_time_of_what_was_said(settings, pool, acme):
+    _, admin = acme
+    said = [{**m, "created_at": f"2024-05-0{i + 1}T10:00:00Z"} for i, m in enumerate(OOM)]
+    async with client(settings, pool, admin) as c:
+        cid = (await c.call_tool("context_create", {"user_id": "ana"})).structured_content["id"]
+        await c.call_tool("context_append", {"context_id": cid, "messages": said})
+        late = await c.call_tool("search", {"query": "OOMKilled payments memory", "context_id": cid,
+                                            "created_after": "2024-05-02T00:00:00Z"})
+        assert [h["metadata"]["message_range"] for h in late.structured_content["hits"]] == [[1, 1]]
+        naive = await c.call_tool("search", {"query": "x", "created_before": "2024-05-02T00:00:00"})
+        assert naive.is_error and "created_before" in text(naive)
+
+
 async def test_aws_operation_dry_run_then_execute_within_policy(settings, pool, acme, aws):
     tenant, admin = acme
     conns, s3 = aws
