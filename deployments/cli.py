@@ -112,7 +112,7 @@ def search(
     except (ValidationError, AppError) as exc:
         _fail(str(exc))
     if as_json:
-        print(json.dumps([h.model_dump() for h in hits], indent=2))
+        print(json.dumps([h.model_dump(mode="json") for h in hits], indent=2))
         return
     print_hits(hits)
 

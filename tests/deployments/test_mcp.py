@@ -90,7 +90,8 @@ async def test_tools_are_listed_with_schemas_and_annotations(settings, pool, acm
     assert get_file.annotations.read_only_hint is True and get_file.annotations.idempotent_hint is True
     assert "dry_run" not in get_file.input_schema["properties"]
     assert tools["search"].annotations.read_only_hint is True
-    assert set(tools["search"].input_schema["properties"]) == {"query", "context_id", "user_id", "mode", "limit"}
+    assert set(tools["search"].input_schema["properties"]) == {"query", "context_id", "user_id", "mode", "limit",
+                                                                    "created_after", "created_before"}
     assert "tenant" not in str({n: t.input_schema for n, t in tools.items()})
     assert "key_name" not in tools["context_create"].input_schema["properties"]
 
