@@ -67,9 +67,11 @@ WHERE tenant_id = %(tenant)s AND id = ANY(%(ids)s)"""
 NEIGHBOUR_TURNS = """
 SELECT c.id, c.document_id, c.metadata->'message_range', c.metadata->'speakers'
 FROM unnest(%(docs)s::text[], %(turns)s::int[]) AS x(document_id, turn)
-JOIN chunks c ON c.tenant_id = %(tenant)s AND c.document_id = x.document_id AND c.metadata ? 'message_range'
-  AND (c.metadata -> 'message_range' ->> 0)::integer = x.turn
-WHERE true {filters}"""
+CROSS JOIN LATERAL (
+  SELECT c.* FROM chunks c
+  WHERE c.tenant_id = %(tenant)s AND c.document_id = x.document_id AND c.metadata ? 'message_range'
+    AND (c.metadata -> 'message_range' ->> 0)::integer = x.turn {filters}
+  OFFSET 0) AS c"""  # OFFSET 0 keeps the subquery a per-pair probe of chunks_message, not a scan of whole contexts
 
 
 class SearchRequest(StorableModel):
@@ -256,10 +258,13 @@ def _fuse(pool: ConnectionPool, request: SearchRequest, settings: SearchSettings
     with pool.connection() as conn:
         rows = conn.execute(CANDIDATE_TURNS, {"tenant": request.tenant, "ids": [c for c, _ in fused]}).fetchall()
         candidates = {r[0]: _candidate(*r) for r in rows}
-        # The turns around each candidate compete too (fused score 0): an answer no ranking found can still
-        # win on its neighbours' scores.
+        # The turns around the best candidates compete too (fused score 0): an answer no ranking found can
+        # still win on its neighbours' scores. Around the best 10 only: on LoCoMo, around all of them ranked
+        # the same, and each lookup reads a chunk row.
         known = {(c.document_id, c.turn) for c in candidates.values() if c.turn is not None}
-        wanted = sorted({(doc, t + d) for doc, t in known for d in range(-settings.turn_window, settings.turn_window + 1)
+        seeds = [(c.document_id, c.turn) for c in (candidates.get(cid) for cid, _ in fused)
+                 if c is not None and c.turn is not None][:_NEIGHBOUR_SEEDS]
+        wanted = sorted({(doc, t + d) for doc, t in seeds for d in range(-settings.turn_window, settings.turn_window + 1)
                          if t + d >= 0} - known)
         if wanted:
             filters, params = _filters(request)
@@ -284,6 +289,7 @@ def _candidate(chunk_id: int, document_id: str, message_range, speakers) -> Cand
     return Candidate(chunk_id=chunk_id, document_id=document_id, turn=turn, speaker=name.group(1) if name else None)
 
 
+_NEIGHBOUR_SEEDS = 10
 _SPEAKER_NAME = re.compile(r"\w+ \((.+)\)")  # tasks.chunk writes a named speaker as "role (name)"
 
 
