@@ -61,7 +61,7 @@ def markdown(r: dict, title: str) -> str:
     return "\n".join([
         f"## {title}", "",
         f"`devmesh eval locomo` on `{now['dataset']}` ({', '.join(now['conversations'])}: {now['turns']:,} turns, "
-        f"{now['questions']} questions of categories 1-4, {now['evidence_dropped']} malformed evidence ids dropped), "
+        f"{now['questions']} questions of categories 1-4; evidence ids naming no turn, dropped: {now['evidence_dropped']}), "
         f"model `{now['model']}`. Each conversation is one context, each session one append of its turns (one message "
         "each, the session date as created_at); questions are asked within their context; hits are expanded into "
         "the turns they cover, in rank order, and cut at k turns. The other five LoCoMo conversations are held back "

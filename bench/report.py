@@ -142,7 +142,7 @@ def _md_quality(r: dict) -> str:
                      _n(m["p50_ms"], 1)])
     s = r["settings"]
     return "\n".join([
-        "## 5. Retrieval quality: BEIR SciFact", "",
+        f"## {TITLES['quality']}", "",
         f"`flows.evaluate.run_beir_eval` ({r['queries']} test queries, {r['documents']:,} documents, one chunk "
         f"per document, model `{r['model']}`, embeddings {r['embeddings']}; its own database). "
         f"Hybrid: {s.get('fusion', 'rrf')} fusion (RRF k={s['rrf_k']}), weights vector {s['vector_weight']} / BM25 "
