@@ -17,7 +17,7 @@ import itertools
 from pathlib import Path
 
 from bench.locomo import LOCOMO
-from tasks.fusion import Candidate, convex, rescore_turns
+from tasks.fusion import NEIGHBOUR_SEEDS, Candidate, convex, rescore_turns
 from tasks.locomo import KS, load_locomo, score_question, summarise
 
 GRID = {"vector_weight": (0.2, 0.3, 0.4), "turn_neighbour_weight": (0.2, 0.4, 0.6), "turn_window": (2, 3, 4),
@@ -62,9 +62,9 @@ def candidates(home: Path, tenant: str = "locomo-tune", n: int = 50) -> list[dic
 def rank(row: dict, p: dict) -> list[tuple[int, int]]:
     """The question's hybrid ranking of turns under setting p, as search would return it."""
     fused = convex(row["vector"], row["keyword"], p["vector_weight"], 1 - p["vector_weight"])
-    known = {t for t, _ in fused}
+    known, seeds = {t for t, _ in fused}, [t for t, _ in fused[:NEIGHBOUR_SEEDS]]
     last = len(row["speakers"]) - 1
-    fused += [(t, 0.0) for t in sorted({t + d for t in known for d in range(-p["turn_window"], p["turn_window"] + 1)
+    fused += [(t, 0.0) for t in sorted({t + d for t in seeds for d in range(-p["turn_window"], p["turn_window"] + 1)
                                         if 0 <= t + d <= last} - known)]
     cands = {t: Candidate(t, "c", t, row["speakers"][t]) for t, _ in fused}
     ranked = rescore_turns(fused, cands, row["query"], neighbour_weight=p["turn_neighbour_weight"],

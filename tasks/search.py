@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from datetime import datetime
 from typing import Literal
 
@@ -16,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from blocks.errors import ConfigError, InputError
 from blocks.settings import SearchSettings
 from blocks.storable import StorableModel
-from tasks.fusion import Candidate, convex, rescore_turns
+from tasks.fusion import convex, rescore_turns, turn_candidates
 
 __all__ = ["SearchRequest", "SearchHit", "resolve_model", "configure_hnsw", "vector_ranking", "keyword_ranking", "rrf", "run_search"]
 
@@ -58,20 +57,6 @@ SELECT chunk_id, 1 - (embedding::vector({dims}) <=> %(q)s::vector({dims})) FROM 
 WHERE model_id = {model_id} AND chunk_id = ANY(%(ids)s)"""
 HIT_ROWS = """
 SELECT id, document_id, seq, content, metadata, created_at FROM chunks WHERE tenant_id = %(tenant)s AND id = ANY(%(ids)s)"""
-# Where each fused candidate sits in its conversation: turn re-scoring (tasks/fusion.py) reads nothing else.
-CANDIDATE_TURNS = """
-SELECT id, document_id, metadata->'message_range', metadata->'speakers' FROM chunks
-WHERE tenant_id = %(tenant)s AND id = ANY(%(ids)s)"""
-# The chunks starting at the given messages of the given conversations, within the request's filters
-# (served by chunks_message, tasks/sql/021_context_turns.sql).
-NEIGHBOUR_TURNS = """
-SELECT c.id, c.document_id, c.metadata->'message_range', c.metadata->'speakers'
-FROM unnest(%(docs)s::text[], %(turns)s::int[]) AS x(document_id, turn)
-CROSS JOIN LATERAL (
-  SELECT c.* FROM chunks c
-  WHERE c.tenant_id = %(tenant)s AND c.document_id = x.document_id AND c.metadata ? 'message_range'
-    AND (c.metadata -> 'message_range' ->> 0)::integer = x.turn {filters}
-  OFFSET 0) AS c"""  # OFFSET 0 keeps the subquery a per-pair probe of chunks_message, not a scan of whole contexts
 
 
 class SearchRequest(StorableModel):
@@ -255,42 +240,12 @@ def _fuse(pool: ConnectionPool, request: SearchRequest, settings: SearchSettings
     fused = convex(sims, kw, *weights)
     if not fused or settings.turn_neighbour_weight + settings.turn_window_weight + settings.speaker_boost == 0:
         return fused
+    filters, params = _filters(request)
     with pool.connection() as conn:
-        rows = conn.execute(CANDIDATE_TURNS, {"tenant": request.tenant, "ids": [c for c, _ in fused]}).fetchall()
-        candidates = {r[0]: _candidate(*r) for r in rows}
-        # The turns around the best candidates compete too (fused score 0): an answer no ranking found can
-        # still win on its neighbours' scores. Around the best 10 only: on LoCoMo, around all of them ranked
-        # the same, and each lookup reads a chunk row.
-        known = {(c.document_id, c.turn) for c in candidates.values() if c.turn is not None}
-        seeds = [(c.document_id, c.turn) for c in (candidates.get(cid) for cid, _ in fused)
-                 if c is not None and c.turn is not None][:_NEIGHBOUR_SEEDS]
-        wanted = sorted({(doc, t + d) for doc, t in seeds for d in range(-settings.turn_window, settings.turn_window + 1)
-                         if t + d >= 0} - known)
-        if wanted:
-            filters, params = _filters(request)
-            query = sql.SQL(NEIGHBOUR_TURNS).format(filters=filters)
-            for row in conn.execute(query, {**params, "tenant": request.tenant, "docs": [w[0] for w in wanted],
-                                            "turns": [w[1] for w in wanted]}):
-                neighbour = _candidate(*row)
-                if row[0] not in candidates and neighbour.turn is not None:
-                    candidates[row[0]] = neighbour
-                    fused.append((row[0], 0.0))
+        fused, candidates = turn_candidates(conn, request.tenant, fused, settings.turn_window, filters, params)
     return rescore_turns(fused, candidates, request.query,
                          neighbour_weight=settings.turn_neighbour_weight, window=settings.turn_window,
                          window_weight=settings.turn_window_weight, speaker_boost=settings.speaker_boost)
-
-
-def _candidate(chunk_id: int, document_id: str, message_range, speakers) -> Candidate:
-    """A fused chunk as turn re-scoring sees it: a turn when it covers one message, its speaker's name if any."""
-    turn = message_range[0] if isinstance(message_range, list) and len(message_range) == 2 \
-        and message_range[0] == message_range[1] and isinstance(message_range[0], int) else None
-    speaker = speakers[0] if isinstance(speakers, list) and len(speakers) == 1 and isinstance(speakers[0], str) else None
-    name = _SPEAKER_NAME.fullmatch(speaker) if speaker else None
-    return Candidate(chunk_id=chunk_id, document_id=document_id, turn=turn, speaker=name.group(1) if name else None)
-
-
-_NEIGHBOUR_SEEDS = 10
-_SPEAKER_NAME = re.compile(r"\w+ \((.+)\)")  # tasks.chunk writes a named speaker as "role (name)"
 
 
 def run_search(pool: ConnectionPool, request: SearchRequest, *, settings: SearchSettings,
