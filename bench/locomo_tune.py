@@ -29,7 +29,7 @@ def candidates(home: Path, tenant: str = "locomo-tune", n: int = 50) -> list[dic
     from blocks.embedders import load_embedder
     from blocks.postgres import PgVectorStore
     from blocks.settings import Settings
-    from flows.evaluate_locomo import _load
+    from flows.evaluate_locomo import load_conversation
     from tasks.contexts import context_scope
     from tasks.embed import embed_query
     from tasks.migrate import ensure_schema
@@ -43,7 +43,7 @@ def candidates(home: Path, tenant: str = "locomo-tune", n: int = 50) -> list[dic
     model_id = ensure_model(pool, embedder.model_id, embedder.dimensions)
     out = []
     for conv in load_locomo(LOCOMO):
-        cid, _ = _load(pool, tenant, embedder, settings, conv, model_id)
+        cid, _ = load_conversation(pool, tenant, embedder, settings, conv, model_id)
         with pool.connection() as conn:
             turn_of = {r[0]: r[1] for r in conn.execute(
                 "SELECT id, (metadata->'message_range'->>0)::int FROM chunks WHERE tenant_id = %s AND document_id = %s",

@@ -25,7 +25,7 @@ from tasks.locomo import KS, Conversation, load_locomo, score_question, summaris
 from tasks.migrate import ensure_schema
 from tasks.store import ensure_model
 
-__all__ = ["LocomoEvalRequest", "evaluate_locomo", "run_locomo_eval", "MODES"]
+__all__ = ["LocomoEvalRequest", "evaluate_locomo", "run_locomo_eval", "load_conversation", "markdown", "MODES"]
 
 MODES = ("vector", "keyword", "hybrid")
 # Hits asked per question: enough to fill the largest budget with one-turn hits.
@@ -57,7 +57,8 @@ def _messages(conversation: Conversation, positions: list[int]) -> list[dict]:
             for t in (conversation.turns[i] for i in positions)]
 
 
-def _load(pool, tenant: str, embedder, settings: Settings, conversation: Conversation, model_id: int) -> tuple:
+def load_conversation(pool, tenant: str, embedder, settings: Settings, conversation: Conversation,
+                      model_id: int) -> tuple:
     """The conversation's context (reused when built from the same turns and settings) and what loading cost."""
     fingerprint = _fingerprint(conversation, settings, embedder.model_id)
     stale = list_contexts(pool, tenant, {"metadata": {"locomo": conversation.sample_id}, "limit": 500}).items
@@ -94,7 +95,8 @@ def run_locomo_eval(path: Path, settings: Settings, tenant: str | None = None, m
     started, calls_before = time.perf_counter(), EmbedStats.texts
     contexts, loads = {}, []
     for conversation in conversations:
-        contexts[conversation.sample_id], loaded = _load(pool, tenant, embedder, settings, conversation, model_id)
+        contexts[conversation.sample_id], loaded = load_conversation(pool, tenant, embedder, settings, conversation,
+                                                                     model_id)
         if loaded:
             loads.append(loaded)
     append_ms = [ms for load in loads for ms in load["append_ms"]]
