@@ -249,7 +249,9 @@ def test_the_turn_is_stored_searchable_and_recalled_next_time(settings, chat, gi
     assert messages[1].tool_arguments["tool_calls"][0]["name"] == "memory.search"
     hits = search_contexts(pool, context_scope(tenant, first["context_id"], "rollout undo checkout"),
                            embedder=fake_embedder)
-    assert hits and "kubectl rollout undo" in hits[0].text
+    # Each turn is its own hit: the question and the answer that repeats its words rank first and second.
+    assert [h.metadata["message_range"] for h in hits[:2]] == [[0, 0], [1, 1]]
+    assert "kubectl rollout undo" in hits[1].text
     chat.api.reply_text("As I said: rollout undo.")
     again = ask(settings, chat, github, tenant, "Remind me?", context_id=first["context_id"])
     assert again["context_id"] == first["context_id"]
