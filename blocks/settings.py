@@ -42,8 +42,8 @@ class SearchSettings(BaseModel):
     keyword_weight: float = Field(0.7, ge=0, description="Weight of the BM25 ranking in hybrid fusion (relative).")
     turn_neighbour_weight: float = Field(
         0.4, ge=0, description="Hybrid search of conversation turns: share of the best neighbouring turn's score.")
-    turn_window: int = Field(3, ge=0, le=20, description="Turns on each side whose mean score a turn gains.")
-    turn_window_weight: float = Field(2.0, ge=0, description="Weight of that mean in a turn's hybrid score.")
+    turn_window: int = Field(2, ge=0, le=20, description="Turns on each side whose mean score a turn gains.")
+    turn_window_weight: float = Field(3.0, ge=0, description="Weight of that mean in a turn's hybrid score.")
     speaker_boost: float = Field(
         0.6, ge=0, description="Added to the hybrid score of turns by the one speaker a query names.")
     bm25_k1: float = Field(0.9, gt=0, description="BM25 term-frequency saturation.")
