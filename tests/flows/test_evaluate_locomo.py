@@ -54,7 +54,7 @@ def test_cli_prints_json_and_a_missing_file_is_an_error(settings, tmp_path, tena
     table = runner.invoke(app, ["eval", "locomo", str(tmp_path), "--tenant", tenant])
     assert table.exit_code == 0 and "hybrid" in table.stdout and "multi-hop" in table.stdout
     missing = runner.invoke(app, ["eval", "locomo", str(tmp_path / "nope.json")])
-    assert missing.exit_code == 2 and "no such LoCoMo file" in missing.output
+    assert missing.exit_code == 2 and "no such LoCoMo file" in " ".join(missing.output.split())  # rich wraps
 
 
 def test_flow_run_completes_with_artifact(prefect_harness, settings, tmp_path, tenant):

@@ -386,8 +386,8 @@ def test_encrypted_context_stores_ciphertext_and_still_searches(pool, tenant, fa
     with pool.connection() as conn:
         rows = conn.execute("SELECT content, sealed, tool_arguments FROM context_messages WHERE context_id = %s",
                             [ctx.id]).fetchall()
-        chunk_text, chunk_hash = conn.execute("SELECT content, content_hash FROM chunks WHERE tenant_id = %s",
-                                              [tenant]).fetchone()
+        chunk_text, chunk_hash = conn.execute("SELECT content, content_hash FROM chunks WHERE tenant_id = %s"
+                                              " ORDER BY seq LIMIT 1", [tenant]).fetchone()  # the secret's turn
     assert all(r[0] is None and r[2] is None and b"hunter2" not in bytes(r[1]) for r in rows)
     assert "password is hunter2" not in chunk_text and "hunter2" in chunk_text.split()  # lexemes, sorted
     assert chunk_hash != hashlib.sha256(render(Turn("user", secret)).encode()).hexdigest()
