@@ -21,6 +21,7 @@ from blocks.policy import OperationPolicy
 from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from deployments.memory import Memory
+from tasks.claims import ClaimRules
 from tasks.migrate import ensure_schema
 from tasks.ops.base import Connections
 from tasks.ratelimit import AuthLockout, RateLimiter
@@ -70,6 +71,13 @@ class ApiState:
                     ensure_schema(pool)
                     self._schema_ready = True
         return pool
+
+    def claim_rules(self) -> ClaimRules:
+        """Registration's rules: the settings' mode and reserved names; the operator's tenants are Settings.tenant
+        and those the gateway's GitHubWebhook block routes to."""
+        hook = self.shared.get("webhook")
+        static = {hook.default_tenant, *hook.repo_tenants.values()} if hook is not None else set()
+        return ClaimRules.from_settings(self.settings, static)
 
     def memory(self, tenant: str) -> Memory:
         """The tenant's Memory facade (cheap: the pool is found by its URL)."""

@@ -1,0 +1,105 @@
+"""`devmesh orgs|tenants|webhooks`: the operator's side of tenancy — registration invites, what each tenant may
+operate with (credential and policy blocks), and which tenant each repository's webhook deliveries reach.
+
+Every change is audited in the tenant it concerns (invites: in the operator's tenant, Settings.tenant), with the
+operator's login as the actor. Exit codes: 0 done, 2 bad input or nothing to change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from datetime import timedelta
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from blocks.errors import AppError
+from blocks.settings import Settings
+
+orgs_app = typer.Typer(help="Organizations and registration invites.", no_args_is_help=True)
+tenants_app = typer.Typer(help="What each tenant may operate with: credential blocks and a policy.",
+                          no_args_is_help=True)
+webhooks_app = typer.Typer(help="Which tenant a repository's webhook deliveries reach, with which secret.",
+                           no_args_is_help=True)
+console = Console(stderr=True)
+_DURATION = re.compile(r"^\s*(\d{1,6})\s*([mhdw])\s*$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False, markup=False)
+    raise typer.Exit(code)
+
+
+def _pool(settings: Settings):
+    from blocks.postgres import PgVectorStore
+    from tasks.migrate import ensure_schema
+
+    pool = PgVectorStore.from_settings(settings).pool()
+    ensure_schema(pool)
+    return pool
+
+
+def operator_actor() -> dict[str, str]:
+    """Who changes tenancy from the command line: the operator, by login."""
+    return {"via": "cli", "operator": os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"}
+
+
+def duration(text: str) -> timedelta:
+    """'30m', '12h', '7d', '2w' as a timedelta; InputError otherwise."""
+    from blocks.errors import InputError
+
+    match = _DURATION.match(text or "")
+    if not match:
+        raise InputError("expected a duration such as 30m, 12h, 7d or 2w", item=text)
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def _print(value) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+@orgs_app.command("invite")
+def orgs_invite(slug: Optional[str] = typer.Option(None, help="Only this slug may register with the invite."),
+                expires: str = typer.Option("7d", help="Valid for: 30m, 12h, 7d, 2w ...")) -> None:
+    """Mint a one-time registration invite; prints its token once (only its hash is stored)."""
+    from tasks.audit import append_audit
+    from tasks.claims import mint_invite
+
+    settings = Settings()
+    try:
+        pool = _pool(settings)
+        info, token = mint_invite(pool, slug=slug, expires_in=duration(expires), created_by=operator_actor())
+    except AppError as exc:
+        _fail(str(exc))
+    append_audit(pool, tenant=settings.tenant, actor=operator_actor(), operation="orgs.invite", status="minted",
+                 target=f"invite:{info['slug'] or '*'}", result=info)
+    if settings.tenancy.registration != "invite":
+        console.print(f"note: registration is {settings.tenancy.registration!r}; invites are required only with "
+                      "DEVMESH_TENANCY__REGISTRATION=invite (an invite for a slug also hands over a tenant that "
+                      "holds data)", highlight=False, markup=False)
+    _print({**info, "token": token})
+
+
+@orgs_app.command("list")
+def orgs_list() -> None:
+    """Organizations and invites (never a token, key or password)."""
+    from tasks.claims import list_invites
+
+    settings = Settings()
+    pool = _pool(settings)
+    with pool.connection() as conn:
+        orgs = conn.execute("SELECT tenant_id, name, admin_email, created_at FROM organizations ORDER BY created_at"
+                            ).fetchall()
+    _print({"registration": settings.tenancy.registration,
+            "organizations": [dict(zip(("tenant", "name", "admin_email", "created_at"), row)) for row in orgs],
+            "invites": list_invites(pool)})
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(orgs_app, name="orgs")
+    app.add_typer(tenants_app, name="tenants")
+    app.add_typer(webhooks_app, name="webhooks")
