@@ -99,6 +99,83 @@ def orgs_list() -> None:
             "invites": list_invites(pool)})
 
 
+_BLOCK_TYPES = {"policy_block": ("blocks.policy", "OperationPolicy"),
+                "github_block": ("blocks.github", "GitHubConnection"),
+                "kubernetes_block": ("blocks.kubernetes", "KubernetesConnection"),
+                "aws_block": ("prefect_aws", "AwsCredentials")}
+
+
+def _check_blocks(names: dict[str, str | None]) -> None:
+    """Each named block exists with the right type (a typo would otherwise surface at the tenant's first run)."""
+    import importlib
+
+    from blocks.errors import InputError
+
+    for column, name in names.items():
+        if name is None:
+            continue
+        module, cls = _BLOCK_TYPES[column]
+        try:
+            getattr(importlib.import_module(module), cls).load(name)
+        except ValueError as exc:
+            raise InputError(f"no {cls} block named {name!r} ({exc}); create it first", item=name) from None
+
+
+@tenants_app.command("grant")
+def tenants_grant(
+    tenant: str = typer.Argument(..., help="The tenant id (an organization's slug, or one of the operator's)."),
+    policy: Optional[str] = typer.Option(None, help="OperationPolicy block (required for a new grant)."),
+    github_block: Optional[str] = typer.Option(None, help="GitHubConnection block."),
+    kubernetes_block: Optional[str] = typer.Option(None, help="KubernetesConnection block."),
+    aws_block: Optional[str] = typer.Option(None, help="prefect-aws AwsCredentials block."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Load each block first (needs the Prefect API)."),
+) -> None:
+    """Let a tenant's operations use these credential blocks under this policy; audited in the tenant's trail."""
+    from tasks.grants import set_grant
+
+    settings = Settings()
+    names = {"policy_block": policy, "github_block": github_block, "kubernetes_block": kubernetes_block,
+             "aws_block": aws_block}
+    try:
+        if check:
+            _check_blocks(names)
+        grant = set_grant(_pool(settings), tenant, actor=operator_actor(), **names)
+    except AppError as exc:
+        _fail(str(exc))
+    _print(grant.as_dict())
+
+
+@tenants_app.command("revoke")
+def tenants_revoke(tenant: str = typer.Argument(...),
+                   provider: Optional[list[str]] = typer.Option(
+                       None, "--provider", help="Only this provider's credentials (github, kubernetes, aws); "
+                       "repeat for several. Without: the whole grant.")) -> None:
+    """Take a tenant's grant away (or one provider's credentials); its next operation is denied; audited."""
+    from tasks.grants import revoke_grant
+
+    settings = Settings()
+    try:
+        left = revoke_grant(_pool(settings), tenant, actor=operator_actor(), providers=provider or None)
+    except AppError as exc:
+        _fail(str(exc))
+    _print({"tenant": tenant, "grant": left.as_dict() if left else None})
+
+
+@tenants_app.command("show")
+def tenants_show(tenant: Optional[str] = typer.Argument(None, help="One tenant (default: every grant).")) -> None:
+    """Grants: which blocks each tenant operates with (the operator's tenant: implicit, from the settings)."""
+    from tasks.grants import list_grants, resolve_grant
+
+    settings = Settings()
+    pool = _pool(settings)
+    if tenant is not None:
+        grant = resolve_grant(pool, tenant, settings)
+        _print({"tenant": tenant, "grant": grant.as_dict() if grant else None,
+                "note": None if grant else "no grant: this tenant's operations are denied"})
+        return
+    _print({"operator_tenant": settings.tenant, "grants": list_grants(pool)})
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(orgs_app, name="orgs")
     app.add_typer(tenants_app, name="tenants")
