@@ -79,7 +79,8 @@ class ApiState:
     def claim_rules(self) -> ClaimRules:
         """Registration's rules: the settings' mode and reserved names; the operator's tenants are Settings.tenant
         and those the gateway's GitHubWebhook block routes to."""
-        hook = self.shared.get("webhook")
+        router = self.shared.get("router")  # the gateway's (tasks.webhook_bindings.WebhookRouter)
+        hook = router.current if router is not None else None
         static = {hook.default_tenant, *hook.repo_tenants.values()} if hook is not None else set()
         return ClaimRules.from_settings(self.settings, static)
 

@@ -160,16 +160,18 @@ def hostile_env(settings, workdir: Path):
         hook = GitHubWebhook(secrets=[SecretStr(SECRET)], max_body_bytes=1024 * 1024)
         app = create_app(settings, webhook=hook, emit=_no_emit, routes=Routes.from_prefect_yaml(ROOT / "prefect.yaml"))
         generous = (RateLimiter(rate_per_minute=10**6, burst=10**6), AuthLockout(max_failures=10**9))
+        tenant, victim = f"h-{uuid.uuid4().hex[:8]}", f"v-{uuid.uuid4().hex[:8]}"
+        # overrides are per tenant (tasks.grants.override_for): both organizations operate with the fakes
+        policies, connections = {tenant: the_policy, victim: the_policy}, {tenant: conns, victim: conns}
         app.state.devmesh.update(limiter=generous[0], lockout=generous[1], register_rate=(10**6, 10**6),
-                                 ops_policy=the_policy, ops_connections=conns)
+                                 ops_policy=policies, ops_connections=connections)
         mcp = next(r.app for r in app.router.routes if getattr(r, "path", None) == "/mcp")
         assert isinstance(mcp, McpHttpApp)
         # the gateway builds its MCP server from the settings' blocks; the corpus gives it the fakes and the policy
-        mcp.server = build_server(_scope_principal, settings, conns, the_policy)
+        mcp.server = build_server(_scope_principal, settings, connections, policies)
         mcp.limiter, mcp.lockout = generous
         llm = OpenAIChat(api_key=chat.api_key, base_url=f"{chat.url}/v1", model="gpt-test", timeout=5)
         with TestClient(app) as http:
-            tenant, victim = f"h-{uuid.uuid4().hex[:8]}", f"v-{uuid.uuid4().hex[:8]}"
             key, victim_key = _register(http, tenant), _register(http, victim)
             env = Env(settings, pool, workdir, http, tenant, key, victim, victim_key, github, kube, chat, llm,
                       the_policy, conns)
