@@ -15,6 +15,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from blocks.errors import AppError
 from blocks.settings import Settings
@@ -30,7 +31,7 @@ _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False, markup=False)
+    console.print(Text.assemble(("error:", "red"), " ", message), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -80,7 +81,7 @@ def orgs_invite(slug: Optional[str] = typer.Option(None, help="Only this slug ma
     if settings.tenancy.registration != "invite":
         console.print(f"note: registration is {settings.tenancy.registration!r}; invites are required only with "
                       "DEVMESH_TENANCY__REGISTRATION=invite (an invite for a slug also hands over a tenant that "
-                      "holds data)", highlight=False, markup=False)
+                      "holds data)", highlight=False, markup=False, soft_wrap=True)
     _print({**info, "token": token})
 
 
@@ -174,6 +175,60 @@ def tenants_show(tenant: Optional[str] = typer.Argument(None, help="One tenant (
                 "note": None if grant else "no grant: this tenant's operations are denied"})
         return
     _print({"operator_tenant": settings.tenant, "grants": list_grants(pool)})
+
+
+@webhooks_app.command("bind")
+def webhooks_bind(
+    repository: str = typer.Argument(..., help="'owner/repo' or a glob such as 'owner/*'."),
+    tenant: str = typer.Option(..., help="The tenant its deliveries reach."),
+    secret_block: Optional[str] = typer.Option(None, help="A Prefect Secret block holding the webhook secret (or a "
+                                               "JSON list of secrets while rotating)."),
+    webhook_block: Optional[str] = typer.Option(None, help="Or a GitHubWebhook block (its secrets)."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Load the secret block first (needs the Prefect "
+                               "API)."),
+) -> None:
+    """Let deliveries of a repository reach a tenant when signed with the secret of this block; audited. The
+    gateway picks it up within Settings.tenancy.webhook_cache_s seconds, without a restart."""
+    import anyio
+
+    from tasks.webhook_bindings import bind_repository, load_secrets, secret_ref
+
+    settings = Settings()
+    if (secret_block is None) == (webhook_block is None):
+        _fail("give --secret-block or --webhook-block (one)")
+    try:
+        ref = secret_ref("secret", secret_block) if secret_block else secret_ref("devmesh-github-webhook",
+                                                                                  webhook_block)
+        if webhook_block == settings.gateway.webhook_block:
+            raise AppError(f"{webhook_block!r} is the operator's own webhook block (its secret routes the operator's "
+                           "tenants); give the tenant a secret of its own")
+        if check:
+            anyio.run(load_secrets, ref)
+        binding = bind_repository(_pool(settings), repository, tenant, ref, actor=operator_actor())
+    except AppError as exc:
+        _fail(str(exc))
+    _print(binding.__dict__)
+
+
+@webhooks_app.command("unbind")
+def webhooks_unbind(repository: str = typer.Argument(..., help="The pattern as bound."),
+                    tenant: Optional[str] = typer.Option(None, help="Only its binding to this tenant.")) -> None:
+    """Remove a binding: the repository's deliveries stop reaching that tenant at once; audited."""
+    from tasks.webhook_bindings import unbind_repository
+
+    try:
+        removed = unbind_repository(_pool(Settings()), repository, actor=operator_actor(), tenant=tenant)
+    except AppError as exc:
+        _fail(str(exc))
+    _print([b.__dict__ for b in removed])
+
+
+@webhooks_app.command("list")
+def webhooks_list() -> None:
+    """Every binding: repository pattern, tenant, secret block (never a secret)."""
+    from tasks.webhook_bindings import list_bindings
+
+    _print(list_bindings(_pool(Settings())))
 
 
 def register(app: typer.Typer) -> None:
