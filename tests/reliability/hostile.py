@@ -179,6 +179,10 @@ def hostile_env(settings, workdir: Path):
             yield env
 
 
+def _registration(slug: str) -> dict[str, str]:
+    return {"name": "Mallory", "slug": slug, "admin_email": "m@evil.example", "admin_name": "M", "password": PASSWORD}
+
+
 def _register(http, slug: str) -> str:
     r = http.post(f"{API}/auth/register/organization", json={
         "name": f"Org {slug}", "slug": slug, "admin_email": f"admin@{slug}.example", "admin_name": "Ana",
@@ -595,6 +599,18 @@ def rest_cases() -> list[Case]:
              rest("POST", "/tools/github.create_issue/execute",
                   {"arguments": {"repo": "attacker/evil", "title": "x"}, "dry_run": False}), AUDIT,
              mentions="github_repos"),
+        # claiming a tenant that is not a stranger's to take (tasks/claims.py)
+        Case("rest-register-reserved-slug", "rest", "tenant_claim", "register slug 'default'", "refused",
+             rest("POST", "/auth/register/organization", _registration("default")), mentions="reserved"),
+        Case("rest-register-look-alike-slug", "rest", "tenant_claim", "register slug 'dеfault' (Cyrillic е)",
+             "refused", rest("POST", "/auth/register/organization", _registration("d\u0435fault")),
+             mentions="U+0435"),
+        Case("rest-register-bidi-slug", "rest", "tenant_claim", "register slug 'acme' + U+202E", "refused",
+             rest("POST", "/auth/register/organization", _registration("acme\u202e")), mentions="U+202E"),
+        Case("rest-register-operator-tenant-fullwidth", "rest", "tenant_claim", "register slug 'ＤＥＦＡＵＬＴ'",
+             "refused", rest("POST", "/auth/register/organization", _registration("\uff24\uff25\uff26\uff21"
+                                                                                   "\uff35\uff2c\uff34")),
+             mentions="reserved"),
         # wrong types and odd numbers
         Case("rest-type-query-number", "rest", "wrong_type", '{"query": 123}', "refused",
              rest("POST", "/search", {"query": 123}), mentions="query"),
