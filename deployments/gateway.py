@@ -4,7 +4,8 @@ POST /webhooks/github   cap the body → verify X-Hub-Signature-256 with the sec
                         repository and the operator's GitHubWebhook block (tasks/webhook_bindings.py: a delivery
                         reaches each tenant whose secret signed it; the operator's block never feeds an
                         organization's tenant, that delivery is recorded `unbound`) → persist the delivery once
-                        per tenant (deduplicated by X-GitHub-Delivery) → 202. The answer never waits for Prefect: an outbox loop emits persisted deliveries as events (event id derived from the
+                        per tenant (deduplicated by X-GitHub-Delivery) → 202. The answer never waits for
+                        Prefect: an outbox loop emits persisted deliveries as events (event id derived from the
                         delivery id) and retries while the Prefect API is down, so an accepted delivery is not lost.
 GET  /healthz           liveness, with the number of deliveries waiting to be emitted.
 GET  /metrics           Prometheus text (deployments share it through PROMETHEUS_MULTIPROC_DIR).

@@ -39,8 +39,8 @@ from psycopg_pool import ConnectionPool
 from blocks.errors import InputError
 
 __all__ = ["ClaimRules", "INVITE_PREFIX", "RESERVED", "RegistrationRefused", "SlugUnavailable", "check_claim",
-           "consume_invite", "invite_slug", "list_invites", "lock_registrations", "mint_invite", "normalize_slug", "skeleton",
-           "tenant_holdings"]
+           "consume_invite", "invite_slug", "list_invites", "lock_registrations", "mint_invite", "normalize_slug",
+           "skeleton", "tenant_holdings", "unclaimable_organizations"]
 
 INVITE_PREFIX = "dminvite_"
 RESERVED = frozenset({
@@ -173,6 +173,12 @@ def check_claim(conn, slug: str, rules: ClaimRules, *, invited_for_slug: bool = 
         "SELECT 1 FROM organizations WHERE slug_skeleton = %s LIMIT 1", [look]).fetchone() is not None
     if taken or (not invited_for_slug and tenant_holdings(conn, slug)):
         raise SlugUnavailable(TAKEN, item=slug, reason="taken")
+
+
+def unclaimable_organizations(conn, rules: ClaimRules) -> list[str]:
+    """Organizations holding a tenant id these rules would refuse now (registered before them): for review."""
+    orgs = [r[0] for r in conn.execute("SELECT tenant_id FROM organizations ORDER BY tenant_id").fetchall()]
+    return [t for t in orgs if t in rules.operator_tenants or rules.reserved_reason(t) is not None]
 
 
 def _hash(token: str) -> str:

@@ -93,7 +93,8 @@ def register_organization(pool: ConnectionPool, request: OrganizationCreate, rul
     invite, if any, is consumed in the same transaction as the organization is created."""
     rules = rules or ClaimRules()
     if rules.mode == "closed":
-        raise RegistrationRefused("registration is closed on this service; ask its operator", code="registration_closed")
+        raise RegistrationRefused("registration is closed on this service; ask its operator",
+                                  code="registration_closed")
     if rules.mode == "invite" and not request.invite:
         raise RegistrationRefused("registration is by invite on this service: send the invite token an operator "
                                   "gave you in `invite`", code="invite_required")

@@ -259,7 +259,8 @@ def _populate_a(http, pool, a) -> dict:
                           "issue": {"number": 1, "title": MARK, "body": MARK}}).encode()
     ids["delivery_id"] = f"deliv-{uuid.uuid4()}"
     r = http.post("/webhooks/github", content=payload, headers={
-        "X-Hub-Signature-256": _sign(payload, A_WEBHOOK_SECRET), "X-GitHub-Event": "issues", "X-GitHub-Delivery": ids["delivery_id"],
+        "X-Hub-Signature-256": _sign(payload, A_WEBHOOK_SECRET), "X-GitHub-Event": "issues",
+        "X-GitHub-Delivery": ids["delivery_id"],
         "Content-Type": "application/json"})
     assert r.status_code == 202, r.text
     deadline = time.monotonic() + 30  # the outbox emits it in the background: let it settle before any digest

@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import json
 
-import anyio
 import httpx
 import pytest
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 from typer.testing import CliRunner
 
 from blocks.errors import OperationDenied
@@ -32,6 +28,7 @@ from tests.deployments.test_api import API, new_key, register
 from tests.fakes import FakeGitHub
 from tests.reliability.hostile import table_counts
 from tests.reliability.test_tenant_isolation import gateway, serve
+from tests.security.test_policy_first import mcp_call
 
 OPERATOR_TOKEN = "ghp_OPERATOR0123456789abcdefghijklmn"
 ACME_TOKEN = "ghp_ACMEORG0123456789abcdefghijklmno"
@@ -74,14 +71,8 @@ def test_a_strangers_organization_operates_nothing_with_the_operators_blocks(set
                 assert r.status_code == 403 and r.json()["error"]["code"] == "policy_denied", r.text
                 assert "has no operations grant" in r.json()["error"]["message"]
 
-            async def mcp():
-                headers = {"Authorization": f"Bearer {org.key}"}
-                async with Client(streamable_http_client(f"{url}/mcp",
-                                                         http_client=create_mcp_http_client(headers=headers))) as c:
-                    result = await c.call_tool("github.comment_issue", {**COMMENT, "dry_run": False})
-                    assert result.is_error and "has no operations grant" in result.content[0].text
-
-            anyio.run(mcp)
+            result = mcp_call(url, org.key, "github.comment_issue", {**COMMENT, "dry_run": False})
+            assert result.is_error and "has no operations grant" in result.content[0].text
             with Mesh(url, org.key, max_retries=0) as mesh, pytest.raises(OperationDenied, match="no operations"):
                 mesh.execute_tool("github.comment_issue", COMMENT, dry_run=False)
     assert operator_github.requests == [], "the stranger's operation reached GitHub with the operator's token"

@@ -59,6 +59,18 @@ def run(settings, tenant, conns, operation, arguments, dry_run=True):
     return run_operation(request, settings, connections=conns, policy=POLICY)
 
 
+def mcp_call(url: str, key: str, tool: str, arguments: dict):
+    """One MCP tool call over streamable HTTP at `url`/mcp with `key`; its result."""
+
+    async def call():
+        headers = {"Authorization": f"Bearer {key}"}
+        async with Client(streamable_http_client(f"{url}/mcp", http_client=create_mcp_http_client(headers=headers))) \
+                as client:
+            return await client.call_tool(tool, arguments)
+
+    return anyio.run(call)
+
+
 def audited_denials(pool, tenant) -> list[tuple[str, str, str]]:
     with pool.connection() as conn:
         return conn.execute("SELECT operation, target, error FROM audit_log WHERE tenant_id = %s AND status = "
@@ -94,14 +106,8 @@ def test_rest_mcp_and_the_client_reach_no_provider_for_a_denied_target(settings,
                           headers=org.headers)
             assert r.status_code == 403 and "github_repos" in r.json()["error"]["message"], r.text
 
-            async def mcp():
-                headers = {"Authorization": f"Bearer {org.key}"}
-                async with Client(streamable_http_client(f"{url}/mcp",
-                                                         http_client=create_mcp_http_client(headers=headers))) as c:
-                    result = await c.call_tool("github.create_issue", {**EVIL_ISSUE, "dry_run": False})
-                    assert result.is_error and "github_repos" in result.content[0].text
-
-            anyio.run(mcp)
+            result = mcp_call(url, org.key, "github.create_issue", {**EVIL_ISSUE, "dry_run": False})
+            assert result.is_error and "github_repos" in result.content[0].text
             with Mesh(url, org.key, max_retries=0) as mesh, pytest.raises(OperationDenied, match="github_repos"):
                 mesh.execute_tool("github.create_issue", EVIL_ISSUE, dry_run=False)
     assert github.requests == []

@@ -169,7 +169,8 @@ def test_invite_mode_needs_a_valid_one_time_token_minted_by_the_operator(pool, s
     with pool.connection() as conn:
         assert conn.execute("SELECT used_by_tenant FROM registration_invites").fetchone()[0] == tenant
     listed = runner.invoke(cli_app, ["orgs", "list"])
-    assert listed.exit_code == 0 and '"registration": "invite"' in listed.stdout and invite["token"] not in listed.stdout
+    assert listed.exit_code == 0 and '"registration": "invite"' in listed.stdout
+    assert invite["token"] not in listed.stdout
 
 
 def test_an_expired_invite_is_refused(pool, settings, tenant):
@@ -233,3 +234,17 @@ def test_status_names_the_registration_mode(settings, tmp_path):
     off = runner.invoke(cli_app, ["status", "--json"], env={"DEVMESH_HOME": str(tmp_path),
                                                            "DEVMESH_TENANCY__REGISTRATION": "closed"})
     assert off.exit_code == 1 and json.loads(off.stdout)["registration"].startswith("closed"), off.output
+
+
+def test_doctor_names_organizations_that_hold_a_tenant_nobody_may_register_now(pool, settings, client, tenant):
+    """A database from before these rules, where a stranger registered 'default': the doctor warns about it."""
+    from deployments.doctor import run_checks
+
+    assert attempt(client, tenant).status_code == 201
+    ok = next(c for c in run_checks(settings) if c.name == "tenancy")
+    assert ok.status == "ok" and "registration open" in ok.detail, ok
+    with pool.connection() as conn:
+        conn.execute("INSERT INTO organizations (tenant_id, name, admin_email, admin_name, password_hash,"
+                     " slug_skeleton) VALUES ('default', 'x', 'm@evil.example', 'M', 'scrypt$x', 'default')")
+    warned = next(c for c in run_checks(settings) if c.name == "tenancy")
+    assert warned.status == "warn" and warned.detail.endswith(": default") and "devmesh orgs list" in warned.fix
