@@ -56,8 +56,11 @@ _ASCII_CONFUSABLES = (("rn", "m"), ("vv", "w"), ("cl", "d"), ("0", "o"), ("1", "
 # A slug's characters once normalised: ASCII letters, digits, dashes; 3-64, no dash at either end.
 _ALLOWED = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 _REGISTER_LOCK = 0x72656769737472  # advisory lock serialising registrations ("registr")
-# Tables whose rows belong to an organization, not to data a tenant holds (an org row makes the slug taken anyway).
-_ORG_TABLES = frozenset({"organizations", "api_keys"})
+# Tables whose rows belong to an organization, not to data a tenant holds (an org row makes the slug taken anyway),
+# and large tables without an index on tenant_id whose tenants another checked table always holds too: an embedding
+# is of a chunk of its tenant; a webhook delivery goes to a tenant a binding or the operator's block names (both
+# checked) and feeds its documents. So registration reads indexes only (tests/security/test_tenant_claims.py).
+_NOT_CHECKED = frozenset({"organizations", "api_keys", "embeddings", "webhook_deliveries"})
 # One message whether an organization or the operator's data holds the slug: no tenant enumeration through it.
 TAKEN = "an organization or the operator already uses this slug (or one that looks like it)"
 
@@ -150,14 +153,14 @@ def _holdings_query(conn) -> sql.Composed:
     tables = [r[0] for r in conn.execute(
         "SELECT c.table_name FROM information_schema.columns c JOIN information_schema.tables t"
         " USING (table_schema, table_name) WHERE c.table_schema = current_schema() AND c.column_name = 'tenant_id'"
-        " AND t.table_type = 'BASE TABLE' ORDER BY c.table_name").fetchall() if r[0] not in _ORG_TABLES]
+        " AND t.table_type = 'BASE TABLE' ORDER BY c.table_name").fetchall() if r[0] not in _NOT_CHECKED]
     parts = [sql.SQL("SELECT {name} WHERE EXISTS (SELECT 1 FROM {table} WHERE tenant_id = %(tenant)s)").format(
         name=sql.Literal(t), table=sql.Identifier(t)) for t in tables]
     return sql.SQL(" UNION ALL ").join(parts)
 
 
 def tenant_holdings(conn, tenant: str) -> list[str]:
-    """The tables holding rows of `tenant` (every table with a tenant_id, organizations and keys aside)."""
+    """The tables holding rows of `tenant` (every table with a tenant_id but those of _NOT_CHECKED)."""
     return [r[0] for r in conn.execute(_holdings_query(conn), {"tenant": tenant}).fetchall()]
 
 

@@ -248,3 +248,20 @@ def test_doctor_names_organizations_that_hold_a_tenant_nobody_may_register_now(p
                      " slug_skeleton) VALUES ('default', 'x', 'm@evil.example', 'M', 'scrypt$x', 'default')")
     warned = next(c for c in run_checks(settings) if c.name == "tenancy")
     assert warned.status == "warn" and warned.detail.endswith(": default") and "devmesh orgs list" in warned.fix
+
+
+def test_registration_reads_only_indexes_to_find_a_tenants_data(pool):
+    """Every table the holdings check reads has an index leading with tenant_id (a new tenant's registration must
+    not scan a million embeddings); the tables it leaves out are named, each with why another table covers it."""
+    from tasks.claims import _NOT_CHECKED, _holdings_query
+
+    with pool.connection() as conn:
+        tables = {r[0] for r in conn.execute("SELECT table_name FROM information_schema.columns WHERE table_schema ="
+                                             " current_schema() AND column_name = 'tenant_id'")}
+        indexed = {r[0] for r in conn.execute(
+            "SELECT c.relname FROM pg_index x JOIN pg_class c ON c.oid = x.indrelid JOIN pg_attribute a ON"
+            " a.attrelid = c.oid AND a.attnum = x.indkey[0] WHERE a.attname = 'tenant_id' AND x.indpred IS NULL")}
+        query = _holdings_query(conn).as_string(conn)
+    checked = tables - _NOT_CHECKED
+    assert checked - indexed <= {"model_switches"}, checked - indexed  # a handful of rows per tenant
+    assert all(f'FROM "{t}"' in query for t in checked) and not any(f'FROM "{t}"' in query for t in _NOT_CHECKED)
