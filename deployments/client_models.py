@@ -36,6 +36,7 @@ class KeyInfo(_Model):
     last_used_at: datetime | None = None
     revoked_at: datetime | None = None
     rotated_from: str | None = None
+    expires_at: datetime | None = None
 
 
 class KeyCreated(_Model):

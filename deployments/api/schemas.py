@@ -81,8 +81,9 @@ class KeyInfo(BaseModel):
     burst: int | None = None
     created_at: datetime | None = None
     last_used_at: datetime | None = None
-    revoked_at: datetime | None = None
+    revoked_at: datetime | None = Field(None, description="In the future: a rotated key's grace period ends then.")
     rotated_from: str | None = None
+    expires_at: datetime | None = Field(None, description="The key stops working then (keys.rotation_days).")
 
 
 class KeyCreated(BaseModel):
