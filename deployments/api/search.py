@@ -59,9 +59,12 @@ def search(body: SearchBody, principal: Reader, api: ApiState = Depends(api_stat
     """Search the tenant's documents and conversations, one context (context_id) or one user's (user_id)."""
     metadata = dict(body.filters) if body.filters is not None else None
     document_ids = body.document_ids
-    if body.context_id is not None:
-        api.memory(principal.tenant).get(body.context_id, limit=0)  # 404 unless it is this tenant's, live
-        document_ids = [document_id(body.context_id)]
+    contexts = [body.context_id] if body.context_id is not None else body.context_ids
+    if contexts is not None:
+        memory = api.memory(principal.tenant)
+        # 404 unless each is this tenant's and live; searched together with any document_ids given
+        found = [document_id(memory.get(c, limit=0).context.id) for c in dict.fromkeys(contexts)]
+        document_ids = [*(document_ids or []), *found]
     elif body.user_id is not None:
         metadata = {**(metadata or {}), "user_id": body.user_id}
     request = SearchRequest(query=body.query, mode=body.mode, limit=body.limit, tenant=principal.tenant,
