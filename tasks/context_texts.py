@@ -27,7 +27,7 @@ from tasks.models import set_embedder_name, tenant_model
 from tasks.store import ensure_model
 from tasks.usage import record_usage
 
-__all__ = ["ContextText", "StoredText", "embedder_for", "store_context_text"]
+__all__ = ["ContextText", "StoredText", "embedder_for", "model_name", "store_context_text"]
 
 # Locks the context (so that two writers of one position cannot both insert), removes what the position held.
 LOCK_CONTEXT = """
@@ -80,12 +80,32 @@ def embedder_for(pool: ConnectionPool, tenant: str, model: str | None, *, defaul
     candidates.append(row[0] if row else None)
     for candidate in filter(None, candidates):
         embedder = load_embedder(candidate)
-        if embedder.model_id == model:
+        if _same_model(embedder.model_id, model):
             return embedder, candidate
     raise ConfigError(
         f"no embedder here produces model {model!r} (this server embeds with {load_embedder(name).model_id!r}); "
         "map the model to an embedder block in settings.embedders (devmesh.yaml embedding.models), or name "
         "no model to use the server's")
+
+
+def _same_model(stored: str, named: str) -> bool:
+    """devmesh names hosted models by vendor ("openai/text-embedding-3-small"); clients may leave the vendor out."""
+    return stored == named or stored.split("/", 1)[-1] == named
+
+
+def model_name(pool: ConnectionPool, model: str | None, *, embedders: dict[str, str]) -> str | None:
+    """The stored name of a model a client names: itself, the model of its mapped embedder, or the one stored
+    model whose name it is without the vendor; None stays None (the default model)."""
+    if model is None:
+        return None
+    if model in embedders:
+        return load_embedder(embedders[model]).model_id
+    with pool.connection() as conn:
+        names = [r[0] for r in conn.execute("SELECT name FROM embedding_models")]
+    if model in names:
+        return model
+    matches = [n for n in names if _same_model(n, model)]
+    return matches[0] if len(matches) == 1 else model
 
 
 def store_context_text(pool: ConnectionPool, tenant: str, context_id, text: ContextText | dict, *,

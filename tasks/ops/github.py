@@ -301,7 +301,8 @@ CREATE_ISSUE = "github.create_issue"
 
 def _issue_result(issue: Any, repo: str, key: str, existing: bool) -> dict[str, Any]:
     return {"repo": repo, "number": issue.number, "id": issue.id, "url": issue.url, "html_url": issue.html_url,
-            "title": issue.title, "state": issue.state, "idempotency_key": key, "existing": existing}
+            "title": issue.title, "state": issue.state, "idempotency_key": key, "existing": existing,
+            "created_at": issue.created_at.isoformat() if issue.created_at else None}
 
 
 def _writable_repo_facts(gh: github.Github, repo_name: str, operation: str) -> dict[str, Any]:
