@@ -13,7 +13,7 @@
     │                               restarting): no item can succeed, the message says what to do
     ├── SearchTimeout               a search ran past search.timeout_s (statement_timeout); the message is for
     │                               the caller (a narrower search may pass), unlike a StoreError's
-    ├── GuardError                  OperationDenied | ApprovalRejected (never retried)
+    ├── GuardError                  OperationDenied | ApprovalRejected (ApprovalExpired) (never retried)
     └── ProviderError(.provider, .operation)
         ├── TransientError          RateLimited | ProviderTimeout | Conflict (retried)
         │                           Conflict (Kubernetes 409: re-read, re-apply)
@@ -37,6 +37,7 @@ __all__ = [
     "GuardError",
     "OperationDenied",
     "ApprovalRejected",
+    "ApprovalExpired",
     "ProviderError",
     "TransientError",
     "RateLimited",
@@ -110,6 +111,10 @@ class OperationDenied(GuardError):
 
 class ApprovalRejected(GuardError):
     """A human rejected the operation, or the approval expired."""
+
+
+class ApprovalExpired(ApprovalRejected):
+    """No decision came within the policy's approval_timeout_s: rejected."""
 
 
 class ProviderError(AppError):

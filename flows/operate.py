@@ -9,6 +9,7 @@ plan or the decision does not match.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -20,10 +21,11 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout, NotPausedError
 from prefect.flow_runs import pause_flow_run, resume_flow_run
 from prefect.input import RunInput
+from prefect.states import Cancelled, State
 from pydantic import BaseModel, ConfigDict, Field
 
 from blocks import tracing
-from blocks.errors import ApprovalRejected, GuardError, InputError, OperationDenied
+from blocks.errors import ApprovalExpired, ApprovalRejected, GuardError, InputError, OperationDenied
 from blocks.metrics import TOOL_EXECUTIONS
 from blocks.policy import OperationPolicy
 from blocks.postgres import PgVectorStore
@@ -37,7 +39,8 @@ from tasks.operation_log import arguments_hash, claim_operation, get_operation_r
 from tasks.ops.base import Connections, Plan, get_operation, parse_input
 from tasks.runtime import call, in_flow_run
 
-__all__ = ["ApprovalInput", "OperateRequest", "decide", "decide_as", "operate", "run_operation", "submit_operation"]
+__all__ = ["ApprovalInput", "OperateRequest", "approval_form", "decide", "decide_as", "operate", "run_operation",
+           "submit_operation"]
 
 
 class OperateRequest(StorableModel):
@@ -56,8 +59,23 @@ class OperateRequest(StorableModel):
 class ApprovalInput(RunInput):
     """What the paused run waits for. It is not trusted: the decision is read from devmesh's own table."""
 
-    operation_id: str
-    note: str = ""
+    operation_id: str = Field(description="The operation this run waits for (filled in; leave it as it is).")
+    note: str = Field("", description="Optional note. Pressing Resume does not approve: record the decision with "
+                                      "`devmesh approve <operation id>` (or the API) first, which resumes the run.")
+
+
+def approval_form(plan: Plan, operation_id: str, timeout_s: int) -> type[ApprovalInput]:
+    """The Resume form of a paused operation: what is being approved, and how to approve it."""
+    detail = (f"```diff\n{plan.diff.rstrip()}\n```" if plan.diff else
+              f"```json\n{json.dumps(plan.request, indent=2, sort_keys=True, default=str)[:6000]}\n```")
+    description = (
+        f"## Approve `{plan.operation}` on `{plan.target}`?\n\n{plan.summary}\n\n{detail}\n\n"
+        f"**This form does not approve.** An approver records the decision, which resumes this run:\n\n"
+        f"```bash\ndevmesh approve {operation_id} --comment \"...\"   # or: devmesh reject {operation_id}\n```\n\n"
+        f"(or `POST /api/v1/operations/{operation_id}/approve` with an admin API key). Resuming here without a "
+        f"recorded decision rejects the operation; so does no decision within {timeout_s} s. "
+        f"Plan hash `{plan.digest()[:16]}`.")
+    return ApprovalInput.with_initial_data(description=description, operation_id=operation_id)
 
 
 def _flow_run_id() -> str | None:
@@ -87,8 +105,9 @@ class _Guard:
             create_markdown_artifact(
                 key="devmesh-audit", description=f"audit record {record['seq']}",
                 markdown=(f"**{status}** `{self.request.operation}` on `{record['target']}` — audit #{record['seq']}"
-                          f"\n\nactor: `{record['actor']}`  \nplan hash: `{record['plan_hash']}`  \n"
-                          f"approval: `{record['approval']}`  \nerror: {error or '-'}  \nhash: `{record['hash']}`"))
+                          f"\n\nactor: `{_json(record['actor'])}`  \nplan hash: `{record['plan_hash']}`  \n"
+                          f"approval: `{_json(record['approval'])}`  \nerror: {error or '-'}  \n"
+                          f"hash: `{record['hash']}`"))
         return record
 
     def finish(self, status: str, *, result: dict | None = None, error: str | None = None) -> dict[str, Any]:
@@ -179,10 +198,11 @@ def _await_approval(g: _Guard, policy: OperationPolicy, inp, conns: Connections,
     g.audit("awaiting_approval")
     get_run_logger().info("operation %s awaits approval: devmesh approve %s", g.row["id"], g.row["id"])
     try:
-        pause_flow_run(wait_for_input=ApprovalInput, timeout=policy.approval_timeout_s,
-                       poll_interval=g.settings.ops.approval_poll_s, key=f"approval-{g.row['id']}")
+        pause_flow_run(wait_for_input=approval_form(g.plan, str(g.row["id"]), policy.approval_timeout_s),
+                       timeout=policy.approval_timeout_s, poll_interval=g.settings.ops.approval_poll_s,
+                       key=f"approval-{g.row['id']}")
     except FlowPauseTimeout:
-        g.deny(f"approval expired after {policy.approval_timeout_s} s without a decision", ApprovalRejected,
+        g.deny(f"approval expired after {policy.approval_timeout_s} s without a decision", ApprovalExpired,
                "rejected")
     decision = read_decision(g.pool, g.row["id"])
     if decision is None:
@@ -274,7 +294,20 @@ def submit_operation(request: OperateRequest, settings: Settings | None = None, 
             "approve_with": f"devmesh approve {planned['operation_id']}"}
 
 
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 @flow(name="operate")
-def operate(request: OperateRequest) -> dict[str, Any]:
+def operate(request: OperateRequest) -> dict[str, Any] | State:
     """Run one DevOps operation through the guard: plan, policy, approval, execute, verify, audit."""
-    return run_operation(request)
+    try:
+        return run_operation(request)
+    except ApprovalExpired:
+        raise  # the server fails a pause that outlived its timeout, whatever state the run proposes next
+    except GuardError as exc:
+        # An expected refusal, not a failure: the run ends Cancelled, named for why, with one readable line (no
+        # traceback); a caller of operate() still gets the exception (the state's data).
+        name = "Denied" if isinstance(exc, OperationDenied) else "Rejected"
+        get_run_logger().warning("%s: %s", name.lower(), exc)
+        return Cancelled(name=name, message=str(exc), data=exc)
