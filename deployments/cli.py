@@ -47,7 +47,7 @@ def ingest(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Chunk, embed and store files; unchanged files cost nothing. Exit 1 if any item failed."""
-    from flows.ingest import IngestRequest, ingest as ingest_flow, run_ingest
+    from flows.ingest import PROGRESS_LISTENER, IngestRequest, ingest as ingest_flow, run_ingest
 
     settings = Settings()
     try:
@@ -56,18 +56,22 @@ def ingest(
         _fail(str(exc))
     use_flow = _prefect_server_configured() if as_flow is None else as_flow
     try:
-        if use_flow:
-            summary = ingest_flow(request)
-        else:
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          console=console, transient=True) as bar:
-                tasks: dict[str, int] = {}
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as bar:
+            tasks: dict[str, int] = {}
 
-                def progress(stage: str, done: int, total: int) -> None:
-                    if stage not in tasks:
-                        tasks[stage] = bar.add_task(stage, total=total)
-                    bar.update(tasks[stage], completed=done, total=total)
+            def progress(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(stage, total=total)
+                bar.update(tasks[stage], completed=done, total=total)
 
+            if use_flow:  # the flow runs in this process: it reports to the bar here and to the run's artifact
+                token = PROGRESS_LISTENER.set(progress)
+                try:
+                    summary = ingest_flow(request)
+                finally:
+                    PROGRESS_LISTENER.reset(token)
+            else:
                 summary = run_ingest(request, settings, progress=progress)
     except AppError as exc:
         _fail(str(exc))
