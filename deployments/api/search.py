@@ -57,7 +57,8 @@ def text_search(api: ApiState, request: SearchRequest) -> list[SearchHit]:
 
 @router.post("/search", response_model=SearchHits)
 def search(body: SearchBody, principal: Reader, api: ApiState = Depends(api_state)):
-    """Search the tenant's documents and conversations, one context (context_id) or one user's (user_id)."""
+    """Search the tenant's documents and conversations: all, some contexts (context_id, context_ids) or one user's
+    (user_id); filters match chunk metadata (a context's user_id, type ..., a text's own metadata)."""
     metadata = dict(body.filters) if body.filters is not None else None
     document_ids = body.document_ids
     contexts = [body.context_id] if body.context_id is not None else body.context_ids
