@@ -10,18 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from blocks.settings import Settings
-from tests.deployments.test_api import API, PASSWORD, Org, assert_error, make_app, register
-
-
-@pytest.fixture
-def client(settings):
-    with TestClient(make_app(settings)) as c:
-        yield c
-
-
-@pytest.fixture
-def org(client, tenant) -> Org:
-    return register(client, tenant)
+from tests.deployments.test_api import (  # noqa: F401 - client and org are fixtures
+    API, PASSWORD, assert_error, client, make_app, org, register,
+)
 
 
 def test_a_context_with_the_guides_body_content_and_a_chosen_id(client, org, pool, tenant):

@@ -10,10 +10,11 @@ import time
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-from prefect.flow_runs import resume_flow_run
 
 from blocks.errors import ApprovalRejected
-from tests.flows.test_operate_approval import PUT, _awaiting, _start, guarded  # noqa: F401 - the fixture
+from tests.flows.test_operate_approval import (  # noqa: F401 - guarded is the fixture
+    _awaiting, _start, guarded, resume_without_decision,
+)
 
 
 def _read_input(flow_run_id, key: str):
@@ -40,12 +41,7 @@ def test_the_resume_form_explains_and_a_resume_without_decision_is_a_rejected_ru
     assert '"Bucket": "acme-data"' in description and '"call": "s3.put_object"' in description  # the request
     assert schema["properties"]["operation_id"]["default"] == str(row["id"])
     assert "devmesh approve" in schema["properties"]["note"]["description"]
-    for _ in range(100):
-        try:
-            resume_flow_run(row["flow_run_id"], run_input={"operation_id": str(row["id"]), "note": "from the UI"})
-            break
-        except Exception:
-            time.sleep(0.2)
+    resume_without_decision(row)
     with pytest.raises(ApprovalRejected, match="without a decision"):
         future.result(timeout=120)
     executor.shutdown()
