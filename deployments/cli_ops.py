@@ -20,6 +20,7 @@ from rich.text import Text
 from blocks.errors import AppError, ApprovalRejected, AuthFailed, InputError, OperationDenied
 from blocks.settings import Settings
 
+REFUSED = {"denied": 3, "rejected": 4}  # exit codes of a refused operation
 op_app = typer.Typer(help="Run guarded DevOps operations (dry run by default).", no_args_is_help=True)
 approvers_app = typer.Typer(help="Manage who may approve operations.", no_args_is_help=True)
 audit_app = typer.Typer(help="Read and verify the audit trail.", no_args_is_help=True)
@@ -91,6 +92,8 @@ def op_run(
                                  dry_run=not execute, idempotency_key=key,
                                  actor={"via": "cli", "user": os.environ.get("USER", "unknown")})
         summary = operate(request) if as_flow else run_operation(request, settings)
+        if summary.get("status") in REFUSED:  # the flow run ended Denied / Rejected: a refusal, not a failure
+            _fail(summary["error"], REFUSED[summary["status"]])
     except (ValidationError, json.JSONDecodeError, InputError) as exc:
         _fail(str(exc), 2)
     except OperationDenied as exc:

@@ -21,7 +21,7 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout, NotPausedError
 from prefect.flow_runs import pause_flow_run, resume_flow_run
 from prefect.input import RunInput
-from prefect.states import Cancelled, State
+from prefect.states import Completed, State
 from pydantic import BaseModel, ConfigDict, Field
 
 from blocks import tracing
@@ -71,7 +71,7 @@ def approval_form(plan: Plan, operation_id: str, timeout_s: int) -> type[Approva
     description = (
         f"## Approve `{plan.operation}` on `{plan.target}`?\n\n{plan.summary}\n\n{detail}\n\n"
         f"**This form does not approve.** An approver records the decision, which resumes this run:\n\n"
-        f"```bash\ndevmesh approve {operation_id} --comment \"...\"   # or: devmesh reject {operation_id}\n```\n\n"
+        f"```bash\ndevmesh approve {operation_id}\ndevmesh reject {operation_id}\n```\n\n"
         f"(or `POST /api/v1/operations/{operation_id}/approve` with an admin API key). Resuming here without a "
         f"recorded decision rejects the operation; so does no decision within {timeout_s} s. "
         f"Plan hash `{plan.digest()[:16]}`.")
@@ -123,8 +123,9 @@ class _Guard:
                 "result": result, "error": error, "audit_seq": record["seq"], "flow_run_id": _flow_run_id()}
 
     def deny(self, rule_text: str, exc_type: type[GuardError], status: str) -> None:
-        self.finish(status, error=rule_text)
-        raise exc_type(rule_text)
+        error = exc_type(rule_text)
+        error.summary = self.finish(status, error=rule_text)  # what the operate flow returns for a refusal
+        raise error
 
 
 def run_operation(request: OperateRequest, settings: Settings | None = None, *,
@@ -306,8 +307,10 @@ def operate(request: OperateRequest) -> dict[str, Any] | State:
     except ApprovalExpired:
         raise  # the server fails a pause that outlived its timeout, whatever state the run proposes next
     except GuardError as exc:
-        # An expected refusal, not a failure: the run ends Cancelled, named for why, with one readable line (no
-        # traceback); a caller of operate() still gets the exception (the state's data).
+        # An expected refusal is not a failure: the run ends in a state named for it (Denied, Rejected), with one
+        # readable line and the summary (status "denied" / "rejected") as its result. Of type Completed: Prefect's
+        # engine logs a traceback for a deployment run that returns any other final state (Cancelled included).
         name = "Denied" if isinstance(exc, OperationDenied) else "Rejected"
         get_run_logger().warning("%s: %s", name.lower(), exc)
-        return Cancelled(name=name, message=str(exc), data=exc)
+        return Completed(name=name, message=str(exc), data=getattr(exc, "summary", None)
+                         or {"status": name.lower(), "operation": request.operation, "error": str(exc)})

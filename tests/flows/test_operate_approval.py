@@ -107,8 +107,8 @@ def test_resume_without_devmesh_approval_is_refused(guarded, pool, tenant):
     executor, future = _start(tenant)
     row = _awaiting(pool, tenant)
     resume_without_decision(row)
-    with pytest.raises(ApprovalRejected, match="without a decision"):
-        future.result(timeout=120)
+    refused = future.result(timeout=120)  # the run ends "Rejected", its summary the result
+    assert refused["status"] == "rejected" and "without a decision" in refused["error"]
     executor.shutdown()
     assert s3.list_objects_v2(Bucket="acme-data").get("KeyCount") == 0
     assert get_operation_row(pool, row["id"])["status"] == "rejected"

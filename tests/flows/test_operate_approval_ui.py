@@ -1,17 +1,15 @@
 """What a Prefect user sees of an approval: the Resume form says what is being approved and how to approve it (the
-operation id filled in), Resume without a recorded decision ends the run Cancelled as "Rejected" with one line, and
-the audit artifact shows the actor as JSON."""
+operation id filled in), Resume without a recorded decision ends the run "Rejected" with one line (no traceback),
+and the audit artifact shows the actor as JSON."""
 
 from __future__ import annotations
 
 import json
 import time
 
-import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-from blocks.errors import ApprovalRejected
 from tests.flows.test_operate_approval import (  # noqa: F401 - guarded is the fixture
     _awaiting, _start, guarded, resume_without_decision,
 )
@@ -42,14 +40,14 @@ def test_the_resume_form_explains_and_a_resume_without_decision_is_a_rejected_ru
     assert schema["properties"]["operation_id"]["default"] == str(row["id"])
     assert "devmesh approve" in schema["properties"]["note"]["description"]
     resume_without_decision(row)
-    with pytest.raises(ApprovalRejected, match="without a decision"):
-        future.result(timeout=120)
+    assert future.result(timeout=120)["status"] == "rejected"
     executor.shutdown()
     with get_client(sync_client=True) as client:
         state = client.read_flow_run(row["flow_run_id"]).state
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[str(row["flow_run_id"])])))
-    assert state.type.value == "CANCELLED" and state.name == "Rejected"
+    # named for the refusal, of type Completed: Prefect logs a traceback for a deployment run ending otherwise
+    assert state.type.value == "COMPLETED" and state.name == "Rejected"
     assert state.message.startswith("resumed without a decision") and "\n" not in state.message
     audits = [a.data for a in artifacts if a.key == "devmesh-audit"]
     assert any('actor: `{"agent": "pytest"}`' in text for text in audits), audits
