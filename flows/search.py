@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
@@ -48,6 +50,12 @@ def _search_now(request: SearchRequest, settings: Settings | None) -> list[Searc
 
 
 EXCERPT_CHARS = 200  # of a hit's text in the run's table artifact
+_HEADING = re.compile(r"(?:^|(?<=\s))#{1,6}\s+")
+
+
+def _excerpt(text: str) -> str:
+    """One line of plain text: the UI renders table cells as Markdown, where a leading '# ' is a heading."""
+    return _HEADING.sub("", " ".join(text.split()))[:EXCERPT_CHARS]
 
 
 @flow(name="search", persist_result=True)
@@ -60,6 +68,6 @@ def search(request: SearchRequest) -> list[dict]:
         key="search-hits", table=[{
             "rank": rank, "document": f"{h.document_id}#{h.seq}", "score": round(h.score, 4),
             "similarity": None if h.similarity is None else round(h.similarity, 4), "relevance": h.relevance,
-            "text": " ".join(h.text.split())[:EXCERPT_CHARS]} for rank, h in enumerate(hits, 1)],
+            "text": _excerpt(h.text)} for rank, h in enumerate(hits, 1)],
         description=f"{len(hits)} {request.mode} hits for {request.query[:200]!r} in tenant `{request.tenant}`")
     return [h.model_dump() for h in hits]
