@@ -143,8 +143,8 @@ def embeddings(context_id: str, principal: Reader, api: ApiState = Depends(api_s
             "next_offset": offset + len(rows) if len(rows) == limit else None}
 
 
-
-@router.post("/{context_id}/embeddings", status_code=201, response_model=StoredText, summary="Store a text you chunked")
+@router.post("/{context_id}/embeddings", status_code=201, response_model=StoredText,
+             summary="Store a text you chunked")
 def store_text(context_id: str, body: ContextTextBody, principal: Writer, api: ApiState = Depends(api_state)):
     """Embed and store one text at position `content_index` of the context (storing that position again replaces
     it; an unchanged text is not re-embedded). Context searches and similar-context searches then find it."""

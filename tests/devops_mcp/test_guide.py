@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -192,6 +193,8 @@ def register(blocks, monkeypatch) -> str:
 
 
 def test_the_guides_curl_calls_pass_as_written(stack):
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed here: the guide's calls are curl commands")
     [(language, script)] = [b for b in guide()["Obtaining API Keys"] if b[0] == "bash"]
     register_part, _, rest = script.partition("# Response includes your API key:")
     done = subprocess.run(["bash", "-c", register_part], capture_output=True, text=True, timeout=60)

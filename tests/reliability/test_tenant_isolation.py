@@ -349,9 +349,7 @@ ROUTE_CASES = {
     ("GET", "/healthz"): lambda w: _healthz_case(w),
     ("GET", "/metrics"): None,
     ("GET", "/openapi.json"): lambda w: _ok(w, w.http.get("/openapi.json")),
-    ("GET", "/docs"): lambda w: _ok(w, w.http.get("/docs")),
-    ("GET", "/docs/oauth2-redirect"): lambda w: _ok(w, w.http.get("/docs/oauth2-redirect")),
-    ("GET", "/redoc"): lambda w: _ok(w, w.http.get("/redoc")),
+    ("GET", "/docs"): lambda w: _ok(w, w.http.get("/docs")),  # its assets: a static mount (deployments/docs.py)
     # MCP: every tool is driven by test_mcp_every_tool below (streamable HTTP through this very route)
     ("POST", "/mcp"): None, ("GET", "/mcp"): None, ("DELETE", "/mcp"): None,
 }
