@@ -1,4 +1,6 @@
-"""Organizations and API keys: public registration (rate limited per client address) and admin key management."""
+"""Organizations and API keys: public registration (rate limited per client address; open, by invite or closed as
+Settings.tenancy.registration says; reserved names, look-alikes and the operator's tenants answer 409) and admin key
+management."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from deployments.api.auth import Admin, client_ip, retry_after
 from deployments.api.errors import ApiError
 from deployments.api.schemas import KeyCreate, KeyCreated, KeyList, Registered
 from deployments.api.state import ApiState, api_state
+from tasks.claims import RegistrationRefused, SlugUnavailable
 from tasks.tenancy import OrganizationCreate, create_key, list_keys, register_organization, revoke_key, rotate_key
 
 __all__ = ["router"]
@@ -24,9 +27,14 @@ def register(body: OrganizationCreate, request: Request, api: ApiState = Depends
     if wait:
         raise ApiError(429, "rate_limited", "too many registrations from this address", headers=retry_after(wait))
     try:
-        organization, key = register_organization(api.pool(), body, expires_days=api.settings.keys.rotation_days)
-    except InputError as exc:
-        raise ApiError(409, "slug_taken", "an organization with this slug exists", item=body.slug) from exc
+        organization, key = register_organization(api.pool(), body, api.claim_rules(),
+                                                  expires_days=api.settings.keys.rotation_days)
+    except RegistrationRefused as exc:
+        raise ApiError(403, exc.code, exc.message, item="registration") from None
+    except SlugUnavailable as exc:
+        raise ApiError(409, f"slug_{exc.reason}", exc.message, item=body.slug) from None
+    except InputError:
+        raise ApiError(409, "slug_taken", "an organization with this slug exists", item=body.slug) from None
     meta = organization.pop("key")
     return {"organization": organization, "api_key": key, "key": meta}
 

@@ -74,6 +74,7 @@ def test_up_webhook_to_searchable_issue_then_clean_stop(tmp_path):
         status = subprocess.run([sys.executable, "-m", "deployments.cli", "status", "--json"], cwd=ROOT, env=env,
                                 capture_output=True, text=True, timeout=60)
         assert status.returncode == 0 and json.loads(status.stdout)["up"], status.stdout + status.stderr
+        assert json.loads(status.stdout)["registration"].startswith("open"), status.stdout
         # every devmesh block type is in the UI's catalog
         auth = tuple((home / "prefect-auth").read_text().strip().split(":", 1))
         block_types = httpx.post(f"http://127.0.0.1:{prefect_port}/api/block_types/filter", json={}, auth=auth,
@@ -122,3 +123,4 @@ def test_up_webhook_to_searchable_issue_then_clean_stop(tmp_path):
             out, _ = stack.communicate()
     assert stack.returncode == 0, out
     assert "devmesh stopped" in out and not (home / "stack.json").exists()
+    assert "registration: open (anyone may register" in out, out

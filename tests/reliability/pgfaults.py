@@ -225,8 +225,17 @@ def start_on_volume(home: Path, free_bytes: int) -> tuple:
 
     store = PgVectorStore(home=str(home))
     pool = store.pool()
+    # The free space must not depend on where the schema's WAL ended: a zero-filled segment holds (up to 16 MB of)
+    # room the ingest's WAL would use without the volume noticing, and recycled segments too. So WAL files are
+    # written as they fill (wal_init_zero off: a new segment takes only the pages written) and removed, not
+    # recycled; the segment the schema wrote in is closed and removed at the checkpoint.
+    with psycopg.connect(url(home), autocommit=True) as conn:
+        for setting in ("wal_init_zero = off", "wal_recycle = off"):
+            conn.execute(f"ALTER SYSTEM SET {setting}")
+        conn.execute("SELECT pg_reload_conf()")
     ensure_schema(pool)
-    with pool.connection() as conn:
+    with psycopg.connect(url(home), autocommit=True) as conn:
+        conn.execute("SELECT pg_switch_wal()")
         conn.execute("CHECKPOINT")
     used = used_bytes(home.parent)
     resize_tmpfs(home.parent, used + free_bytes)
