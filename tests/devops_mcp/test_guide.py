@@ -144,8 +144,11 @@ def _wait_for_port(port: int, timeout: float = 30.0) -> None:
         time.sleep(0.2)
 
 
+CURL_SLUG = "my-ai-company"  # the guide's curl registers it
+
+
 @pytest.fixture
-def stack(pg_home, pool, monkeypatch):
+def stack(pg_home, pool, tenant, monkeypatch):
     with FakeOpenAIChat() as chat, FakeOpenAI(api_key="sk-guide-embed") as embeddings, \
             FakeGitHub(token="ghp_guide_token_0123456789") as github, FakeKubernetes() as cluster:
         github.add_repo(REPO)
@@ -160,7 +163,9 @@ def stack(pg_home, pool, monkeypatch):
             github=GitHubConnection(base_url=github.url, token=github.token, timeout=5, seconds_between_requests=0,
                                     seconds_between_writes=0),
             kubernetes=KubernetesConnection(kubeconfig=cluster.kubeconfig(), request_timeout=5))
-        app = make_app(settings, ops_policy=policy, ops_connections=connections)
+        # the policy and credentials of the organizations the tests register (the operator grants them)
+        app = make_app(settings, ops_policy={CURL_SLUG: policy, tenant: policy},
+                       ops_connections={CURL_SLUG: connections, tenant: connections})
         _wait_for_port(PORT)
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=PORT, log_config=None,
                                                log_level="warning", access_log=False, lifespan="on"))
@@ -180,10 +185,13 @@ def stack(pg_home, pool, monkeypatch):
             thread.join(15)
 
 
-def register(blocks, monkeypatch) -> str:
-    """The guide's registration body (its curl's -d), posted; the key goes where the guide reads it."""
+def register(blocks, monkeypatch, slug: str) -> str:
+    """The guide's registration body (its curl's -d) with this test's slug (a tenant that holds data, such as
+    append-only audit records, cannot be registered again), posted; the key goes where the guide reads it."""
     [(_, script)] = [b for b in blocks["Obtaining API Keys"] if b[0] == "bash"]
     body = json.loads(re.search(r"-d '(\{.*?\})'", script, re.S).group(1))
+    assert body["organization_slug"] == CURL_SLUG
+    body["organization_slug"] = slug
     answer = httpx.post(f"{BASE}/auth/register/organization", json=body)
     assert answer.status_code == 201, answer.text
     key = answer.json()["api_key"]
@@ -200,7 +208,7 @@ def test_the_guides_curl_calls_pass_as_written(stack):
     done = subprocess.run(["bash", "-c", register_part], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     registered = json.loads(done.stdout)
-    assert registered["api_key"].startswith("devmesh_") and registered["organization"]["tenant"] == "my-ai-company"
+    assert registered["api_key"].startswith("devmesh_") and registered["organization"]["tenant"] == CURL_SLUG
     # The guide's `export API_KEY="devmesh_xxxxx"` is its placeholder for the key just returned: fill it in.
     placeholder = 'export API_KEY="devmesh_xxxxx"'
     assert placeholder in rest
@@ -208,7 +216,7 @@ def test_the_guides_curl_calls_pass_as_written(stack):
     done = subprocess.run(["bash", "-c", rest], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     context = json.loads(done.stdout)
-    assert context["tenant"] == "my-ai-company" and context["message_count"] == 1
+    assert context["tenant"] == CURL_SLUG and context["message_count"] == 1
     page = httpx.get(f"{BASE}/contexts/{context['id']}",
                      headers={"Authorization": f"Bearer {registered['api_key']}"}).json()
     assert [m["content"] for m in page["messages"]] == ["AI agent context data"]
@@ -224,9 +232,9 @@ def _script_turns(chat: FakeOpenAIChat) -> None:
                      text="I've created an issue to track the TODO items we found in your codebase.")
 
 
-def test_the_guides_python_runs_as_written(stack, monkeypatch):
+def test_the_guides_python_runs_as_written(stack, monkeypatch, tenant):
     blocks = guide()
-    stack.key = register(blocks, monkeypatch)
+    stack.key = register(blocks, monkeypatch, tenant)
 
     # As written: section 7 hands section 6 the synchronous OpenAI() client, whose create() cannot be awaited.
     stack.chat.reply_text("unused: the request is sent, its answer cannot be awaited")
@@ -330,13 +338,13 @@ async def _multi_model_and_kubernetes(ns: dict, stack: Stack) -> None:
         ns["VectorClient"](base_url=BASE, model_id="claude-3-haiku")
 
 
-def test_the_guides_advanced_integrations_say_why_they_cannot_run(stack, monkeypatch):
+def test_the_guides_advanced_integrations_say_why_they_cannot_run(stack, monkeypatch, tenant):
     """The OpenAI Assistants API was shut down in 2026 (the fake answers as for any unknown route); the Claude
     example calls helpers it never defines."""
     import openai
 
     blocks = guide()
-    register(blocks, monkeypatch)
+    register(blocks, monkeypatch, tenant)
     namespace = load(blocks)
     exec(compile(python(blocks, "OpenAI Assistants API Integration"), "<guide: assistants>", "exec"), namespace)
     assistant = namespace["MCPOpenAIAssistant"](namespace["mcp_client"], stack.chat.api_key)
