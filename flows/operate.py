@@ -78,7 +78,8 @@ def approval_form(plan: Plan, operation_id: str, timeout_s: int) -> type[Approva
         f"## Approve `{plan.operation}` on `{plan.target}`?\n\n{plan.summary}\n\n{detail}\n\n"
         f"**This form does not approve.** An approver records the decision, which resumes this run:\n\n"
         f"```bash\ndevmesh approve {operation_id}\ndevmesh reject {operation_id}\n```\n\n"
-        f"(or `POST /api/v1/operations/{operation_id}/approve` with an admin API key). Resuming here without a "
+        f"(or `POST /api/v1/operations/{operation_id}/approve` with an admin API key of the organization, not the "
+        f"key that asked). Resuming here without a "
         f"recorded decision rejects the operation; so does no decision within {timeout_s} s. "
         f"Plan hash `{plan.digest()[:16]}`.")
     return ApprovalInput.with_initial_data(description=description, operation_id=operation_id)

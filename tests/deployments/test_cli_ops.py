@@ -82,8 +82,11 @@ def test_approvers_and_approve_errors(settings, tenant):
 
 
 def test_refusals_through_a_flow_run_print_one_error_line_and_no_traceback(aws_blocks, tenant, tmp_path):
-    """The default (flow-run) path: a denial ends the run Cancelled ("Denied") and the CLI prints `error: ...`;
-    bad input is refused before any flow run; no literal markup, no traceback."""
+    """The default (flow-run) path: a denial ends the run "Denied" and the CLI prints `error: ...`; bad input is
+    refused before any flow run; no literal markup, no traceback."""
+    granted = runner.invoke(app, ["tenants", "grant", tenant, "--policy", "devmesh-policy", "--aws-block",
+                                  "devmesh-aws"])
+    assert granted.exit_code == 0, granted.output
     denied = runner.invoke(app, ["op", "run", "aws.s3_put_object", "--tenant", tenant, "--execute",
                                  "--args", json.dumps({"bucket": "other-x", "key": "a", "body": "x"})])
     assert denied.exit_code == 3, denied.output
