@@ -33,7 +33,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from blocks.errors import AppError, AuthFailed, InputError, StoreError
+from blocks.errors import AppError, AuthFailed, InputError, KeyExpired, StoreError
 from blocks.policy import OperationPolicy
 from blocks.postgres import PgVectorStore
 from blocks.redact import redact
@@ -373,10 +373,11 @@ class McpHttpApp:
             return
         try:
             principal = await anyio.to_thread.run_sync(authenticate, self._pool, _key_from(dict(scope["headers"])))
-        except AuthFailed:
+        except AuthFailed as exc:
             self.lockout.failed(client)
-            await _respond(send, 401, "missing, invalid or revoked API key (Authorization: Bearer <key> or "
-                                      "X-API-Key)", [(b"www-authenticate", b'Bearer realm="devmesh"')])
+            said = str(exc).removeprefix("devmesh authenticate: ") if isinstance(exc, KeyExpired) else \
+                "missing, invalid or revoked API key (Authorization: Bearer <key> or X-API-Key)"
+            await _respond(send, 401, said, [(b"www-authenticate", b'Bearer realm="devmesh"')])
             return
         # no lockout.succeeded(client) here: as for REST (deployments/api/auth.py), a valid key must not launder guesses
         wait = self.limiter.take(principal.key_id, principal.rate_per_minute, principal.burst)

@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPBearer
 
-from blocks.errors import AuthFailed
+from blocks.errors import AuthFailed, KeyExpired
 from deployments.api.errors import ApiError
 from deployments.api.state import ApiState, api_state
 from tasks.tenancy import Principal, authenticate
@@ -60,6 +60,10 @@ def require(scope: str):
             raise ApiError(401, "unauthorized", UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
         try:
             principal = authenticate(api.pool(), key)
+        except KeyExpired as exc:  # its holder learns why: rotate it, rather than hunt for a typo
+            api.lockout.failed(ip)
+            raise ApiError(401, "key_expired", str(exc).removeprefix("devmesh authenticate: "),
+                           headers={"WWW-Authenticate": "Bearer"}) from None
         except AuthFailed:
             api.lockout.failed(ip)
             raise ApiError(401, "unauthorized", UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"}) from None
