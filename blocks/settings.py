@@ -8,8 +8,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["ChunkSettings", "SearchSettings", "IngestSettings", "OpsSettings", "GatewaySettings", "TracingSettings",
-           "Settings"]
+__all__ = ["AuditSettings", "ChunkSettings", "SearchSettings", "IngestSettings", "OpsSettings", "GatewaySettings",
+           "TracingSettings", "Settings"]
 
 
 class ChunkSettings(BaseModel):
@@ -89,6 +89,16 @@ class GatewaySettings(BaseModel):
         return SecretStr(token) if token else None
 
 
+class AuditSettings(BaseModel):
+    """The audit trail's signing key and where checkpoints of its head are kept (tasks/audit.py)."""
+
+    key_block: str = Field("devmesh-audit-key", min_length=1, description="Prefect Secret block holding the Ed25519 "
+                           "signing key (created on first use; `devmesh up` creates it at start-up).")
+    checkpoint_file: Path | None = Field(None, description="Append-only file of signed checkpoints of the trail's "
+                                         "head, written by each successful verify (default <home>/audit-checkpoints"
+                                         ".jsonl). Keep it where the database's administrators cannot write.")
+
+
 class TracingSettings(BaseModel):
     """OpenTelemetry traces of flows, tasks and provider calls (blocks/tracing.py); off by default."""
 
@@ -128,6 +138,7 @@ class Settings(BaseSettings):
     ops: OpsSettings = OpsSettings()
     gateway: GatewaySettings = GatewaySettings()
     tracing: TracingSettings = TracingSettings()
+    audit: AuditSettings = AuditSettings()
 
     @field_validator("tracing", mode="wrap")
     @classmethod

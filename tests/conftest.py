@@ -33,6 +33,19 @@ def _clean_env(monkeypatch):
             monkeypatch.delenv(key)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def audit_signing_key():
+    """One Ed25519 audit key for the session in place of the Secret block, so that appending an audit record needs
+    no Prefect API (tests of the block itself call use_audit_key(None) under prefect_harness)."""
+    from blocks.audit_key import AuditKey
+    from tasks.audit import use_audit_key
+
+    key = AuditKey.generate()
+    use_audit_key(key)
+    yield key
+    use_audit_key(None)
+
+
 @pytest.fixture(scope="session")
 def pg_home(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("devmesh-home")
