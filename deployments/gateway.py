@@ -35,10 +35,10 @@ from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from blocks.webhooks import GitHubWebhook
 from deployments.api import mount_api
+from deployments.api.errors import error_response
 from deployments.mcp_server import mcp_http_app
 from deployments.mcp_server import mount as mount_mcp
 from tasks.migrate import ensure_schema
-from tasks.ratelimit import AuthLockout, RateLimiter
 from tasks.webhook_events import Routes, event_name, to_event
 from tasks.webhooks import mark_emit_failed, mark_emitted, pending_deliveries, record_delivery
 
@@ -108,8 +108,13 @@ class RequestMetrics:
                 time.perf_counter() - started)
 
 
-def _problem(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
+_PROBLEM_CODES = {401: "invalid_signature", 413: "payload_too_large", 415: "unsupported_media_type",
+                  400: "bad_request"}
+
+
+def _problem(request: Request, status: int, message: str, item: str, code: str | None = None) -> JSONResponse:
+    """A refused delivery, in the API's one error body (code, message, the item at fault, the request id)."""
+    return error_response(request, status, code or _PROBLEM_CODES[status], message, item=item)
 
 
 class Outbox:
@@ -160,6 +165,16 @@ class Outbox:
         return len(ids)
 
 
+async def _prune_admission(state: dict[str, Any], every_s: float = 300.0) -> None:
+    """Forget full buckets, spent failures and old sightings of the shared admission state (any replica may)."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await asyncio.to_thread(state["admission"].prune)
+        except Exception as exc:  # the database is down: the next round tries again
+            log.warning("pruning the admission state failed: %s", exc)
+
+
 def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | None = None,
                emit: Emit | None = None, routes: Routes | None = None) -> FastAPI:
     """The gateway app. Without arguments it reads Settings, loads the webhook block by name and emits to the
@@ -178,14 +193,16 @@ def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | Non
         outbox = Outbox(state["pool"], sender, settings)
         state["outbox"] = outbox
         runner = asyncio.create_task(outbox.run(), name="devmesh-outbox")
+        pruner = asyncio.create_task(_prune_admission(state), name="devmesh-admission-prune")
         try:
             yield
         finally:
-            runner.cancel()
-            try:
-                await runner
-            except asyncio.CancelledError:
-                pass
+            for task in (runner, pruner):
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
             try:  # one last attempt, so a clean shutdown leaves nothing behind that could be sent
                 await asyncio.wait_for(outbox.flush_once(), timeout=5)
             except Exception:
@@ -196,9 +213,8 @@ def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | Non
 
     app = FastAPI(title="devmesh gateway", lifespan=lifespan)
     app.state.devmesh = state
-    state["limiter"], state["lockout"] = RateLimiter(), AuthLockout()
-    mount_api(app, state, settings)  # the REST API under /api/v1 (deployments/api)
-    mount_mcp(app, mcp_http_app(settings, limiter=state["limiter"], lockout=state["lockout"]))  # MCP at /mcp
+    api = mount_api(app, state, settings)  # the REST API under /api/v1 (deployments/api)
+    mount_mcp(app, mcp_http_app(settings, gate=api.gate))  # MCP at /mcp, behind the same admission gate
     app.add_middleware(RequestMetrics)
 
     @app.get("/healthz")
@@ -214,8 +230,8 @@ def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | Non
         scheme, _, credentials = request.headers.get("authorization", "").strip().partition(" ")
         if token is not None and not (scheme.lower() == "bearer" and hmac.compare_digest(  # RFC 6750: any case
                 credentials.strip().encode(), token.get_secret_value().encode())):
-            return JSONResponse({"error": "unauthorized", "detail": "GET /metrics needs the metrics bearer token"},
-                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            return error_response(request, 401, "unauthorized", "GET /metrics needs the metrics bearer token",
+                                  item="Authorization", headers={"WWW-Authenticate": "Bearer"})
         body, content_type = exposition()
         return Response(body, media_type=content_type)
 
@@ -232,29 +248,30 @@ def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | Non
         hook: GitHubWebhook = state["webhook"]
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > hook.max_body_bytes:
-            return _problem(413, f"body larger than {hook.max_body_bytes} bytes")
+            return _problem(request, 413, f"body larger than {hook.max_body_bytes} bytes", "body")
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > hook.max_body_bytes:
-                return _problem(413, f"body larger than {hook.max_body_bytes} bytes")
+                return _problem(request, 413, f"body larger than {hook.max_body_bytes} bytes", "body")
         if not hook.verify(bytes(body), request.headers.get("x-hub-signature-256")):
-            return _problem(401, "missing or invalid X-Hub-Signature-256")
+            return _problem(request, 401, "missing or invalid X-Hub-Signature-256", "X-Hub-Signature-256")
         event = request.headers.get("x-github-event", "")
         delivery = request.headers.get("x-github-delivery", "")
         if not EVENT.match(event):
-            return _problem(400, "missing or invalid X-GitHub-Event header")
+            return _problem(request, 400, "missing or invalid X-GitHub-Event header", "X-GitHub-Event")
         if not DELIVERY_ID.match(delivery):
-            return _problem(400, "missing or invalid X-GitHub-Delivery header")
+            return _problem(request, 400, "missing or invalid X-GitHub-Delivery header", "X-GitHub-Delivery")
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-            return _problem(415, "content type must be application/json (set it in the webhook's settings)")
+            return _problem(request, 415, "content type must be application/json (set it in the webhook's settings)",
+                            "Content-Type")
         try:
             text = body.decode("utf-8")
             payload = json.loads(text)
         except (ValueError, RecursionError) as exc:
-            return _problem(400, f"invalid JSON: {str(exc)[:200]}")
+            return _problem(request, 400, f"invalid JSON: {str(exc)[:200]}", "body", "malformed_json")
         if not isinstance(payload, dict):
-            return _problem(400, "the payload must be a JSON object")
+            return _problem(request, 400, "the payload must be a JSON object", "body", "invalid_payload")
         if event == "ping":
             return JSONResponse({"ok": True, "zen": payload.get("zen")}, status_code=200)
         action = payload.get("action") if isinstance(payload.get("action"), str) else None
@@ -267,7 +284,8 @@ def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | Non
                                         repository=repository, tenant=hook.tenant_for(repository), payload_json=text,
                                         route=route)
         except psycopg.errors.UntranslatableCharacter:
-            return _problem(400, "the payload contains \\u0000, which cannot be stored")
+            return _problem(request, 400, "the payload contains \\u0000, which cannot be stored", "body",
+                            "invalid_payload")
         if not new:
             return JSONResponse({"delivery_id": delivery, "status": "duplicate"}, status_code=200)
         if route:

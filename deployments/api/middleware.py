@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import uuid
@@ -16,6 +15,8 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from deployments.api.errors import error_body
 
 __all__ = ["MAX_BODY", "RequestContext"]
 
@@ -25,7 +26,7 @@ _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def _error(status: int, code: str, message: str, request_id: str) -> tuple[dict, bytes]:
-    body = json.dumps({"error": {"code": code, "message": message, "item": None, "request_id": request_id}}).encode()
+    body = error_body(code, message, request_id=request_id)
     start = {"type": "http.response.start", "status": status,
              "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
     return start, body

@@ -10,7 +10,8 @@ Outcomes:
     handled   accepted and dealt with safely (stored as inert data, skipped, or answered without leaking)
     server_error  a 5xx, a crash, an unexpected exception: always a failure
 Around every case the row count of every table is taken before and after: a table outside the case's
-`may_store` set that changed is "stored that should not be" (always a failure). Denied operations are expected to
+`may_store` set (and outside the admission gate's own records, ADMISSION) that changed is "stored that should not
+be" (always a failure). Denied operations are expected to
 leave exactly their audit trail (operations + audit_log, checked by the driver to say "denied").
 
 `run_corpus(env)` returns one result per case; `tally(results)` the counts per surface × category. The test
@@ -45,6 +46,9 @@ SQL2 = "1); DELETE FROM documents WHERE (1=1"
 NESTED = b"[" * 100_000 + b"]" * 100_000
 NESTED_OBJ = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
 AUDIT = frozenset({"operations", "audit_log"})
+# the admission gate's own records (buckets, failed authentications, sightings of a key at an address): every
+# request through the gate may write them, refused or not (they are what a refusal records)
+ADMISSION = frozenset({"admission_buckets", "admission_failures", "admission_seen"})
 STORE = frozenset({"documents", "chunks", "embeddings", "term_stats", "tenant_stats"})
 CONTEXT = frozenset({"contexts", "context_messages"}) | STORE
 NEW_CONTEXT = frozenset({"contexts", "documents"})  # a context is created with its (empty) document
@@ -138,7 +142,6 @@ def hostile_env(settings, workdir: Path):
     from deployments.mcp_server import McpHttpApp, _scope_principal, build_server
     from tasks.migrate import ensure_schema
     from tasks.ops.base import Connections
-    from tasks.ratelimit import AuthLockout, RateLimiter
     from tasks.webhook_events import Routes
     from tests.factories import FakeEmbedder
     from tests.fakes import FakeGitHub, FakeKubernetes, FakeOpenAIChat
@@ -158,15 +161,18 @@ def hostile_env(settings, workdir: Path):
                                     seconds_between_writes=0),
             kubernetes=KubernetesConnection(kubeconfig=kube.kubeconfig(), request_timeout=5))
         hook = GitHubWebhook(secrets=[SecretStr(SECRET)], max_body_bytes=1024 * 1024)
+        # generous limits (the corpus is one client); TestClient's Host is "testserver", an allowed MCP host here
+        generous = settings.admission.model_copy(update={
+            "rate_per_minute": 10**6, "burst": 10**6, "max_failures": 10**9, "register_rate_per_minute": 10**6,
+            "register_burst": 10**6})
+        hosts = settings.gateway.model_copy(update={"mcp_allowed_hosts": ["testserver"]})
+        settings = settings.model_copy(update={"admission": generous, "gateway": hosts})
         app = create_app(settings, webhook=hook, emit=_no_emit, routes=Routes.from_prefect_yaml(ROOT / "prefect.yaml"))
-        generous = (RateLimiter(rate_per_minute=10**6, burst=10**6), AuthLockout(max_failures=10**9))
-        app.state.devmesh.update(limiter=generous[0], lockout=generous[1], register_rate=(10**6, 10**6),
-                                 ops_policy=the_policy, ops_connections=conns)
+        app.state.devmesh.update(ops_policy=the_policy, ops_connections=conns)
         mcp = next(r.app for r in app.router.routes if getattr(r, "path", None) == "/mcp")
         assert isinstance(mcp, McpHttpApp)
         # the gateway builds its MCP server from the settings' blocks; the corpus gives it the fakes and the policy
         mcp.server = build_server(_scope_principal, settings, conns, the_policy)
-        mcp.limiter, mcp.lockout = generous
         llm = OpenAIChat(api_key=chat.api_key, base_url=f"{chat.url}/v1", model="gpt-test", timeout=5)
         with TestClient(app) as http:
             tenant, victim = f"h-{uuid.uuid4().hex[:8]}", f"v-{uuid.uuid4().hex[:8]}"
@@ -1040,7 +1046,7 @@ def run_case(env: Env, case: Case) -> dict[str, Any]:
         outcome = Outcome("server_error", f"{type(exc).__name__}: {str(exc)[:400]}")
     after = table_counts(env.pool)
     delta = {t: after.get(t, 0) - before.get(t, 0) for t in after if after.get(t, 0) != before.get(t, 0)}
-    unexpected = {t: d for t, d in delta.items() if t not in case.may_store}
+    unexpected = {t: d for t, d in delta.items() if t not in case.may_store and t not in ADMISSION}
     if outcome.verdict == "refused" and case.may_store == AUDIT and not unexpected:
         audited = delta.get("audit_log", 0)
         if case.surface != "assistant" and audited < 1 and "OperationDenied" in outcome.detail:
