@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["AdmissionSettings", "AuditSettings", "ChunkSettings", "SearchSettings", "IngestSettings", "OpsSettings", "GatewaySettings",
+__all__ = ["AdmissionSettings", "AuditSettings", "ChunkSettings", "ContextSettings", "SearchSettings", "IngestSettings", "OpsSettings", "GatewaySettings",
            "TracingSettings", "Settings"]
 
 
@@ -51,6 +51,15 @@ class IngestSettings(BaseModel):
     index_memory_mb: int | None = Field(
         None, ge=64, le=1048576, description="Most maintenance_work_mem (MB) an index build asks of the server. "
         "Unset: a quarter of this machine's RAM for the embedded server, 1024 for an external one.")
+
+
+class ContextSettings(BaseModel):
+    """Caps of one append to a conversation context (REST, MCP, Memory): it is chunked and embedded while the request
+    waits, so its size bounds the request's time (10,000 messages took 236 s on two cores)."""
+
+    max_append_messages: int = Field(500, ge=1, le=10_000, description="Messages per append; more: 422 naming it.")
+    max_append_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024,
+                                  description="UTF-8 bytes of message content per append; more: 422 naming it.")
 
 
 class OpsSettings(BaseModel):
@@ -197,6 +206,7 @@ class Settings(BaseSettings):
     search: SearchSettings = SearchSettings()
     ingest: IngestSettings = IngestSettings()
     ops: OpsSettings = OpsSettings()
+    contexts: ContextSettings = ContextSettings()
     gateway: GatewaySettings = GatewaySettings()
     tracing: TracingSettings = TracingSettings()
     audit: AuditSettings = AuditSettings()

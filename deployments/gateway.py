@@ -36,6 +36,7 @@ from blocks.settings import Settings
 from blocks.webhooks import GitHubWebhook
 from deployments.api import mount_api
 from deployments.api.errors import error_response
+from deployments.api.middleware import Deadline
 from deployments.mcp_server import mcp_http_app
 from deployments.mcp_server import mount as mount_mcp
 from tasks.migrate import ensure_schema
@@ -213,6 +214,7 @@ def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | Non
 
     app = FastAPI(title="devmesh gateway", lifespan=lifespan)
     app.state.devmesh = state
+    app.add_middleware(Deadline, seconds=settings.gateway.request_deadline_s)  # inside RequestContext (its id)
     api = mount_api(app, state, settings)  # the REST API under /api/v1 (deployments/api)
     mount_mcp(app, mcp_http_app(settings, gate=api.gate))  # MCP at /mcp, behind the same admission gate
     app.add_middleware(RequestMetrics)

@@ -215,8 +215,8 @@ def up(settings: Settings | None = None, *, gateway_port: int | None = None, pre
         # else an early delivery finds no trigger to run it
         wait_for_deployments(serving.process, env["PREFECT_API_URL"], (user, password), timeout=180)
         gateway = Component("gateway", subprocess.Popen(
-            [python, "-m", "uvicorn", "--factory", "deployments.gateway:create_app", "--host", settings.gateway.host,
-             "--port", str(gateway_port), "--no-access-log"], env=env, stdout=_log(home, "gateway"),
+            [python, "-m", "deployments.gateway_server", "--host", settings.gateway.host, "--port", str(gateway_port)],
+            env=env, stdout=_log(home, "gateway"),
             stderr=subprocess.STDOUT), f"http://{settings.gateway.host}:{gateway_port}/healthz")
         components.append(gateway)
         _wait(gateway, None, 120)

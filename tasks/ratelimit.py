@@ -17,6 +17,7 @@ A success never lowers the score (a valid key cannot launder guesses).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from blocks.settings import AdmissionSettings
 
 __all__ = ["Admission", "Verdict"]
 
+log = logging.getLogger("devmesh.admission")
 _NOW = "coalesce(%(now)s::float8, extract(epoch FROM clock_timestamp()))"
 _REFILLED = "least(%(burst)s::float8, b.tokens + greatest(EXCLUDED.stamp - b.stamp, 0) * %(rate)s)"
 _UPSERT_BUCKET = f"""
@@ -135,7 +137,10 @@ class Admission:
         this failure is answered as a plain 401 even when it locks the address from now on)."""
         params = self._params(address=address, max=self.settings.max_failures, lock=self.settings.lockout_s)
         with self.pool().connection() as conn:
-            already, _ = conn.execute(FAIL, params).fetchone()
+            already, locked = conn.execute(FAIL, params).fetchone()
+        if locked and not already:
+            log.warning("client address %s locked out for %.0f s: %s failed authentications in quick succession",
+                        address, locked, self.settings.max_failures)
         return already
 
     def prune(self) -> int:
