@@ -109,13 +109,22 @@ class RequestMetrics:
                 time.perf_counter() - started)
 
 
-_PROBLEM_CODES = {401: "invalid_signature", 413: "payload_too_large", 415: "unsupported_media_type",
-                  400: "bad_request"}
+# status -> (code, item at fault) of a refused delivery, unless _problem is told otherwise
+_PROBLEMS = {401: ("invalid_signature", "X-Hub-Signature-256"), 413: ("payload_too_large", "body"),
+             415: ("unsupported_media_type", "Content-Type"), 400: ("bad_request", None)}
 
 
-def _problem(request: Request, status: int, message: str, item: str, code: str | None = None) -> JSONResponse:
-    """A refused delivery, in the API's one error body (code, message, the item at fault, the request id)."""
-    return error_response(request, status, code or _PROBLEM_CODES[status], message, item=item)
+class _Problem(JSONResponse):
+    """A refused delivery; the endpoint answers it in the API's one error body (error_response adds the id)."""
+
+    def __init__(self, status: int, message: str, item: str | None, code: str | None):
+        default_code, default_item = _PROBLEMS[status]
+        self.code, self.message, self.item = code or default_code, message, item or default_item
+        super().__init__(None, status_code=status)
+
+
+def _problem(status: int, message: str, item: str | None = None, code: str | None = None) -> _Problem:
+    return _Problem(status, message, item, code)
 
 
 class Outbox:
@@ -240,6 +249,9 @@ def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | Non
     @app.post("/webhooks/github")
     async def github_webhook(request: Request):
         response = await _receive(request)
+        if isinstance(response, _Problem):
+            response = error_response(request, response.status_code, response.code, response.message,
+                                      item=response.item)
         outcome = OUTCOMES.get(response.status_code, "error")
         if response.status_code == 202 and b'"ignored"' in response.body:
             outcome = "ignored"
@@ -250,30 +262,29 @@ def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | Non
         hook: GitHubWebhook = state["webhook"]
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > hook.max_body_bytes:
-            return _problem(request, 413, f"body larger than {hook.max_body_bytes} bytes", "body")
+            return _problem(413, f"body larger than {hook.max_body_bytes} bytes")
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > hook.max_body_bytes:
-                return _problem(request, 413, f"body larger than {hook.max_body_bytes} bytes", "body")
+                return _problem(413, f"body larger than {hook.max_body_bytes} bytes")
         if not hook.verify(bytes(body), request.headers.get("x-hub-signature-256")):
-            return _problem(request, 401, "missing or invalid X-Hub-Signature-256", "X-Hub-Signature-256")
+            return _problem(401, "missing or invalid X-Hub-Signature-256")
         event = request.headers.get("x-github-event", "")
         delivery = request.headers.get("x-github-delivery", "")
         if not EVENT.match(event):
-            return _problem(request, 400, "missing or invalid X-GitHub-Event header", "X-GitHub-Event")
+            return _problem(400, "missing or invalid X-GitHub-Event header", "X-GitHub-Event")
         if not DELIVERY_ID.match(delivery):
-            return _problem(request, 400, "missing or invalid X-GitHub-Delivery header", "X-GitHub-Delivery")
+            return _problem(400, "missing or invalid X-GitHub-Delivery header", "X-GitHub-Delivery")
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-            return _problem(request, 415, "content type must be application/json (set it in the webhook's settings)",
-                            "Content-Type")
+            return _problem(415, "content type must be application/json (set it in the webhook's settings)")
         try:
             text = body.decode("utf-8")
             payload = json.loads(text)
         except (ValueError, RecursionError) as exc:
-            return _problem(request, 400, f"invalid JSON: {str(exc)[:200]}", "body", "malformed_json")
+            return _problem(400, f"invalid JSON: {str(exc)[:200]}", "body", "malformed_json")
         if not isinstance(payload, dict):
-            return _problem(request, 400, "the payload must be a JSON object", "body", "invalid_payload")
+            return _problem(400, "the payload must be a JSON object", "body", "invalid_payload")
         if event == "ping":
             return JSONResponse({"ok": True, "zen": payload.get("zen")}, status_code=200)
         action = payload.get("action") if isinstance(payload.get("action"), str) else None
@@ -286,8 +297,7 @@ def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | Non
                                         repository=repository, tenant=hook.tenant_for(repository), payload_json=text,
                                         route=route)
         except psycopg.errors.UntranslatableCharacter:
-            return _problem(request, 400, "the payload contains \\u0000, which cannot be stored", "body",
-                            "invalid_payload")
+            return _problem(400, "the payload contains \\u0000, which cannot be stored", "body", "invalid_payload")
         if not new:
             return JSONResponse({"delivery_id": delivery, "status": "duplicate"}, status_code=200)
         if route:
