@@ -3,10 +3,10 @@
 1. In-process: `Admission.admit` (the one statement: lockout check, the key's bucket, the sighting) against
    `authenticate` (the key lookup every request already paid) and an in-memory token bucket (the state before
    issue 17, per process), `n` calls each, p50 / p99.
-2. Through REST, old path against new in one run: the gateway (its own process, loopback) answers `n` sequential
-   `GET /api/v1/contexts?limit=1` with the shared state, then a second gateway with the in-memory stand-in below
-   (bench only); then `clients` concurrent clients for `seconds` on one key (one hot bucket row) and on one key
-   each, against each gateway.
+2. Through REST, old path against new in one run: two gateways (their own processes, loopback), one with the
+   shared state and one with the in-memory stand-in below (bench only), answer `n` sequential
+   `GET /api/v1/contexts?limit=1` each, alternating between them so that both see the same load; then
+   `clients` concurrent clients for `seconds` on one key (one hot bucket row) and on a key each, against each.
 
     python -m bench.admission            # prints the JSON; `python -m bench.run --only admission` renders it
 """
@@ -121,20 +121,6 @@ def _keys(pool, count: int) -> list[tuple[str, str]]:
     return out
 
 
-async def _sequential(port: int, key: str, n: int) -> dict:
-    conn = await HttpConnection.open(port)
-    latencies, statuses = [], Counter()
-    try:
-        for _ in range(n):
-            start = time.perf_counter()
-            status, _ = await conn.request("GET", "/api/v1/contexts?limit=1", {"Authorization": f"Bearer {key}"})
-            latencies.append(time.perf_counter() - start)
-            statuses[status] += 1
-    finally:
-        conn.close()
-    return {"requests": n, "statuses": dict(statuses), **_percentiles(latencies)}
-
-
 async def _concurrent(port: int, keys: list[str], clients: int, seconds: float) -> dict:
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
@@ -160,33 +146,72 @@ async def _concurrent(port: int, keys: list[str], clients: int, seconds: float) 
             **_percentiles(latencies)}
 
 
-def _through_rest(settings, variant: str, keys: list[str], n: int, clients: int, seconds: float, log) -> dict:
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-c", f"from bench.admission import serve; serve({port})"], cwd=ROOT,
-                              env={**os.environ, "DEVMESH_BENCH_SETTINGS": settings.model_dump_json(),
-                                   "DEVMESH_BENCH_ADMISSION": variant})
-    try:
+class _Server:
+    """A gateway in its own process (serve above), the shared state or the in-memory stand-in."""
+
+    def __init__(self, settings, variant: str):
+        self.variant, self.port = variant, _free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", f"from bench.admission import serve; serve({self.port})"], cwd=ROOT,
+            env={**os.environ, "DEVMESH_BENCH_SETTINGS": settings.model_dump_json(), "DEVMESH_BENCH_ADMISSION": variant})
+
+    def wait(self) -> None:
         deadline = time.monotonic() + 120
         while True:
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
             except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("the gateway did not start") from None
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(f"the {self.variant} gateway did not start") from None
                 time.sleep(0.3)
-        log(f"admission: {variant} state: {n} sequential requests, then {clients} clients for {seconds:.0f} s")
-        asyncio.run(_sequential(port, keys[0], 50))  # warm-up
-        return {"sequential": asyncio.run(_sequential(port, keys[0], n)),
-                "one_key": asyncio.run(_concurrent(port, keys[:1], clients, seconds)),
-                "key_each": asyncio.run(_concurrent(port, keys, clients, seconds))}
-    finally:
-        server.terminate()
+
+    def stop(self) -> None:
+        self.process.terminate()
         try:
-            server.wait(30)
+            self.process.wait(30)
         except subprocess.TimeoutExpired:
-            server.kill()
+            self.process.kill()
+            self.process.wait()
+
+
+async def _paired(servers: list[_Server], key: str, n: int) -> dict[str, dict]:
+    """`n` sequential requests to each server, alternating (which goes first alternates too), so that both see
+    the same load of a shared machine."""
+    conns = [await HttpConnection.open(s.port) for s in servers]
+    latencies: dict[str, list[float]] = {s.variant: [] for s in servers}
+    statuses: dict[str, Counter] = {s.variant: Counter() for s in servers}
+    headers = {"Authorization": f"Bearer {key}"}
+    try:
+        for i in range(n):
+            for server, conn in (zip(servers, conns) if i % 2 else reversed(list(zip(servers, conns)))):
+                start = time.perf_counter()
+                status, _ = await conn.request("GET", "/api/v1/contexts?limit=1", headers)
+                latencies[server.variant].append(time.perf_counter() - start)
+                statuses[server.variant][status] += 1
+    finally:
+        for conn in conns:
+            conn.close()
+    return {v: {"requests": n, "statuses": dict(statuses[v]), **_percentiles(latencies[v])} for v in latencies}
+
+
+def _through_rest(settings, keys: list[str], n: int, clients: int, seconds: float, log) -> dict:
+    servers = [_Server(settings, variant) for variant in ("postgres", "memory")]
+    try:
+        for server in servers:
             server.wait()
+        log(f"admission: {n} sequential requests to each gateway, alternating")
+        asyncio.run(_paired(servers, keys[0], 50))  # warm-up
+        out = {variant: {"sequential": measured} for variant, measured in
+               asyncio.run(_paired(servers, keys[0], n)).items()}
+        for server in servers:
+            log(f"admission: {server.variant} state: {clients} clients for {seconds:.0f} s, one key then a key each")
+            out[server.variant]["one_key"] = asyncio.run(_concurrent(server.port, keys[:1], clients, seconds))
+            out[server.variant]["key_each"] = asyncio.run(_concurrent(server.port, keys, clients, seconds))
+        return out
+    finally:
+        for server in servers:
+            server.stop()
 
 
 def measure_admission(settings, n: int = 2000, clients: int = 32, seconds: float = 10, log=print) -> dict:
@@ -207,8 +232,7 @@ def measure_admission(settings, n: int = 2000, clients: int = 32, seconds: float
         "shared_admit": _timed(lambda: shared.admit("127.0.0.1", key_id, 1_000_000, 1_000_000), n),
         "memory_take": _timed(lambda: memory.admit("127.0.0.1", key_id, 1_000_000, 1_000_000), n),
     }
-    rest = {variant: _through_rest(settings, variant, [k for k, _ in keys], n, clients, seconds, log)
-            for variant in ("postgres", "memory")}
+    rest = _through_rest(settings, [k for k, _ in keys], n, clients, seconds, log)
     added = {p: round(rest["postgres"]["sequential"][p] - rest["memory"]["sequential"][p], 3)
              for p in ("p50_ms", "p99_ms")}
     return {"in_process": in_process, "rest": rest, "rest_added": added, "cores": os.cpu_count(),

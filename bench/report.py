@@ -255,9 +255,9 @@ def _md_admission(r: dict) -> str:
         f"## {TITLES['admission']}", "",
         "`bench/admission.py`: the admission state every gateway replica shares (tasks/ratelimit.py), in-process "
         f"({ip['authenticate']['calls']:,} calls each) and through REST: `GET /api/v1/contexts?limit=1` against the "
-        "gateway served as `devmesh up` serves it, once with the shared state and once with the in-memory stand-in "
-        f"of the old path, in the same run; then {clients} concurrent keep-alive clients on one key (one hot "
-        "bucket row) and on a key each.", "",
+        "gateway served as `devmesh up` serves it, two gateways side by side — one with the shared state, one with "
+        "the in-memory stand-in of the old path — answering alternate requests, so that both see the same load; "
+        f"then {clients} concurrent keep-alive clients on one key (one hot bucket row) and on a key each.", "",
         _table(["in-process call", "p50 ms", "p99 ms"], calls), "",
         _table(["gateway", "sequential p50 ms", "sequential p99 ms", f"{clients} clients, one key: req/s",
                 f"{clients} clients, a key each: req/s"], rest), "",
