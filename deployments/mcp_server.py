@@ -489,9 +489,12 @@ def main(argv: list[str] | None = None) -> int:
         import uvicorn
         from starlette.applications import Starlette
 
+        from deployments.gateway_server import uvicorn_config
+
         app = Starlette()
         mount(app, mcp_http_app(settings))
-        uvicorn.run(app, host=args.host or settings.gateway.host, port=args.port or settings.gateway.port)
+        # the gateway's server settings: read timeouts, and uvicorn's own X-Forwarded-For trust off
+        uvicorn.Server(uvicorn_config(settings, app=app, host=args.host, port=args.port)).run()
         return 0
     key = os.environ.get("DEVMESH_API_KEY", "").strip()
     if not key:

@@ -142,12 +142,12 @@ def _dump_all(pool) -> str:
 
 # -- a served gateway --------------------------------------------------------------------------------------------
 
-def serve(app):
-    """Run `app` under uvicorn on 127.0.0.1 (lifespan on); yields the base URL."""
+def serve(app, config: uvicorn.Config | None = None):
+    """Run `app` under uvicorn on 127.0.0.1 (lifespan on; `config`: its own uvicorn Config); yields the base URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning", access_log=False,
-                                           lifespan="on"))
+    server = uvicorn.Server(config or uvicorn.Config(app, log_config=None, log_level="warning", access_log=False,
+                                                     lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -18,7 +18,6 @@ import time
 
 import httpx
 import numpy as np
-import uvicorn
 from pydantic import SecretStr
 
 from blocks.embedders import register_embedder
@@ -29,6 +28,7 @@ from deployments.gateway_server import uvicorn_config
 from tests.deployments.test_api import API, _no_emit, register
 from tests.factories import FakeEmbedder
 from tests.reliability.hostile import ADMISSION, table_counts
+from tests.reliability.test_tenant_isolation import serve
 
 HELD = threading.Event()  # the held embedder waits for it
 
@@ -51,21 +51,10 @@ def limited(settings: Settings, **gateway) -> Settings:
 def served(settings: Settings):
     """The gateway under uvicorn with the gateway server's config; yields (host, port)."""
     app = create_app(settings, webhook=GitHubWebhook(secrets=[SecretStr("slow-client-test-secret")]), emit=_no_emit)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn_config(settings, app=app, host="127.0.0.1", log_config=None, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield sock.getsockname()
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    config = uvicorn_config(settings, app=app, host="127.0.0.1", log_config=None, log_level="warning")
+    for url in serve(app, config):
+        host, _, port = url.removeprefix("http://").partition(":")
+        yield host, int(port)
 
 
 def read_until_closed(conn: socket.socket, within: float) -> tuple[bytes, float]:
