@@ -31,6 +31,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from blocks.audit_key import AuditKey, load_or_create_audit_key
+from blocks.errors import ConfigError
 from blocks.settings import Settings
 
 __all__ = ["AuditReport", "GENESIS", "RECORD_CONTEXT", "append_audit", "audit_key", "read_audit", "use_audit_key",
@@ -62,7 +63,13 @@ def audit_key(block_name: str | None = None) -> AuditKey:
     name = block_name or Settings().audit.key_block
     with _key_lock:
         if name not in _loaded:
-            _loaded[name], _ = load_or_create_audit_key(name)
+            try:
+                _loaded[name], _ = load_or_create_audit_key(name)
+            except ConfigError:
+                raise
+            except Exception as exc:  # the Prefect API is down or refused: no key, so nothing may be audited
+                raise ConfigError(f"cannot load the audit key from Prefect Secret block {name!r} "
+                                  f"({type(exc).__name__}: {str(exc)[:200]}); nothing is audited without it") from exc
         return _loaded[name]
 
 

@@ -8,6 +8,7 @@ key existed keep verifying, reported as unauthenticated legacy records.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import uuid
@@ -250,3 +251,50 @@ def test_the_daily_verify_run_checkpoints_the_head_and_fails_on_a_truncated_tail
     superuser(connect, "DELETE FROM audit_log WHERE seq = 3")
     with pytest.raises(AuditBroken, match=r"truncated.*records 3\.\.3 were deleted"):
         verify_audit_trail()
+
+
+def test_an_operation_that_could_not_be_audited_does_not_start(settings, pool, tenant):
+    """Without its key (the Prefect API down at first use) nothing can be signed: the guard refuses before it
+    plans, so nothing is stored and nothing reaches the provider."""
+    import boto3
+    from moto import mock_aws
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+    from prefect_aws import AwsCredentials
+
+    from blocks.errors import ConfigError
+    from blocks.policy import OperationPolicy
+    from flows.operate import OperateRequest, run_operation
+    from tasks.ops.base import Connections
+
+    with socket_closed_port() as port, mock_aws():
+        s3 = boto3.client("s3", region_name="eu-west-1")
+        s3.create_bucket(Bucket="acme-data", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+        conns = Connections(aws=AwsCredentials(aws_access_key_id="AKIATEST", aws_secret_access_key="secret-value-1",
+                                               region_name="eu-west-1"))
+        policy = OperationPolicy(operations=["aws.*"], aws_regions=["eu-west-1"], aws_buckets=["acme-*"])
+        request = OperateRequest(operation="aws.s3_put_object", tenant=tenant, dry_run=False, actor={"agent": "t"},
+                                 arguments={"bucket": "acme-data", "key": "x.txt", "body": "unaudited"})
+        previous = audit_key()
+        use_audit_key(None)
+        block = f"audit-key-unreachable-{uuid.uuid4().hex[:6]}"
+        try:
+            with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{port}/api", PREFECT_CLIENT_MAX_RETRIES: 0}):
+                with pytest.raises(ConfigError, match=f"cannot load the audit key from Prefect Secret block '{block}'"):
+                    run_operation(request, settings.model_copy(update={"audit": settings.audit.model_copy(
+                        update={"key_block": block})}), connections=conns, policy=policy)
+        finally:
+            use_audit_key(previous)
+        assert s3.list_objects_v2(Bucket="acme-data").get("KeyCount") == 0
+    with pool.connection() as conn:
+        assert conn.execute("SELECT count(*) FROM operations WHERE tenant_id = %s", [tenant]).fetchone()[0] == 0
+
+
+@contextlib.contextmanager
+def socket_closed_port():
+    """A loopback port nothing listens on."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    yield port
