@@ -1,7 +1,11 @@
 """The operation policy: default deny, allowlists (globs), caps, and which operations need a human's approval.
 
-A Prefect block, so operators edit it in the UI or in code; `evaluate` is a pure function of the policy, the
-plan and recent counts, so it is tested on its own (tests/blocks/test_policy.py, property-based).
+A Prefect block, so operators edit it in the UI or in code. Two pure functions judge an operation:
+`precheck(operation, mutating, facts)` before anything is planned, on the facts the typed input fixes (operation,
+repository, namespace, kind, images, region, bucket, service, replicas), so that nothing the static rules deny is
+ever planned with a credential; and `evaluate(plan)` after planning, on every fact including the live ones (current
+replicas, the kind a server's discovery found, the namespace it chose). Both are tested on their own
+(tests/blocks/test_policy.py, property-based).
 """
 
 from __future__ import annotations
@@ -63,41 +67,56 @@ class OperationPolicy(Block):
 
     def evaluate(self, plan: Any, *, recent: dict[str, int] | None = None) -> Decision:
         """Judge a tasks.ops.base.Plan. `recent` counts succeeded operations of the last hour by name."""
-        op, facts = plan.operation, plan.facts
-        if not plan.mutating:
+        return self._judge(plan.operation, plan.mutating, plan.facts, recent or {}, plan.target, partial=False)
+
+    def precheck(self, operation: str, mutating: bool, facts: dict[str, Any], *,
+                 recent: dict[str, int] | None = None) -> Decision:
+        """Judge an operation on the facts its typed input fixes, before it is planned (so before any credentialed
+        call). A fact the input leaves open (absent or None) is left to `evaluate`, which sees the plan; whatever
+        precheck denies, evaluate would deny too."""
+        return self._judge(operation, mutating, facts, recent or {}, facts.get("target") or operation, partial=True)
+
+    def _judge(self, op: str, mutating: bool, facts: dict[str, Any], recent: dict[str, int], target: str, *,
+               partial: bool) -> Decision:
+        if not mutating:
             if self.allow_read_only:
                 return Decision(True, "allow_read_only", f"{op} is read-only")
             if not _matches(op, self.operations):
                 return Decision(False, "operations", f"{op} is not in operations")
         elif not _matches(op, self.operations):
             return Decision(False, "operations", f"{op} is not in operations {self.operations}")
-        denial = self._check_target(op, facts, recent or {})
+        denial = self._check_target(op, facts, recent, partial)
         if denial is not None:
             return denial
-        needs = plan.mutating and _matches(op, self.require_approval)
+        needs = mutating and _matches(op, self.require_approval)
         return Decision(True, "require_approval" if needs else "operations",
-                        f"{op} on {plan.target} is allowed" + (" after approval" if needs else ""), needs)
+                        f"{op} on {target} is allowed" + (" after approval" if needs else ""), needs)
 
-    def _check_target(self, op: str, facts: dict[str, Any], recent: dict[str, int]) -> Decision | None:
+    def _check_target(self, op: str, facts: dict[str, Any], recent: dict[str, int],
+                      partial: bool = False) -> Decision | None:
+        def outside(key: str, patterns: list[str], fold: bool = False) -> bool:
+            value = facts.get(key)
+            return not (partial and value is None) and not _matches(value, patterns, fold=fold)
+
         provider = op.split(".", 1)[0]
         if provider == "github":
-            if not _matches(facts.get("repo"), self.github_repos, fold=True):
+            if outside("repo", self.github_repos, fold=True):
                 return Decision(False, "github_repos", f"repository {facts.get('repo')!r} is not in github_repos")
             if op == "github.create_issue" and recent.get(op, 0) >= self.max_issues_per_hour:
                 return Decision(False, "max_issues_per_hour",
                                 f"{recent.get(op, 0)} issues in the last hour reach the cap {self.max_issues_per_hour}")
         elif provider == "kubernetes":
-            if not _matches(facts.get("namespace"), self.kubernetes_namespaces):
+            if outside("namespace", self.kubernetes_namespaces):
                 return Decision(False, "kubernetes_namespaces",
                                 f"namespace {facts.get('namespace')!r} is not in kubernetes_namespaces")
-            if not _matches(facts.get("kind"), self.kubernetes_kinds):
+            if outside("kind", self.kubernetes_kinds):
                 return Decision(False, "kubernetes_kinds", f"kind {facts.get('kind')!r} is not in kubernetes_kinds")
         elif provider == "aws":
-            if not _matches(facts.get("region"), self.aws_regions):
+            if outside("region", self.aws_regions):
                 return Decision(False, "aws_regions", f"region {facts.get('region')!r} is not in aws_regions")
-            if "bucket" in facts and not _matches(facts["bucket"], self.aws_buckets):
+            if "bucket" in facts and outside("bucket", self.aws_buckets):
                 return Decision(False, "aws_buckets", f"bucket {facts['bucket']!r} is not in aws_buckets")
-            if "service" in facts and not _matches(facts["service"], self.aws_services):
+            if "service" in facts and outside("service", self.aws_services):
                 return Decision(False, "aws_services", f"service {facts['service']!r} is not in aws_services")
         else:
             return Decision(False, "operations", f"no policy rules for provider {provider!r}")

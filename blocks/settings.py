@@ -9,8 +9,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["AdmissionSettings", "AuditSettings", "ChunkSettings", "ContextSettings", "SearchSettings", "IngestSettings", "OpsSettings", "GatewaySettings",
-           "TracingSettings", "Settings"]
+__all__ = ["AdmissionSettings", "AuditSettings", "ChunkSettings", "ContextSettings", "SearchSettings", "IngestSettings",
+           "OpsSettings", "GatewaySettings", "TracingSettings", "TenancySettings", "Settings"]
 
 
 class ChunkSettings(BaseModel):
@@ -188,6 +188,25 @@ class TracingSettings(BaseModel):
     timeout_s: float = Field(10.0, gt=0, le=120, description="Seconds the exporter waits for the collector.")
 
 
+class TenancySettings(BaseModel):
+    """Who may register an organization, which tenant ids nobody can claim, and how fast webhook bindings and
+    secrets changed elsewhere reach the gateway (tasks/claims.py, tasks/webhook_bindings.py)."""
+
+    registration: Literal["open", "invite", "closed"] = Field(
+        "open", description="open: anyone may register an organization; invite: only with a one-time token an "
+        "operator minted (`devmesh orgs invite`); closed: nobody (the operator's tenants only)."
+    )
+    reserved_slugs: list[str] = Field(
+        default_factory=list, description="Tenant ids nobody may register, on top of the built-in list "
+        "(default, admin, system, root, devmesh, api, www, operator, ...) and the operator's own tenants."
+    )
+    webhook_cache_s: float = Field(
+        5.0, ge=0, le=300, description="How long the gateway keeps webhook secrets and its GitHubWebhook block "
+        "before reading them again: a rotated secret is accepted within this time, without a restart (0: read "
+        "them for every delivery)."
+    )
+
+
 class Settings(BaseSettings):
     """All devmesh settings; build once at the entry point and pass it down."""
 
@@ -209,6 +228,7 @@ class Settings(BaseSettings):
     contexts: ContextSettings = ContextSettings()
     gateway: GatewaySettings = GatewaySettings()
     tracing: TracingSettings = TracingSettings()
+    tenancy: TenancySettings = TenancySettings()
     audit: AuditSettings = AuditSettings()
     admission: AdmissionSettings = AdmissionSettings()
 

@@ -16,12 +16,13 @@ from rich.table import Table
 
 from blocks.errors import AppError
 from blocks.settings import Settings
-from deployments import cli_ops
+from deployments import cli_ops, cli_tenancy
 
 app = typer.Typer(help="devmesh: memory, recall and guarded DevOps actions for AI agents.", no_args_is_help=True)
 eval_app = typer.Typer(help="Measure retrieval quality.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 cli_ops.register(app)
+cli_tenancy.register(app)
 console = Console(stderr=True)
 
 

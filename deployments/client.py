@@ -397,9 +397,12 @@ class _Api:
         return self._call(_Call("GET", _path("audit"), params=params, parse=_model(AuditPage)))
 
 
-def _registration(name: str, slug: str, admin_email: str, admin_name: str, password: str | SecretStr) -> _Call:
+def _registration(name: str, slug: str, admin_email: str, admin_name: str, password: str | SecretStr,
+                  invite: str | SecretStr | None = None) -> _Call:
     secret = password.get_secret_value() if isinstance(password, SecretStr) else password
     body = {"name": name, "slug": slug, "admin_email": admin_email, "admin_name": admin_name, "password": secret}
+    if invite is not None:
+        body["invite"] = invite.get_secret_value() if isinstance(invite, SecretStr) else invite
     return _Call("POST", _path("auth", "register", "organization"), body=body, parse=_model(Registered), safe=False)
 
 
@@ -414,11 +417,13 @@ class Mesh(_Api):
 
     @classmethod
     def register_organization(cls, base_url: str, *, name: str, slug: str, admin_email: str, admin_name: str,
-                              password: str | SecretStr, **options: Any) -> tuple[Registered, Mesh]:
-        """Create an organization; returns it (with its admin key, shown once) and a client using that key."""
+                              password: str | SecretStr, invite: str | SecretStr | None = None,
+                              **options: Any) -> tuple[Registered, Mesh]:
+        """Create an organization; returns it (with its admin key, shown once) and a client using that key.
+        `invite`: the one-time token an operator minted, where registration is by invite."""
         client = cls(base_url, None, **options)
         try:
-            registered = client._call(_registration(name, slug, admin_email, admin_name, password))
+            registered = client._call(_registration(name, slug, admin_email, admin_name, password, invite))
         except BaseException:
             client.close()
             raise
@@ -489,11 +494,13 @@ class AsyncMesh(_Api):
     @classmethod
     async def register_organization(cls, base_url: str, *, name: str, slug: str, admin_email: str,
                                     admin_name: str, password: str | SecretStr,
+                                    invite: str | SecretStr | None = None,
                                     **options: Any) -> tuple[Registered, AsyncMesh]:
-        """Create an organization; returns it (with its admin key, shown once) and a client using that key."""
+        """Create an organization; returns it (with its admin key, shown once) and a client using that key.
+        `invite`: the one-time token an operator minted, where registration is by invite."""
         client = cls(base_url, None, **options)
         try:
-            registered = await client._call(_registration(name, slug, admin_email, admin_name, password))
+            registered = await client._call(_registration(name, slug, admin_email, admin_name, password, invite))
         except BaseException:
             await client.aclose()
             raise

@@ -239,6 +239,8 @@ class DecisionResult(_Model):
     operation_id: str
     decision: str
     approver: str
+    approver_id: str | None = None
+    approver_kind: str | None = None
     flow_run_id: str | None = None
 
 

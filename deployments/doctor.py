@@ -75,7 +75,22 @@ def _database(settings: Settings) -> list[Check]:
         checks.append(Check("migrations", "ok", f"{len(files)} applied, current"))
     if has_table and not missing:
         checks.append(_indexes(pool))
+        checks.append(_tenancy(pool, settings))
     return checks
+
+
+def _tenancy(pool, settings: Settings) -> Check:
+    """Which registration mode is on, and whether an organization holds a tenant id nobody may register now (one
+    registered before the claim rules: it keeps its tenant, but not the operator's implicit operations grant)."""
+    from tasks.claims import ClaimRules, unclaimable_organizations
+
+    with pool.connection() as conn:
+        held = unclaimable_organizations(conn, ClaimRules.from_settings(settings))
+    mode = f"registration {settings.tenancy.registration}"
+    if held:
+        return Check("tenancy", "warn", f"{mode}; organizations hold reserved or operator tenant ids: "
+                     f"{', '.join(held)}", "review them with `devmesh orgs list` (docs/security-tenancy.md)")
+    return Check("tenancy", "ok", f"{mode}; no organization holds a reserved or operator tenant id")
 
 
 def _indexes(pool) -> Check:

@@ -1,8 +1,11 @@
 """The gateway: an ASGI app (FastAPI) that receives signed GitHub webhooks and turns them into Prefect events.
 
-POST /webhooks/github   verify X-Hub-Signature-256 (any accepted secret, constant time) → cap the body →
-                        persist the delivery (deduplicated by X-GitHub-Delivery) → 202. The answer never waits
-                        for Prefect: an outbox loop emits persisted deliveries as events (event id derived from the
+POST /webhooks/github   cap the body → verify X-Hub-Signature-256 with the secrets bound to the delivery's
+                        repository and the operator's GitHubWebhook block (tasks/webhook_bindings.py: a delivery
+                        reaches each tenant whose secret signed it; the operator's block never feeds an
+                        organization's tenant, that delivery is recorded `unbound`) → persist the delivery once
+                        per tenant (deduplicated by X-GitHub-Delivery) → 202. The answer never waits for
+                        Prefect: an outbox loop emits persisted deliveries as events (event id derived from the
                         delivery id) and retries while the Prefect API is down, so an accepted delivery is not lost.
 GET  /healthz           liveness, with the number of deliveries waiting to be emitted.
 GET  /metrics           Prometheus text (deployments share it through PROMETHEUS_MULTIPROC_DIR).
@@ -40,6 +43,7 @@ from deployments.api.middleware import Deadline
 from deployments.mcp_server import mcp_http_app
 from deployments.mcp_server import mount as mount_mcp
 from tasks.migrate import ensure_schema
+from tasks.webhook_bindings import WebhookRouter
 from tasks.webhook_events import Routes, event_name, to_event
 from tasks.webhooks import mark_emit_failed, mark_emitted, pending_deliveries, record_delivery
 
@@ -82,6 +86,7 @@ class PrefectEvents:
 
 OUTCOMES = {202: "accepted", 200: "duplicate", 401: "bad_signature", 413: "too_large", 415: "bad_content_type",
             400: "bad_request"}
+UNVERIFIED = "missing or invalid X-Hub-Signature-256 (no secret bound to this repository signed it)"
 
 
 class RequestMetrics:
@@ -107,6 +112,15 @@ class RequestMetrics:
             route = scope.get("route")
             HTTP_LATENCY.labels(scope["method"], getattr(route, "path", "unmatched"), str(status[0])).observe(
                 time.perf_counter() - started)
+
+
+def _json(body: bytes) -> tuple[str, Any]:
+    """(text, parsed value), or (text, the exception) when the body is not UTF-8 JSON."""
+    try:
+        text = body.decode("utf-8")
+        return text, json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        return "", exc
 
 
 # status -> (code, item at fault) of a refused delivery, unless _problem is told otherwise
@@ -187,8 +201,9 @@ async def _prune_admission(state: dict[str, Any], every_s: float = 300.0) -> Non
 
 def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | None = None,
                emit: Emit | None = None, routes: Routes | None = None) -> FastAPI:
-    """The gateway app. Without arguments it reads Settings, loads the webhook block by name and emits to the
-    Prefect API of the environment; tests pass their own."""
+    """The gateway app. Without arguments it reads Settings, loads the webhook block by name (and again every
+    Settings.tenancy.webhook_cache_s seconds, as the bound secrets) and emits to the Prefect API of the environment;
+    tests pass their own (`webhook` is then never re-read)."""
     settings = settings or Settings()
     state: dict[str, Any] = {}
 
@@ -197,7 +212,15 @@ def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | Non
         store = PgVectorStore.from_settings(settings)
         await asyncio.to_thread(lambda: ensure_schema(store.pool()))
         state["pool"] = await store.open_async_pool()
-        state["webhook"] = webhook or await GitHubWebhook.aload(settings.gateway.webhook_block)
+        block = webhook
+        if block is None:
+            try:
+                block = await GitHubWebhook.aload(settings.gateway.webhook_block)
+            except ValueError:
+                log.warning("no GitHubWebhook block %r: only repositories bound with `devmesh webhooks bind` are "
+                            "accepted", settings.gateway.webhook_block)
+        state["router"] = WebhookRouter(state["pool"], ttl=settings.tenancy.webhook_cache_s, block=block,
+                                        block_name=None if webhook is not None else settings.gateway.webhook_block)
         state["routes"] = routes or Routes.from_prefect_yaml(settings.gateway.routes_file or DEFAULT_ROUTES)
         sender = emit or PrefectEvents()
         outbox = Outbox(state["pool"], sender, settings)
@@ -255,21 +278,31 @@ def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | Non
         outcome = OUTCOMES.get(response.status_code, "error")
         if response.status_code == 202 and b'"ignored"' in response.body:
             outcome = "ignored"
+        elif response.status_code == 202 and b'"unbound"' in response.body:
+            outcome = "unbound"
         WEBHOOK_DELIVERIES.labels(request.headers.get("x-github-event", "")[:64] or "-", outcome).inc()
         return response
 
     async def _receive(request: Request) -> JSONResponse:
-        hook: GitHubWebhook = state["webhook"]
+        router: WebhookRouter = state["router"]
+        limit = router.max_body_bytes()
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > hook.max_body_bytes:
-            return _problem(413, f"body larger than {hook.max_body_bytes} bytes")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return _problem(413, f"body larger than {limit} bytes")
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
-            if len(body) > hook.max_body_bytes:
-                return _problem(413, f"body larger than {hook.max_body_bytes} bytes")
-        if not hook.verify(bytes(body), request.headers.get("x-hub-signature-256")):
-            return _problem(401, "missing or invalid X-Hub-Signature-256")
+            if len(body) > limit:
+                return _problem(413, f"body larger than {limit} bytes")
+        body = bytes(body)
+        # The repository picks the secrets to check; nothing is stored, nor trusted, before one of them verifies.
+        text, payload = _json(body)
+        repo = payload.get("repository") if isinstance(payload, dict) else None
+        repository = repo.get("full_name") if isinstance(repo, dict) and isinstance(repo.get("full_name"), str) \
+            else None
+        routing = await router.route(body, request.headers.get("x-hub-signature-256"), repository)
+        if not routing.verified:
+            return _problem(401, UNVERIFIED)
         event = request.headers.get("x-github-event", "")
         delivery = request.headers.get("x-github-delivery", "")
         if not EVENT.match(event):
@@ -278,28 +311,31 @@ def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | Non
             return _problem(400, "missing or invalid X-GitHub-Delivery header", "X-GitHub-Delivery")
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             return _problem(415, "content type must be application/json (set it in the webhook's settings)")
-        try:
-            text = body.decode("utf-8")
-            payload = json.loads(text)
-        except (ValueError, RecursionError) as exc:
-            return _problem(400, f"invalid JSON: {str(exc)[:200]}", "body", "malformed_json")
+        if isinstance(payload, Exception):
+            return _problem(400, f"invalid JSON: {str(payload)[:200]}", "body", "malformed_json")
         if not isinstance(payload, dict):
             return _problem(400, "the payload must be a JSON object", "body", "invalid_payload")
         if event == "ping":
             return JSONResponse({"ok": True, "zen": payload.get("zen")}, status_code=200)
         action = payload.get("action") if isinstance(payload.get("action"), str) else None
-        repo = payload.get("repository") if isinstance(payload.get("repository"), dict) else {}
-        repository = repo.get("full_name") if isinstance(repo.get("full_name"), str) else None
         name = event_name(event, action)
         route = state["routes"].route(name)
+        if routing.unbound is not None:
+            log.warning("delivery %s of %s signed with the operator's webhook secret would reach %r, an "
+                        "organization: recorded as unbound (bind it: devmesh webhooks bind %s --tenant %s ...)",
+                        delivery, repository, routing.unbound, repository or "OWNER/REPO", routing.unbound)
+        tenants = list(routing.tenants) or [settings.tenant]
         try:
             new = await record_delivery(state["pool"], delivery_id=delivery, event=event, action=action,
-                                        repository=repository, tenant=hook.tenant_for(repository), payload_json=text,
-                                        route=route)
+                                        repository=repository, tenants=tenants, payload_json=text, route=route,
+                                        unbound=routing.unbound is not None)
         except psycopg.errors.UntranslatableCharacter:
             return _problem(400, "the payload contains \\u0000, which cannot be stored", "body", "invalid_payload")
         if not new:
             return JSONResponse({"delivery_id": delivery, "status": "duplicate"}, status_code=200)
+        if routing.unbound is not None:
+            return JSONResponse({"delivery_id": delivery, "event": name, "status": "unbound", "route": None},
+                                status_code=202)
         if route:
             state["outbox"].notify()
         return JSONResponse({"delivery_id": delivery, "event": name, "status": "accepted" if route else "ignored",

@@ -47,6 +47,7 @@ from deployments.api.errors import send_error
 from deployments.memory import Memory
 from flows.operate import OperateRequest, submit_operation
 from tasks.context_models import MAX_APPEND, ContextCreate, MessageIn
+from tasks.grants import override_for
 from tasks.migrate import ensure_schema
 from tasks.ops.base import Connections
 from tasks.tenancy import Principal, authenticate
@@ -212,7 +213,10 @@ class _Tools:
                                          actor={**p.actor(), "via": "mcp"}, dry_run=dry_run, idempotency_key=key)
             except ValidationError as exc:
                 raise InputError(f"invalid arguments: {_problems(exc)}", item=entry.name) from None
-            return submit_operation(request, self.settings, connections=self.connections, policy=self.policy)
+            # the tenant's grant, unless this server was built with an override for the tenant (tasks.grants)
+            return submit_operation(request, self.settings,
+                                    connections=override_for(self.connections, p.tenant, self.settings.tenant),
+                                    policy=override_for(self.policy, p.tenant, self.settings.tenant))
 
         return _tool(entry.name, description, schema, annotations, "operate", call)
 
@@ -234,7 +238,8 @@ def _error(message: str) -> types.CallToolResult:
 def build_server(principal_resolver: PrincipalResolver, settings: Settings | None = None,
                  connections: Connections | None = None, policy: OperationPolicy | None = None) -> Server:
     """The MCP server. `principal_resolver(ctx)` names the caller of each request (raises AuthFailed);
-    `connections` / `policy` default to the blocks named in settings.ops (tests pass their own)."""
+    `connections` / `policy` default to the blocks the operator granted the caller's tenant (tests pass their own:
+    a mapping {tenant: value}, or one value for the operator's tenant only, as tasks.grants.override_for says)."""
     settings = settings or Settings()
     tools = _Tools(settings, connections, policy)
 

@@ -223,8 +223,10 @@ def up(settings: Settings | None = None, *, gateway_port: int | None = None, pre
         (home / STACK_FILE).write_text(json.dumps({
             "started_at": time.time(), "prefect_api": prefect_api, "prefect_ui": f"http://127.0.0.1:{prefect_port}",
             "gateway": f"http://{settings.gateway.host}:{gateway_port}", "database": store.describe(),
-            "pids": {c.name: c.process.pid for c in components}, "supervisor": os.getpid()}, indent=2))
+            "pids": {c.name: c.process.pid for c in components}, "supervisor": os.getpid(),
+            "registration": settings.tenancy.registration}, indent=2))
         echo(f"gateway: http://{settings.gateway.host}:{gateway_port}/webhooks/github")
+        echo(f"registration: {registration_text(settings)}")
         echo("devmesh is up; Ctrl-C stops it")
         while not stopping:
             for c in components:
@@ -254,13 +256,27 @@ def _log(home: Path, name: str):
     return open(home / "logs" / f"{name}.log", "ab")
 
 
+REGISTRATION_MODES = {
+    "open": "open (anyone may register an organization; DEVMESH_TENANCY__REGISTRATION=invite or closed restricts it)",
+    "invite": "by invite (a one-time token from `devmesh orgs invite`)",
+    "closed": "closed (nobody may register an organization)",
+}
+
+
+def registration_text(settings: Settings, mode: str | None = None) -> str:
+    """Which registration mode is on, in words."""
+    mode = mode or settings.tenancy.registration
+    return REGISTRATION_MODES.get(mode, mode)
+
+
 def status(settings: Settings | None = None) -> dict[str, Any]:
-    """What is running, from the stack file and live health checks."""
+    """What is running, from the stack file and live health checks; and which registration mode is on."""
     settings = settings or Settings()
     home = Path(settings.home).expanduser().resolve()
     path = home / STACK_FILE
     if not path.exists():
-        return {"up": False, "reason": f"no {path} (devmesh up is not running)"}
+        return {"up": False, "reason": f"no {path} (devmesh up is not running)",
+                "registration": registration_text(settings)}
     info = json.loads(path.read_text())
     auth_file = home / "prefect-auth"
     auth = os.environ.get("PREFECT_API_AUTH_STRING") or (auth_file.read_text().strip() if auth_file.exists() else None)
@@ -274,4 +290,5 @@ def status(settings: Settings | None = None) -> dict[str, Any]:
     checks = {"prefect server": _healthy(f"{info['prefect_api']}/health", auth),
               "gateway": _healthy(f"{info['gateway']}/healthz")}
     return {"up": all(alive.values()) and all(checks.values()), "processes": alive, "health": checks,
-            **{k: info[k] for k in ("prefect_ui", "gateway", "database")}}
+            **{k: info[k] for k in ("prefect_ui", "gateway", "database")},
+            "registration": registration_text(settings, info.get("registration"))}

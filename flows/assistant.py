@@ -121,7 +121,8 @@ def run_assistant(request: AssistantRequest, settings: Settings | None = None, *
                   connections: Connections | None = None, policy: OperationPolicy | None = None) -> dict[str, Any]:
     """Answer one message; returns {context_id, answer, tool_calls, steps, stop_reason, usage, model}.
 
-    `llm`, `connections` and `policy` default to the blocks named by the request and settings.ops."""
+    `llm` defaults to the block the request names; `connections` and `policy` to those the operator granted the
+    request's tenant (tasks.grants)."""
     settings = settings or Settings()
     pool = PgVectorStore.from_settings(settings).pool()
     ensure_schema(pool)
@@ -243,8 +244,6 @@ def _run_tool(call: ToolCall, run: _Run) -> tuple[dict[str, Any], bool]:
 def _operate(call: ToolCall, run: _Run) -> dict[str, Any]:
     """Run an operation through the guard; a changing one is planned first and left alone when it needs approval."""
     op = get_operation(call.name)
-    if run.policy is None:
-        run.policy = OperationPolicy.load(run.settings.ops.policy_block)
     key = "assistant-" + hashlib.sha256(f"{run.scope.context_id}:{call.id}".encode()).hexdigest()[:40]
 
     def guard(dry_run: bool) -> dict[str, Any]:

@@ -5,6 +5,11 @@ Prefect server has no users, so the resume itself proves nothing: a decision cou
 `decide()` (the `devmesh approve` command / the API), which authenticates the approver, binds the decision to the
 plan hash and target, and then resumes the run. After resuming, the run re-plans and refuses to execute when the
 plan or the decision does not match.
+
+Credentials and policy are the operation's tenant's (tasks.grants): a tenant without a grant, or whose grant holds
+no credentials block for the provider, is denied before anything is loaded or sent. The policy's static rules are
+judged on what the typed input fixes (`Operation.facts`, `OperationPolicy.precheck`) before planning, so a denied
+target never sees a request made with a credential; the plan is judged again (`evaluate`) with its live facts.
 """
 
 from __future__ import annotations
@@ -29,12 +34,13 @@ from blocks.policy import OperationPolicy
 from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from blocks.storable import StorableModel
-from tasks.approvals import authenticate_approver, read_decision, record_decision
+from tasks.approvals import Approver, authenticate_approver, read_decision, record_decision
 from tasks.audit import append_audit, audit_key
+from tasks.grants import load_policy, resolve_grant
 from tasks.guard import execute_step, guarded, idempotency_key, load_connections, plan_step, scrub_error, verify_step
 from tasks.migrate import ensure_schema
 from tasks.operation_log import arguments_hash, claim_operation, get_operation_row, recent_counts, update_operation
-from tasks.ops.base import Connections, Plan, get_operation, parse_input
+from tasks.ops.base import Connections, Operation, Plan, get_operation, parse_input
 from tasks.runtime import call, in_flow_run
 
 __all__ = ["ApprovalInput", "OperateRequest", "decide", "decide_as", "operate", "run_operation", "submit_operation"]
@@ -75,12 +81,17 @@ class _Guard:
         self.secrets: list[str] = []
         self.row: dict[str, Any] = {}
         self.plan: Plan | None = None
+        self.target: str | None = None  # known from the input before there is a plan
         self.approval: dict[str, Any] | None = None
+
+    @property
+    def where(self) -> str | None:
+        return self.plan.target if self.plan else self.target
 
     def audit(self, status: str, *, result: dict | None = None, error: str | None = None) -> dict[str, Any]:
         record = append_audit(
             self.pool, tenant=self.request.tenant, actor=self.request.actor, operation=self.request.operation,
-            status=status, target=self.plan.target if self.plan else None,
+            status=status, target=self.where,
             plan_hash=self.plan.digest() if self.plan else None, approval=self.approval, result=result,
             error=error, flow_run_id=_flow_run_id(), operation_id=str(self.row.get("id")) if self.row else None,
             duration_ms=int((time.monotonic() - self.started) * 1000))
@@ -96,10 +107,10 @@ class _Guard:
         update_operation(self.pool, self.row["id"], status=status, result=result, error=error)
         TOOL_EXECUTIONS.labels(self.request.operation, status).inc()
         tracing.set_attributes(operation=self.request.operation, outcome=status,  # the operate flow run's span
-                               target=self.plan.target if self.plan else None)
+                               target=self.where)
         record = self.audit(status, result=result, error=error)
         return {"operation_id": str(self.row["id"]), "status": status, "operation": self.request.operation,
-                "target": self.plan.target if self.plan else None,
+                "target": self.where,
                 "plan": self.plan.model_dump(mode="json") if self.plan else None,
                 "plan_hash": self.plan.digest() if self.plan else None, "approval": self.approval,
                 "result": result, "error": error, "audit_seq": record["seq"], "flow_run_id": _flow_run_id()}
@@ -113,8 +124,10 @@ def run_operation(request: OperateRequest, settings: Settings | None = None, *,
                   connections: Connections | None = None, policy: OperationPolicy | None = None,
                   defer_approval: bool = False) -> dict[str, Any]:
     """Run one operation through the guard; returns its summary. Raises OperationDenied / ApprovalRejected /
-    the provider's error (scrubbed). `connections` and `policy` default to the blocks named in settings.ops.
-    `defer_approval`: when approval is needed, return status "approval_required" instead of pausing."""
+    the provider's error (scrubbed). `connections` and `policy` default to the blocks of the tenant's grant
+    (tasks.grants); a caller passing them speaks for that tenant (tests, embedding: a surface serving several
+    tenants picks them with tasks.grants.override_for). `defer_approval`: when approval is needed, return status
+    "approval_required" instead of pausing."""
     settings = settings or Settings()
     store = PgVectorStore.from_settings(settings)
     pool = store.pool()
@@ -130,11 +143,15 @@ def run_operation(request: OperateRequest, settings: Settings | None = None, *,
         return {"operation_id": str(g.row["id"]), "status": "succeeded", "replayed": True,
                 "operation": op.name, "target": g.row["target"], "plan_hash": g.row["plan_hash"],
                 "result": g.row["result"]}
-    policy = policy or OperationPolicy.load(settings.ops.policy_block)
-    conns = connections or load_connections(op.provider, settings.ops)
-    g.secrets = conns.secrets()
     retries = settings.ops.max_retries
     try:
+        policy, conns = _granted(g, op, policy, connections)
+        g.secrets = conns.secrets()
+        facts = op.facts(conns, inp) if op.facts else {}
+        g.target = facts.get("target")
+        first = policy.precheck(op.name, op.mutating, facts, recent=recent_counts(pool, request.tenant))
+        if not first.allowed:  # judged on the input alone: nothing was planned, nothing was sent
+            g.deny(f"denied by policy rule {first.rule}: {first.reason}", OperationDenied, "denied")
         g.plan = call(plan_step, op.name, conns, inp, retries)
         update_operation(pool, g.row["id"], plan=g.plan.model_dump(mode="json"), plan_hash=g.plan.digest(),
                          target=g.plan.target, flow_run_id=_flow_run_id())
@@ -168,6 +185,29 @@ def run_operation(request: OperateRequest, settings: Settings | None = None, *,
         raise
 
 
+def _granted(g: _Guard, op: Operation, policy: OperationPolicy | None,
+             connections: Connections | None) -> tuple[OperationPolicy, Connections]:
+    """The policy and the credentials the operation runs with: the caller's, else the tenant's grant. A tenant
+    without a grant, or whose grant holds no block for the provider, is denied naming what is missing."""
+    if connections is not None and getattr(connections, op.provider, None) is None:
+        connections = None
+    if policy is not None and connections is not None:
+        return policy, connections
+    tenant = g.request.tenant
+    grant = resolve_grant(g.pool, tenant, g.settings)
+    if grant is None:
+        g.deny(f"denied: tenant {tenant!r} has no operations grant; an operator grants credentials and a policy "
+               f"with `devmesh tenants grant {tenant} --policy NAME --{op.provider}-block NAME`",
+               OperationDenied, "denied")
+    if connections is None:
+        name = grant.block(op.provider)
+        if name is None:
+            g.deny(f"denied: the operations grant of tenant {tenant!r} holds no {op.provider} credentials block "
+                   f"(`devmesh tenants grant {tenant} --{op.provider}-block NAME`)", OperationDenied, "denied")
+        connections = load_connections(op.provider, name)
+    return policy or load_policy(grant), connections
+
+
 def _await_approval(g: _Guard, policy: OperationPolicy, inp, conns: Connections, retries: int) -> None:
     """Pause for a decision made through decide(); then re-plan and re-check before anything executes."""
     assert g.plan is not None
@@ -188,10 +228,12 @@ def _await_approval(g: _Guard, policy: OperationPolicy, inp, conns: Connections,
     decision = read_decision(g.pool, g.row["id"])
     if decision is None:
         g.deny("resumed without a decision recorded through devmesh approve; refused", ApprovalRejected, "rejected")
-    g.approval = {"approver": decision["approver"], "decision": decision["decision"],
+    g.approval = {"approver": decision["approver"], "approver_id": decision["approver_id"],
+                  "approver_kind": decision["approver_kind"], "decision": decision["decision"],
                   "decided_at": decision["decided_at"].isoformat(), "plan_hash": decision["plan_hash"]}
     if decision["decision"] != "approved":
-        g.deny(f"rejected by {decision['approver']}", ApprovalRejected, "rejected")
+        g.deny(f"rejected by {decision['approver_kind'] or 'approver'} {decision['approver']!r}", ApprovalRejected,
+               "rejected")
     approved_hash = g.plan.digest()
     g.plan = call(plan_step, g.request.operation, conns, inp, retries)
     if decision["plan_hash"] != approved_hash or g.plan.digest() != decision["plan_hash"] \
@@ -213,10 +255,11 @@ def decide(operation_id: str, token: str, decision: str, *, tenant: str = "defau
     return decide_as(approver, operation_id, decision, tenant=tenant, comment=comment, settings=settings)
 
 
-def decide_as(approver: str, operation_id: str, decision: str, *, tenant: str, comment: str | None = None,
+def decide_as(approver: Approver, operation_id: str, decision: str, *, tenant: str, comment: str | None = None,
               settings: Settings | None = None) -> dict[str, Any]:
-    """Record a decision by an approver the caller already authenticated (the CLI by approver token, the REST API
-    by an admin API key), audit it, then resume the paused run, which re-checks everything."""
+    """Record a decision by an approver of `tenant` the caller already authenticated (the CLI by approver token,
+    the REST API by an admin API key), audit it naming the approver by kind, id and name, then resume the paused
+    run, which re-checks everything. Only an operation of `tenant` can be decided."""
     settings = settings or Settings()
     pool = PgVectorStore.from_settings(settings).pool()
     ensure_schema(pool)
@@ -224,13 +267,14 @@ def decide_as(approver: str, operation_id: str, decision: str, *, tenant: str, c
     if row is None:
         raise InputError("no such operation in this tenant", item=operation_id)
     recorded = record_decision(pool, row, approver, decision, comment)
-    append_audit(pool, tenant=tenant, actor={"approver": approver}, operation=row["operation"],
+    append_audit(pool, tenant=tenant, actor=approver.actor(tenant), operation=row["operation"],
                  status=f"approval_{decision}", target=row["target"], plan_hash=row["plan_hash"],
-                 approval={"approver": approver, "decision": decision, "comment": comment},
+                 approval={**approver.as_dict(), "decision": decision, "comment": comment},
                  flow_run_id=str(row["flow_run_id"]) if row["flow_run_id"] else None, operation_id=str(row["id"]))
     if row["flow_run_id"]:
         _resume(row["flow_run_id"], {"operation_id": str(row["id"]), "note": comment or ""})
-    return {"operation_id": str(row["id"]), "decision": recorded["decision"], "approver": approver,
+    return {"operation_id": str(row["id"]), "decision": recorded["decision"], "approver": approver.name,
+            "approver_id": approver.id, "approver_kind": approver.kind,
             "flow_run_id": str(row["flow_run_id"]) if row["flow_run_id"] else None}
 
 

@@ -16,7 +16,6 @@ from prefect.cache_policies import NONE
 from blocks import tracing
 from blocks.errors import AppError, ConfigError, GuardError
 from blocks.retry import call_with_retries, scrub
-from blocks.settings import OpsSettings
 from tasks.ops.base import Connections, OpInput, Plan, get_operation
 
 __all__ = ["execute_step", "guarded", "idempotency_key", "load_connections", "plan_step", "scrub_error",
@@ -43,17 +42,15 @@ def _require_guard(operation: str, key: str | None = None) -> None:
                          "the operate flow: plan, policy, approval, audit), not by calling its steps directly")
 
 
-def load_connections(provider: str, ops: OpsSettings) -> Connections:
-    """The credentials block of `provider`, loaded by the name the settings give; ConfigError says how to fix it."""
+def load_connections(provider: str, name: str) -> Connections:
+    """The credentials block of `provider` named `name` (a tenant's grant names it); ConfigError says how to fix
+    a missing one."""
     if provider == "github":
         from blocks.github import GitHubConnection as block_type
-        name = ops.github_block
     elif provider == "kubernetes":
         from blocks.kubernetes import KubernetesConnection as block_type
-        name = ops.kubernetes_block
     elif provider == "aws":
         from prefect_aws import AwsCredentials as block_type
-        name = ops.aws_block
     else:
         raise ConfigError(f"no credentials block for provider {provider!r}")
     try:

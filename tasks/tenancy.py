@@ -22,30 +22,32 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from blocks.errors import AuthFailed, InputError
 from blocks.storable import StorableModel
+from tasks.claims import (ClaimRules, RegistrationRefused, check_claim, consume_invite, invite_slug,
+                          lock_registrations, normalize_slug, skeleton)
 
 __all__ = ["KEY_PREFIX", "OrganizationCreate", "Principal", "SCOPES", "authenticate", "create_key", "list_keys",
            "register_organization", "revoke_key", "rotate_key"]
 
 KEY_PREFIX = "devmesh_"
 SCOPES = ("read", "write", "operate", "admin")
-_SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{1,62}[a-z0-9])$")
 _KEY = re.compile(r"^devmesh_[A-Za-z0-9_-]{43}$")
 
 
 class OrganizationCreate(StorableModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     name: str = Field(..., min_length=1, max_length=200)
-    slug: str = Field(..., description="Lower-case letters, digits and dashes; becomes the tenant id.")
+    slug: str = Field(..., max_length=256, description="Letters, digits and dashes; normalised (NFKC, case-folded) "
+                      "it becomes the tenant id. Reserved names, look-alikes and the operator's tenants are refused.")
     admin_email: str = Field(..., max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
     admin_name: str = Field(..., min_length=1, max_length=200)
     password: str = Field(..., min_length=12, max_length=1024)
+    invite: str | None = Field(None, max_length=200, description="The one-time invite token an operator gave you "
+                               "(needed when registration is by invite).")
 
     @field_validator("slug")
     @classmethod
     def _slug(cls, v: str) -> str:
-        if not _SLUG.match(v):
-            raise ValueError("3-64 lower-case letters, digits or dashes, starting and ending with a letter or digit")
-        return v
+        return normalize_slug(v)
 
 
 @dataclass(frozen=True)
@@ -83,13 +85,30 @@ def _check_scopes(scopes: list[str]) -> list[str]:
     return sorted(set(scopes), key=SCOPES.index)
 
 
-def register_organization(pool: ConnectionPool, request: OrganizationCreate) -> tuple[dict[str, Any], str]:
-    """Create the organization and its first (admin) key; returns (organization, key). The key is not kept."""
+def register_organization(pool: ConnectionPool, request: OrganizationCreate, rules: ClaimRules | None = None
+                          ) -> tuple[dict[str, Any], str]:
+    """Create the organization and its first (admin) key; returns (organization, key). The key is not kept.
+    `rules` (default: open registration, 'default' the operator's tenant) decide whether the slug may be claimed:
+    RegistrationRefused (closed, or no valid invite) or tasks.claims.SlugUnavailable (reserved or taken); the
+    invite, if any, is consumed in the same transaction as the organization is created."""
+    rules = rules or ClaimRules()
+    if rules.mode == "closed":
+        raise RegistrationRefused("registration is closed on this service; ask its operator",
+                                  code="registration_closed")
+    if rules.mode == "invite" and not request.invite:
+        raise RegistrationRefused("registration is by invite on this service: send the invite token an operator "
+                                  "gave you in `invite`", code="invite_required")
+    password_hash = _password_hash(request.password)  # outside the lock: scrypt takes ~50 ms
     with pool.connection() as conn, conn.transaction():
-        cur = conn.execute("INSERT INTO organizations (tenant_id, name, admin_email, admin_name, password_hash)"
-                           " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (tenant_id) DO NOTHING",
-                           [request.slug, request.name, request.admin_email, request.admin_name,
-                            _password_hash(request.password)])
+        lock_registrations(conn)
+        valid, bound = invite_slug(conn, request.invite) if request.invite else (False, None)
+        check_claim(conn, request.slug, rules, invited_for_slug=valid and bound == request.slug)
+        if request.invite:
+            consume_invite(conn, request.invite, request.slug)
+        cur = conn.execute("INSERT INTO organizations (tenant_id, name, admin_email, admin_name, password_hash,"
+                           " slug_skeleton) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tenant_id) DO NOTHING",
+                           [request.slug, request.name, request.admin_email, request.admin_name, password_hash,
+                            skeleton(request.slug)])
         if cur.rowcount == 0:
             raise InputError("an organization with this slug exists", item=request.slug)
         meta, key = _insert_key(conn, request.slug, "admin", ["admin"], None, None, None)

@@ -11,30 +11,38 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from blocks.errors import AppError
 
-__all__ = ["CLAIM_LEASE", "RETENTION", "ClaimLost", "Lease", "claim_processing", "get_delivery", "mark_emitted",
-           "mark_emit_failed", "pending_deliveries", "prune_deliveries", "stale_deliveries", "record_delivery"]
+__all__ = ["CLAIM_LEASE", "RETENTION", "ClaimLost", "Lease", "claim_processing", "delivery_ids", "get_delivery",
+           "mark_emitted", "mark_emit_failed", "pending_deliveries", "prune_deliveries", "stale_deliveries",
+           "record_delivery"]
 
 RETENTION = timedelta(days=7)  # redeliveries within this window are recognised
 CLAIM_LEASE = timedelta(minutes=10)  # a claimed delivery no other run may take over before this
 INSERT = """
 INSERT INTO webhook_deliveries (delivery_id, source, event, action, repository, tenant_id, payload, route, status)
-VALUES (%(delivery_id)s, %(source)s, %(event)s, %(action)s, %(repository)s, %(tenant)s, %(payload)s::jsonb, %(route)s,
-        %(status)s)
+SELECT d, %(source)s, %(event)s, %(action)s, %(repository)s, t, %(payload)s::jsonb, %(route)s, %(status)s
+FROM unnest(%(ids)s::text[], %(tenants)s::text[]) AS r(d, t)
 ON CONFLICT (delivery_id) DO NOTHING"""
 
 
+def delivery_ids(delivery_id: str, tenants: list[str]) -> list[str]:
+    """One row per tenant a delivery reaches: its own id for one tenant, '<id>:<tenant>' for each of several."""
+    return [delivery_id] if len(tenants) == 1 else [f"{delivery_id}:{t}" for t in tenants]
+
+
 async def record_delivery(pool: AsyncConnectionPool, *, delivery_id: str, event: str, action: str | None,
-                          repository: str | None, tenant: str, payload_json: str, route: str | None,
-                          source: str = "github") -> bool:
-    """Persist a delivery (its body as received, already checked to be JSON); False when it was seen before
-    (a redelivery: acknowledge, do not run again). Concurrent requests commit on separate pooled connections,
-    and PostgreSQL flushes their WAL together; an explicit group-commit queue measured slower here."""
+                          repository: str | None, tenants: list[str], payload_json: str, route: str | None,
+                          source: str = "github", unbound: bool = False) -> bool:
+    """Persist a delivery (its body as received, already checked to be JSON) once per tenant it reaches; False when
+    it was seen before (a redelivery: acknowledge, do not run again). `unbound`: verified, but for no tenant it may
+    reach (recorded in `tenants[0]`, the operator's, and never run). Concurrent requests commit on separate pooled
+    connections, and PostgreSQL flushes their WAL together; an explicit group-commit queue measured slower here."""
+    status = "unbound" if unbound else "received" if route else "ignored"
     async with pool.connection() as conn:
         cur = await conn.execute(INSERT, {
-            "delivery_id": delivery_id, "source": source, "event": event, "action": action,
-            "repository": repository, "tenant": tenant, "payload": payload_json, "route": route,
-            "status": "received" if route else "ignored"})
-        return cur.rowcount == 1
+            "ids": delivery_ids(delivery_id, tenants), "tenants": tenants, "source": source, "event": event,
+            "action": action, "repository": repository, "payload": payload_json,
+            "route": None if unbound else route, "status": status})
+        return cur.rowcount > 0
 
 
 async def pending_deliveries(pool: AsyncConnectionPool, limit: int = 100, max_payload: int = 256 * 1024
@@ -149,4 +157,4 @@ def prune_deliveries(pool: ConnectionPool, older_than: timedelta = RETENTION) ->
     """Forget deliveries older than the retention window (they can no longer be redelivered by GitHub)."""
     with pool.connection() as conn:
         return conn.execute("DELETE FROM webhook_deliveries WHERE received_at < now() - %s"
-                            " AND status IN ('processed', 'ignored', 'failed')", [older_than]).rowcount
+                            " AND status IN ('processed', 'ignored', 'failed', 'unbound')", [older_than]).rowcount

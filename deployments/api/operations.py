@@ -1,5 +1,6 @@
-"""Operations and the audit trail: read an operation, approve or reject one awaiting approval (admin), and page
-through the tenant's audit records (admin). Another tenant's operation id is a 404."""
+"""Operations and the audit trail: read an operation, approve or reject one awaiting approval (an admin key of the
+operation's tenant, never the key that requested it), and page through the tenant's audit records (admin). Another
+tenant's operation id is a 404."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from deployments.api.errors import ApiError
 from deployments.api.schemas import AuditPage, DecisionBody, DecisionResult, OperationInfo
 from deployments.api.state import ApiState, api_state
 from flows.operate import decide_as
+from tasks.approvals import Approver, SelfApproval
 from tasks.audit import read_audit
 from tasks.operation_log import get_operation_row
 
@@ -43,8 +45,10 @@ def operation(operation_id: str, principal: Reader, api: ApiState = Depends(api_
 def _decide(api: ApiState, principal, operation_id: str, decision: str, body: DecisionBody | None):
     row = _row(api, principal.tenant, operation_id)
     try:
-        return decide_as(f"api-key:{principal.key_name}", str(row["id"]), decision, tenant=principal.tenant,
-                         comment=body.comment if body else None, settings=api.settings)
+        return decide_as(Approver("api_key", principal.key_id, principal.key_name), str(row["id"]), decision,
+                         tenant=principal.tenant, comment=body.comment if body else None, settings=api.settings)
+    except SelfApproval as exc:
+        raise ApiError(403, "self_approval", exc.message, item=str(row["id"])) from None
     except InputError as exc:  # not awaiting approval, already decided, window closed
         raise ApiError(409, "conflict", str(exc), item=str(row["id"])) from None
     except AppError:

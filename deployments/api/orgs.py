@@ -1,5 +1,6 @@
-"""Organizations and API keys: public registration (rate limited per client address, across gateway replicas) and
-admin key management."""
+"""Organizations and API keys: public registration (rate limited per client address, across gateway replicas; open,
+by invite or closed as Settings.tenancy.registration says; reserved names, look-alikes and the operator's tenants
+answer 409) and admin key management."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from deployments.api.auth import Admin, peer, refused
 from deployments.api.errors import ApiError
 from deployments.api.schemas import KeyCreate, KeyCreated, KeyList, Registered
 from deployments.api.state import ApiState, api_state
+from tasks.claims import RegistrationRefused, SlugUnavailable
 from tasks.tenancy import OrganizationCreate, create_key, list_keys, register_organization, revoke_key, rotate_key
 
 __all__ = ["router"]
@@ -26,9 +28,13 @@ def register(body: OrganizationCreate, request: Request, api: ApiState = Depends
     except Refusal as refusal:
         raise refused(refusal) from None
     try:
-        organization, key = register_organization(api.pool(), body)
-    except InputError as exc:
-        raise ApiError(409, "slug_taken", "an organization with this slug exists", item=body.slug) from exc
+        organization, key = register_organization(api.pool(), body, api.claim_rules())
+    except RegistrationRefused as exc:
+        raise ApiError(403, exc.code, exc.message, item="registration") from None
+    except SlugUnavailable as exc:
+        raise ApiError(409, f"slug_{exc.reason}", exc.message, item=body.slug) from None
+    except InputError:
+        raise ApiError(409, "slug_taken", "an organization with this slug exists", item=body.slug) from None
     meta = organization.pop("key")
     return {"organization": organization, "api_key": key, "key": meta}
 

@@ -285,6 +285,8 @@ class DecisionResult(BaseModel):
     operation_id: str
     decision: str
     approver: str
+    approver_id: str | None = Field(None, description="The id of the API key (or approver) that decided.")
+    approver_kind: str | None = Field(None, description="'api_key' or 'approver'.")
     flow_run_id: str | None = None
 
 

@@ -3,9 +3,12 @@
 The gateway's state dict carries:
     admission        tasks.ratelimit.Admission: the buckets and lockouts in PostgreSQL, shared with MCP and with
                      every other gateway process (deployments/admission.py is the gate that uses it)
-    ops_policy       an OperationPolicy to use instead of loading the settings' policy block (tests, embedding)
-    ops_connections  a tasks.ops.base.Connections to use instead of loading credentials blocks, for the providers
-                     whose block it holds (tests: `Connections(aws=AwsCredentials(...))` under moto)
+    ops_policy       an OperationPolicy to use instead of the tenant's granted policy block (tests, embedding):
+                     a mapping {tenant: policy}, or one policy that stands for the operator's tenant (Settings.tenant)
+                     only — never lent to a registered organization (tasks.grants.override_for)
+    ops_connections  a tasks.ops.base.Connections to use instead of the tenant's granted credentials blocks, for the
+                     providers whose block it holds (tests: `Connections(aws=AwsCredentials(...))` under moto); a
+                     mapping {tenant: connections}, or one for the operator's tenant only, as ops_policy
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from deployments.admission import AdmissionGate
 from deployments.memory import Memory
+from tasks.claims import ClaimRules
+from tasks.grants import override_for
 from tasks.migrate import ensure_schema
 from tasks.ops.base import Connections
 
@@ -60,16 +65,26 @@ class ApiState:
                     self._schema_ready = True
         return pool
 
+    def claim_rules(self) -> ClaimRules:
+        """Registration's rules: the settings' mode and reserved names; the operator's tenants are Settings.tenant
+        and those the gateway's GitHubWebhook block routes to."""
+        router = self.shared.get("router")  # the gateway's (tasks.webhook_bindings.WebhookRouter)
+        hook = router.current if router is not None else None
+        static = {hook.default_tenant, *hook.repo_tenants.values()} if hook is not None else set()
+        return ClaimRules.from_settings(self.settings, static)
+
     def memory(self, tenant: str) -> Memory:
         """The tenant's Memory facade (cheap: the pool is found by its URL)."""
         return Memory(tenant=tenant, settings=self.settings)
 
-    def ops_policy(self) -> OperationPolicy | None:
-        return self.shared.get("ops_policy")
+    def ops_policy(self, tenant: str) -> OperationPolicy | None:
+        """The override policy for `tenant`, else None (the guard loads the tenant's granted policy)."""
+        return override_for(self.shared.get("ops_policy"), tenant, self._settings.tenant)
 
-    def ops_connections(self, provider: str) -> Connections | None:
-        """The override connections when they hold `provider`'s block, else None (the guard loads the block)."""
-        conns = self.shared.get("ops_connections")
+    def ops_connections(self, provider: str, tenant: str) -> Connections | None:
+        """The override connections of `tenant` when they hold `provider`'s block, else None (the guard loads the
+        tenant's granted block)."""
+        conns = override_for(self.shared.get("ops_connections"), tenant, self._settings.tenant)
         return conns if conns is not None and getattr(conns, provider, None) is not None else None
 
 

@@ -1,7 +1,8 @@
 """Tools: the shared catalog (tasks.tools) and their execution.
 
 Operations run through the guard (`run_operation`, sync, so in the threadpool) as the calling key
-(actor = principal.actor(), tenant = principal.tenant). `dry_run` (the default) plans and judges only. To act, the
+(actor = principal.actor(), tenant = principal.tenant), with the credentials and policy the operator granted that
+tenant (tasks.grants; none granted: denied). `dry_run` (the default) plans and judges only. To act, the
 route first plans (a dry run under the same idempotency key, so both land on one operation row); when the policy
 asks for an approval, the operation is handed to the `operate/operate` deployment, whose flow run can pause for
 it (202 with the flow run id), or refused with 409 `approval_required` and the plan when no such deployment
@@ -17,7 +18,6 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from blocks.errors import InputError
-from blocks.policy import OperationPolicy
 from deployments.api.auth import Reader
 from deployments.api.errors import ApiError
 from deployments.api.schemas import ExecuteBody, ExecuteResult, ToolList
@@ -63,10 +63,11 @@ def execute(name: str, body: ExecuteBody, principal: Reader, api: ApiState = Dep
     key = body.idempotency_key or f"api-{uuid.uuid4().hex}"
     request = OperateRequest(operation=op.name, arguments=body.arguments, tenant=principal.tenant,
                              actor=principal.actor(), dry_run=True, idempotency_key=key)
-    policy = api.ops_policy() or _load_policy(api.settings.ops.policy_block)
+    policy = api.ops_policy(principal.tenant)
+    connections = api.ops_connections(op.provider, principal.tenant)
 
-    def run(req: OperateRequest) -> dict[str, Any]:
-        return run_operation(req, api.settings, connections=api.ops_connections(op.provider), policy=policy)
+    def run(req: OperateRequest) -> dict[str, Any]:  # the tenant's grant, unless the app overrides it for the tenant
+        return run_operation(req, api.settings, connections=connections, policy=policy)
 
     if body.dry_run:
         return run(request)
@@ -86,14 +87,6 @@ def _refuse_in_flight(api: ApiState, tenant: str, key: str) -> None:
     if row:
         raise ApiError(409, "in_progress", f"the operation with this idempotency key is {row[1]}; see "
                        f"GET /api/v1/operations/{row[0]}", item=key, operation_id=row[0])
-
-
-def _load_policy(name: str) -> OperationPolicy:
-    try:
-        return OperationPolicy.load(name)
-    except Exception as exc:  # noqa: BLE001 - missing block (ValueError) or the Prefect API is unreachable
-        raise ApiError(503, "not_configured", f"cannot load the OperationPolicy block {name!r} "
-                       f"({type(exc).__name__}); create it to allow operations", item=name) from None
 
 
 def _submit_for_approval(request: OperateRequest, planned: dict[str, Any]):

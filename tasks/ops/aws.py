@@ -284,11 +284,27 @@ def _describe_run(conns: Connections, inp: Describe, key: str) -> dict:
     return _plain(_call(conns, "aws.describe", inp.service, _region(conns, inp.region), inp.call, **inp.params))
 
 
+def _facts(conns: Connections, inp: _AwsInput) -> dict[str, Any]:
+    """What the input fixes: the region (given, else the credentials block's configured default: no AWS call),
+    the bucket or the ECS service, the desired count."""
+    region = inp.region or (conns.aws.region_name if conns.aws is not None else None)
+    facts: dict[str, Any] = {"region": region}
+    if isinstance(inp, (S3PutObject, S3List)):
+        prefix = inp.key if isinstance(inp, S3PutObject) else inp.prefix
+        facts.update(bucket=inp.bucket, aws_service="s3", target=f"aws:s3:{inp.bucket}/{prefix}")
+    elif isinstance(inp, EcsUpdateService):
+        facts.update(service=f"{inp.cluster}/{inp.service}", aws_service="ecs", replicas=inp.desired_count,
+                     target=f"aws:ecs:{inp.cluster}/{inp.service}")
+    else:
+        facts.update(aws_service=inp.service, target=f"aws:{inp.service}:{region}")
+    return facts
+
+
 register(Operation("aws.s3_put_object", "Write a text (or base64) object to S3; idempotent per key.", S3PutObject,
-                   _put_plan, _put_run, _put_verify))
+                   _put_plan, _put_run, _put_verify, facts=_facts))
 register(Operation("aws.s3_list", "List objects of an S3 bucket under a prefix.", S3List, _list_plan, _list_run,
-                   mutating=False))
+                   mutating=False, facts=_facts))
 register(Operation("aws.ecs_update_service", "Set an ECS service's desired count and/or task definition.",
-                   EcsUpdateService, _ecs_plan, _ecs_run, _ecs_verify))
+                   EcsUpdateService, _ecs_plan, _ecs_run, _ecs_verify, facts=_facts))
 register(Operation("aws.describe", "Any read-only AWS describe_*/list_* call.", Describe, _describe_plan,
-                   _describe_run, mutating=False))
+                   _describe_run, mutating=False, facts=_facts))

@@ -95,6 +95,12 @@ class Operation:
     verify(conns, inp, result) -> dict | None    reads back what run did; raises when it is not so (a
                                                  Kubernetes deploy that does not become ready rolls back here
                                                  and raises RolledBack)
+    facts(conns, inp) -> dict                    what the typed input fixes of the policy's facts (repo,
+                                                 namespace, kind, images, replicas, region, bucket, service), plus
+                                                 "target". Credential-free: it reads the input and at most a
+                                                 block's static configuration (the AWS block's default region),
+                                                 never a provider. The guard judges it with
+                                                 OperationPolicy.precheck before plan() runs.
     Provider failures are raised as blocks.errors: TransientError (retried by the guard) or PermanentError.
     """
 
@@ -106,6 +112,7 @@ class Operation:
     verify: Callable[[Connections, Any, dict[str, Any]], dict[str, Any] | None] | None = None
     mutating: bool = True
     destructive: bool = False
+    facts: Callable[[Connections, Any], dict[str, Any]] | None = None
 
     @property
     def provider(self) -> str:

@@ -440,15 +440,26 @@ def run_get_file(conns: Connections, inp: GetFileInput, key: str = "") -> dict[s
         raise InputError("is not UTF-8 text", item=item) from None
 
 
+# --- facts: what the input fixes, judged before planning ------------------------------------------------------
+
+
+def _repo_facts(conns: Connections, inp: Any) -> dict[str, Any]:
+    repo = getattr(inp, "repo", None)
+    number = getattr(inp, "issue_number", None)
+    return {"repo": repo, "owner": _owner(repo),
+            "target": (f"github:{repo}" if repo else "github:*") + (f"#{number}" if number else "")}
+
+
 # --- registry --------------------------------------------------------------------------------------------------
 
 register(Operation(CREATE_ISSUE, "Open an issue in a GitHub repository (idempotent under the key).",
-                   CreateIssueInput, plan_create_issue, run_create_issue, verify_create_issue))
+                   CreateIssueInput, plan_create_issue, run_create_issue, verify_create_issue, facts=_repo_facts))
 register(Operation(COMMENT_ISSUE, "Comment on a GitHub issue or pull request (idempotent under the key).",
-                   CommentIssueInput, plan_comment_issue, run_comment_issue, verify_comment_issue))
+                   CommentIssueInput, plan_comment_issue, run_comment_issue, verify_comment_issue,
+                   facts=_repo_facts))
 register(Operation(SEARCH_CODE, "Search code on GitHub, in one repository or every readable one.",
-                   SearchCodeInput, plan_search_code, run_search_code, mutating=False))
+                   SearchCodeInput, plan_search_code, run_search_code, mutating=False, facts=_repo_facts))
 register(Operation(SEARCH_ISSUES, "Search GitHub issues and pull requests.", SearchIssuesInput,
-                   plan_search_issues, run_search_issues, mutating=False))
+                   plan_search_issues, run_search_issues, mutating=False, facts=_repo_facts))
 register(Operation(GET_FILE, "Read one UTF-8 text file (at most 1 MiB) from a GitHub repository.", GetFileInput,
-                   plan_get_file, run_get_file, mutating=False))
+                   plan_get_file, run_get_file, mutating=False, facts=_repo_facts))

@@ -617,14 +617,48 @@ def _get_run(conns: Connections, inp: GetInput, key: str) -> dict[str, Any]:
     return {"object": obj}
 
 
+# ---- facts: what the input fixes, judged before planning ----
+
+def _known_namespace(api_version: str, kind: str, namespace: str | None) -> str | None:
+    """The namespace an object will live in, when the input decides it: given, or 'default' for a known namespaced
+    kind; None when the server's discovery decides (an unknown kind may be cluster-scoped)."""
+    known = _KNOWN.get((api_version, kind))
+    if known is not None:
+        return (namespace or "default") if known[1] else None
+    return namespace
+
+
+def _object_facts(api_version: str, kind: str, name: str, namespace: str | None) -> dict[str, Any]:
+    namespace = _known_namespace(api_version, kind, namespace)
+    label = f"{namespace}/{kind}/{name}" if namespace else f"{kind}/{name}"
+    return {"api_version": api_version, "kind": kind, "name": name, "namespace": namespace,
+            "target": f"kubernetes:{label}"}
+
+
+def _apply_facts(conns: Connections, inp: ApplyInput) -> dict[str, Any]:
+    m = inp.manifest
+    return {**_object_facts(m["apiVersion"], m["kind"], m["metadata"]["name"], inp.namespace),
+            "images": _images(m), "replicas": _replicas(m)}
+
+
+def _deployment_facts(conns: Connections, inp: Any) -> dict[str, Any]:
+    facts = _object_facts("apps/v1", "Deployment", inp.name, inp.namespace)
+    return {**facts, "replicas": inp.replicas} if isinstance(inp, ScaleInput) else facts
+
+
+def _get_facts(conns: Connections, inp: GetInput) -> dict[str, Any]:
+    return _object_facts(inp.api_version, inp.kind, inp.name, inp.namespace)
+
+
 register(Operation("kubernetes.apply", "Server-side apply one object; verify waits for a Deployment's rollout "
                    "and rolls back to the previous revision if it fails.", ApplyInput, _apply_plan, _apply_run,
-                   _apply_verify))
+                   _apply_verify, facts=_apply_facts))
 register(Operation("kubernetes.scale", "Set a Deployment's replicas through its scale subresource.", ScaleInput,
-                   _scale_plan, _scale_run, _scale_verify))
+                   _scale_plan, _scale_run, _scale_verify, facts=_deployment_facts))
 register(Operation("kubernetes.rollout_status", "Wait for a Deployment's rollout: ready, stalled or timed out.",
-                   RolloutStatusInput, _status_plan, _status_run, mutating=False))
+                   RolloutStatusInput, _status_plan, _status_run, mutating=False, facts=_deployment_facts))
 register(Operation("kubernetes.rollback", "Restore a Deployment's pod template from an earlier revision, like "
-                   "kubectl rollout undo.", RollbackInput, _rollback_plan, _rollback_run, _rollback_verify))
+                   "kubectl rollout undo.", RollbackInput, _rollback_plan, _rollback_run, _rollback_verify,
+                   facts=_deployment_facts))
 register(Operation("kubernetes.get", "Read one object (without managedFields).", GetInput, _get_plan, _get_run,
-                   mutating=False))
+                   mutating=False, facts=_get_facts))

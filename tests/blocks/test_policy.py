@@ -79,3 +79,43 @@ def test_property_an_allowed_plan_satisfies_every_rule(op, repo, namespace, repl
         assert decision.rule and decision.reason
     # the empty policy never allows a mutation
     assert not OperationPolicy().evaluate(plan(op, **facts)).allowed
+
+
+_maybe = st.one_of(st.none(), st.sampled_from(["acme/app", "evil/app", "staging", "prod", "Deployment", "Secret",
+                                               "eu-west-1", "us-east-1", "acme-data", "loot", "prod/api", "db/x"]))
+
+
+@hsettings(max_examples=400, deadline=None)
+@given(op=st.sampled_from(["github.create_issue", "github.get_file", "kubernetes.apply", "kubernetes.scale",
+                           "aws.s3_put_object", "aws.ecs_update_service", "x.y"]),
+       mutating=st.booleans(), known=st.dictionaries(
+           st.sampled_from(["repo", "namespace", "kind", "region", "bucket", "service"]), _maybe, max_size=6),
+       live=st.dictionaries(st.sampled_from(["repo", "namespace", "kind", "region", "bucket", "service"]),
+                            _maybe.filter(lambda v: v is not None), max_size=6),
+       images=st.lists(st.sampled_from(["ghcr.io/acme/web:1", "evil.io/miner:1"]), max_size=2),
+       replicas=st.one_of(st.none(), st.integers(0, 20)), current=st.one_of(st.none(), st.integers(0, 20)))
+def test_property_a_precheck_denial_is_also_an_evaluation_denial(op, mutating, known, live, images, replicas,
+                                                                 current):
+    """precheck judges what the input fixes (a fact it does not know is None); the plan then knows at least as
+    much, with the same values for what the input fixed. Whatever precheck denies, evaluate denies (by that rule,
+    or by an earlier one on a fact only the plan knows) — so the precheck never refuses what the policy would
+    allow."""
+    facts = {**known, "images": images, "replicas": replicas}
+    planned = {**{k: v for k, v in live.items() if known.get(k) is None}, **{k: v for k, v in known.items()
+                                                                             if v is not None},
+               "images": images, "replicas": replicas, "current_replicas": current}
+    first = OPEN.precheck(op, mutating, facts)
+    final = OPEN.evaluate(plan(op, mutating, **planned))
+    if not first.allowed:
+        assert not final.allowed, (first, final)
+        assert final.rule == first.rule or any(planned.get(k) is None or known.get(k) is None
+                                               for k in ("repo", "namespace", "kind", "region")), (first, final)
+
+
+def test_precheck_leaves_unknown_facts_to_evaluate_and_names_the_rule():
+    assert OPEN.precheck("kubernetes.apply", True, {"kind": "Deployment", "namespace": None}).allowed
+    denied = OPEN.precheck("github.create_issue", True, {"repo": "evil/app", "target": "github:evil/app"})
+    assert (denied.allowed, denied.rule) == (False, "github_repos")
+    assert not OPEN.precheck("kubernetes.scale", True, {"namespace": "staging", "kind": "Deployment",
+                                                        "replicas": 11}).allowed
+    assert OPEN.precheck("github.get_file", False, {"repo": "evil/app"}).allowed  # reads: allow_read_only

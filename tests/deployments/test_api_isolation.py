@@ -28,7 +28,9 @@ def two_orgs(settings, tenant):
             Bucket="acme-data", CreateBucketConfiguration={"LocationConstraint": REGION})
         creds = AwsCredentials(aws_access_key_id="AKIAISOLATION0000001", aws_secret_access_key="isolation-secret-01",
                                region_name=REGION)
-        with TestClient(make_app(settings, ops_policy=POLICY, ops_connections=Connections(aws=creds))) as client:
+        slugs = (f"{tenant}-a", f"{tenant}-b")
+        with TestClient(make_app(settings, ops_policy=dict.fromkeys(slugs, POLICY),
+                                 ops_connections=dict.fromkeys(slugs, Connections(aws=creds)))) as client:
             a, b = register(client, f"{tenant}-a"), register(client, f"{tenant}-b")
             yield client, a, b
 

@@ -1,8 +1,9 @@
 """Tools, operations and the audit trail over REST, with AWS mocked by moto.
 
 How the tests reach the guard without Prefect blocks: the app's shared state takes `ops_policy` (an
-OperationPolicy) and `ops_connections` (a Connections holding the moto-backed AwsCredentials); the routes pass
-them to `run_operation` (see deployments/api/state.py). Approval hand-off uses the session's Prefect test server.
+OperationPolicy) and `ops_connections` (a Connections holding the moto-backed AwsCredentials), each a mapping from
+the test's tenant (an override is per tenant: tasks.grants.override_for); the routes pass them to `run_operation`
+(see deployments/api/state.py). Approval hand-off uses the session's Prefect test server.
 """
 
 from __future__ import annotations
@@ -34,15 +35,16 @@ def s3():
         yield client
 
 
-def _client(settings, policy):
+def _client(settings, policy, tenant):
     creds = AwsCredentials(aws_access_key_id="AKIAAPITEST0000000001", aws_secret_access_key=SECRET,
                            region_name=REGION)
-    return TestClient(make_app(settings, ops_policy=policy, ops_connections=Connections(aws=creds)))
+    return TestClient(make_app(settings, ops_policy={tenant: policy},
+                               ops_connections={tenant: Connections(aws=creds)}))
 
 
 @pytest.fixture
 def ops(settings, s3, tenant):
-    with _client(settings, POLICY) as client:
+    with _client(settings, POLICY, tenant) as client:
         yield client, register(client, tenant), s3
 
 
@@ -126,17 +128,22 @@ def test_approve_and_reject_need_admin_and_an_operation_awaiting_approval(ops, p
     update_operation(pool, op_id, status="awaiting_approval")  # as a paused run of the operate flow leaves it
     in_flight = execute(client, org, "aws.s3_put_object", arguments=PUT, dry_run=False, idempotency_key="approve-1")
     assert assert_error(in_flight, 409, "in_progress")["operation_id"] == op_id  # not re-planned, not reset
-    decided = client.post(f"{API}/operations/{op_id}/approve", json={"comment": "ship it"}, headers=org.headers)
+    # the key that requested the operation cannot approve it; another admin key of the tenant can
+    assert_error(client.post(f"{API}/operations/{op_id}/approve", headers=org.headers), 403, "self_approval")
+    other = new_key(client, org, ["admin"])
+    decided = client.post(f"{API}/operations/{op_id}/approve", json={"comment": "ship it"}, headers=other.headers)
     assert decided.status_code == 200, decided.text
-    assert decided.json() == {"operation_id": op_id, "decision": "approved", "approver": "api-key:admin",
-                              "flow_run_id": None}
+    assert decided.json() == {"operation_id": op_id, "decision": "approved", "approver": "admin",
+                              "approver_id": other.key_id, "approver_kind": "api_key", "flow_run_id": None}
     assert_error(client.post(f"{API}/operations/{op_id}/reject", headers=org.headers), 409, "conflict")
-    statuses = [r["status"] for r in client.get(f"{API}/audit", headers=org.headers).json()["items"]]
-    assert statuses == ["planned", "approval_approved"]
+    audit = client.get(f"{API}/audit", headers=org.headers).json()["items"]
+    assert [r["status"] for r in audit] == ["planned", "approval_approved"]
+    assert audit[1]["actor"] == {"tenant": org.slug, "api_key_id": other.key_id, "api_key_name": "admin"}
+    assert audit[1]["approval"]["approver_id"] == other.key_id
 
 
 def test_approval_required_without_a_deployment_is_409_with_the_plan(prefect_harness, settings, s3, tenant):
-    with _client(settings, NEEDS_APPROVAL) as client:
+    with _client(settings, NEEDS_APPROVAL, tenant) as client:
         org = register(client, tenant)
         refused = execute(client, org, "aws.s3_put_object", arguments=PUT, dry_run=False)
         error = assert_error(refused, 409, "approval_required")
@@ -153,7 +160,7 @@ def test_approval_required_hands_the_operation_to_the_operate_deployment(prefect
     with get_client(sync_client=True) as prefect:
         deployment_id = prefect.create_deployment(flow_id=prefect.create_flow_from_name("operate"), name="operate")
         try:
-            with _client(settings, NEEDS_APPROVAL) as client:
+            with _client(settings, NEEDS_APPROVAL, tenant) as client:
                 org = register(client, tenant)
                 submitted = execute(client, org, "aws.s3_put_object", arguments=PUT, dry_run=False,
                                     idempotency_key="handoff-1")

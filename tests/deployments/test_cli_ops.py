@@ -41,6 +41,11 @@ def test_op_list_and_schema():
 
 def test_run_dry_then_execute_then_denied_and_bad_args(aws_blocks, tenant):
     args = json.dumps({"bucket": "acme-data", "key": "a.txt", "body": "hello"})
+    ungranted = runner.invoke(app, ["op", "run", "aws.s3_put_object", "--args", args, "--tenant", tenant, "--direct"])
+    assert ungranted.exit_code == 3 and "has no operations grant" in ungranted.output, ungranted.output
+    granted = runner.invoke(app, ["tenants", "grant", tenant, "--policy", "devmesh-policy", "--aws-block",
+                                  "devmesh-aws"])
+    assert granted.exit_code == 0 and json.loads(granted.stdout)["aws_block"] == "devmesh-aws", granted.output
     dry = runner.invoke(app, ["op", "run", "aws.s3_put_object", "--args", args, "--tenant", tenant, "--direct"])
     assert dry.exit_code == 0, dry.output
     assert json.loads(dry.stdout)["status"] == "planned"
@@ -55,7 +60,8 @@ def test_run_dry_then_execute_then_denied_and_bad_args(aws_blocks, tenant):
                               "--args", json.dumps({"bucket": "acme-data", "body": "x", "colour": "red"})])
     assert bad.exit_code == 2 and "key" in bad.output and "colour" in bad.output
     shown = runner.invoke(app, ["audit", "show", "--tenant", tenant])
-    assert [json.loads(line)["status"] for line in shown.stdout.splitlines()] == ["planned", "succeeded", "denied"]
+    assert [json.loads(line)["status"] for line in shown.stdout.splitlines()] == \
+        ["denied", "granted", "planned", "succeeded", "denied"]
     verified = runner.invoke(app, ["audit", "verify"])
     assert verified.exit_code == 0 and json.loads(verified.stdout)["ok"]
 

@@ -50,14 +50,14 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def server(settings, clock):
+def server(settings, clock, tenant):
     """The gateway app (REST API included, webhook block given in code) on a random local port, with an AWS
-    policy and moto-backed credentials so that operations can be planned."""
+    policy and moto-backed credentials for `tenant` so that its operations can be planned."""
     creds = AwsCredentials(aws_access_key_id="AKIACLIENTTEST000001", aws_secret_access_key=AWS_SECRET,
                            region_name=REGION)
     admission = Admission(PgVectorStore.from_settings(settings).pool, settings.admission, clock=clock)
-    app = make_app(settings, admission=admission, ops_policy=POLICY,
-                   ops_connections=Connections(aws=creds))
+    app = make_app(settings, admission=admission, ops_policy={tenant: POLICY},
+                   ops_connections={tenant: Connections(aws=creds)})
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, log_level="warning",
                             access_log=False, lifespan="on")
     served = uvicorn.Server(config)

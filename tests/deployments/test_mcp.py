@@ -127,7 +127,7 @@ async def test_context_round_trip_and_search(settings, pool, acme):
 async def test_aws_operation_dry_run_then_execute_within_policy(settings, pool, acme, aws):
     tenant, admin = acme
     conns, s3 = aws
-    async with client(settings, pool, admin, connections=conns, policy=POLICY) as c:
+    async with client(settings, pool, admin, connections={tenant: conns}, policy={tenant: POLICY}) as c:
         planned = await c.call_tool("aws.s3_put_object", PUT)
         assert not planned.is_error, text(planned)
         assert planned.structured_content["status"] == "planned"
@@ -144,9 +144,9 @@ async def test_aws_operation_dry_run_then_execute_within_policy(settings, pool, 
 
 
 async def test_denials_and_bad_arguments_are_tool_errors(settings, pool, acme, aws):
-    _, admin = acme
+    tenant, admin = acme
     conns, s3 = aws
-    async with client(settings, pool, admin, connections=conns, policy=POLICY) as c:
+    async with client(settings, pool, admin, connections={tenant: conns}, policy={tenant: POLICY}) as c:
         denied = await c.call_tool("aws.s3_put_object", {**PUT, "bucket": "evil-bucket", "dry_run": False})
         assert denied.is_error and "OperationDenied" in text(denied) and "aws_buckets" in text(denied)
         missing = await c.call_tool("aws.s3_put_object", {"bucket": "acme-data", "body": "x"})
@@ -160,7 +160,7 @@ async def test_denials_and_bad_arguments_are_tool_errors(settings, pool, acme, a
         with pytest.raises(MCPError, match="unknown tool"):
             await c.call_tool("aws.s3_delete_everything", {})
     gated = POLICY.model_copy(update={"require_approval": ["aws.s3_put_object"]})
-    async with client(settings, pool, admin, connections=conns, policy=gated) as c:
+    async with client(settings, pool, admin, connections={tenant: conns}, policy={tenant: gated}) as c:
         waiting = await c.call_tool("aws.s3_put_object", {**PUT, "dry_run": False})
         assert waiting.is_error and "ApprovalRejected" in text(waiting) and "needs approval" in text(waiting)
     assert s3.list_objects_v2(Bucket="acme-data").get("KeyCount") == 0

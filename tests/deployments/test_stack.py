@@ -74,6 +74,7 @@ def test_up_webhook_to_searchable_issue_then_clean_stop(tmp_path):
         status = subprocess.run([sys.executable, "-m", "deployments.cli", "status", "--json"], cwd=ROOT, env=env,
                                 capture_output=True, text=True, timeout=60)
         assert status.returncode == 0 and json.loads(status.stdout)["up"], status.stdout + status.stderr
+        assert json.loads(status.stdout)["registration"].startswith("open"), status.stdout
         body = issue_payload()
         issue = json.loads(body)
         signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
@@ -115,3 +116,4 @@ def test_up_webhook_to_searchable_issue_then_clean_stop(tmp_path):
             out, _ = stack.communicate()
     assert stack.returncode == 0, out
     assert "devmesh stopped" in out and not (home / "stack.json").exists()
+    assert "registration: open (anyone may register" in out, out

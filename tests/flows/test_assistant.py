@@ -23,6 +23,7 @@ from flows.operate import OperateRequest, run_operation
 from tasks.audit import read_audit
 from tasks.context_index import append_messages
 from tasks.contexts import context_scope, create_context, get_context, search_contexts
+from tasks.grants import set_grant
 from tasks.llm_usage import llm_usage_summary
 from tasks.operation_log import get_operation_row
 from tasks.ops.base import Connections
@@ -308,6 +309,8 @@ def test_the_flow_run_does_not_pause_for_an_approval(prefect_harness, settings, 
     GitHubConnection(base_url=github.url, token=GH_TOKEN, timeout=2, seconds_between_requests=0,
                      seconds_between_writes=0).save("devmesh-github", overwrite=True)
     POLICY.save("devmesh-policy", overwrite=True)
+    set_grant(pool_of(settings), tenant, actor={"via": "pytest"}, policy_block="devmesh-policy",
+              github_block="devmesh-github")  # the assistant's tenant operates with what the operator granted it
     api.reply_tools([("github.comment_issue", {"repo": "octo/app", "issue_number": 1, "body": "bump memory"})])
     api.reply_text("Needs approval.")
     out = assistant(AssistantRequest(tenant=tenant, user_id="ana", message="comment please",

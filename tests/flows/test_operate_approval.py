@@ -17,6 +17,7 @@ from blocks.policy import OperationPolicy
 from flows.operate import OperateRequest, decide, operate
 from tasks.approvals import add_approver, revoke_approver
 from tasks.audit import read_audit, verify_audit
+from tasks.grants import set_grant
 from tasks.operation_log import get_operation_row
 
 REGION = "eu-west-1"
@@ -24,7 +25,8 @@ PUT = {"bucket": "acme-data", "key": "deploy/notes.txt", "body": "release 1.2"}
 
 
 @pytest.fixture
-def guarded(prefect_harness, settings, monkeypatch):
+def guarded(prefect_harness, settings, monkeypatch, pool, tenant):
+    """The blocks saved under the settings' names, granted to `tenant` (tasks.grants): its operations use them."""
     monkeypatch.setenv("DEVMESH_OPS__APPROVAL_POLL_S", "1")
     with mock_aws():
         s3 = boto3.client("s3", region_name=REGION)
@@ -38,6 +40,7 @@ def guarded(prefect_harness, settings, monkeypatch):
                             ).save("devmesh-policy", overwrite=True)
 
         policy()
+        set_grant(pool, tenant, actor={"via": "pytest"}, policy_block="devmesh-policy", aws_block="devmesh-aws")
         yield s3, policy
 
 
@@ -70,14 +73,16 @@ def test_approved_from_outside_executes_once_and_records_the_approver(guarded, p
     with pytest.raises(AuthFailed):
         decide(str(row["id"]), "dmapprove_wrong", "approved", tenant=tenant)
     decided = decide(str(row["id"]), token, "approved", tenant=tenant, comment="ship it")
-    assert decided["approver"] == "alice"
+    assert decided["approver"] == "alice" and decided["approver_kind"] == "approver" and decided["approver_id"]
     out = future.result(timeout=120)
     executor.shutdown()
     assert out["status"] == "succeeded" and out["approval"]["approver"] == "alice"
+    assert out["approval"]["approver_id"] == decided["approver_id"]
     assert out["approval"]["plan_hash"] == out["plan_hash"] == row["plan_hash"]
     assert s3.get_object(Bucket="acme-data", Key="deploy/notes.txt")["Body"].read() == b"release 1.2"
-    statuses = [r["status"] for r in read_audit(pool, tenant=tenant)]
-    assert statuses == ["awaiting_approval", "approval_approved", "succeeded"]
+    records = [r for r in read_audit(pool, tenant=tenant) if r["operation"] == "aws.s3_put_object"]
+    assert [r["status"] for r in records] == ["awaiting_approval", "approval_approved", "succeeded"]
+    assert records[1]["actor"] == {"tenant": tenant, "approver_id": decided["approver_id"], "approver": "alice"}
     assert verify_audit(pool).ok
     # the plan and each audit record of the run are artifacts in the Prefect UI, without the secret
     from prefect.client.orchestration import get_client

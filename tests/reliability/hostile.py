@@ -168,19 +168,25 @@ def hostile_env(settings, workdir: Path):
         hosts = settings.gateway.model_copy(update={"mcp_allowed_hosts": ["testserver"]})
         settings = settings.model_copy(update={"admission": generous, "gateway": hosts})
         app = create_app(settings, webhook=hook, emit=_no_emit, routes=Routes.from_prefect_yaml(ROOT / "prefect.yaml"))
-        app.state.devmesh.update(ops_policy=the_policy, ops_connections=conns)
+        tenant, victim = f"h-{uuid.uuid4().hex[:8]}", f"v-{uuid.uuid4().hex[:8]}"
+        # overrides are per tenant (tasks.grants.override_for): both organizations operate with the fakes
+        policies, connections = {tenant: the_policy, victim: the_policy}, {tenant: conns, victim: conns}
+        app.state.devmesh.update(ops_policy=policies, ops_connections=connections)
         mcp = next(r.app for r in app.router.routes if getattr(r, "path", None) == "/mcp")
         assert isinstance(mcp, McpHttpApp)
         # the gateway builds its MCP server from the settings' blocks; the corpus gives it the fakes and the policy
-        mcp.server = build_server(_scope_principal, settings, conns, the_policy)
+        mcp.server = build_server(_scope_principal, settings, connections, policies)
         llm = OpenAIChat(api_key=chat.api_key, base_url=f"{chat.url}/v1", model="gpt-test", timeout=5)
         with TestClient(app) as http:
-            tenant, victim = f"h-{uuid.uuid4().hex[:8]}", f"v-{uuid.uuid4().hex[:8]}"
             key, victim_key = _register(http, tenant), _register(http, victim)
             env = Env(settings, pool, workdir, http, tenant, key, victim, victim_key, github, kube, chat, llm,
                       the_policy, conns)
             _seed(env)
             yield env
+
+
+def _registration(slug: str) -> dict[str, str]:
+    return {"name": "Mallory", "slug": slug, "admin_email": "m@evil.example", "admin_name": "M", "password": PASSWORD}
 
 
 def _register(http, slug: str) -> str:
@@ -599,6 +605,18 @@ def rest_cases() -> list[Case]:
              rest("POST", "/tools/github.create_issue/execute",
                   {"arguments": {"repo": "attacker/evil", "title": "x"}, "dry_run": False}), AUDIT,
              mentions="github_repos"),
+        # claiming a tenant that is not a stranger's to take (tasks/claims.py)
+        Case("rest-register-reserved-slug", "rest", "tenant_claim", "register slug 'default'", "refused",
+             rest("POST", "/auth/register/organization", _registration("default")), mentions="reserved"),
+        Case("rest-register-look-alike-slug", "rest", "tenant_claim", "register slug 'dеfault' (Cyrillic е)",
+             "refused", rest("POST", "/auth/register/organization", _registration("d\u0435fault")),
+             mentions="U+0435"),
+        Case("rest-register-bidi-slug", "rest", "tenant_claim", "register slug 'acme' + U+202E", "refused",
+             rest("POST", "/auth/register/organization", _registration("acme\u202e")), mentions="U+202E"),
+        Case("rest-register-operator-tenant-fullwidth", "rest", "tenant_claim", "register slug 'ＤＥＦＡＵＬＴ'",
+             "refused", rest("POST", "/auth/register/organization", _registration("\uff24\uff25\uff26\uff21"
+                                                                                   "\uff35\uff2c\uff34")),
+             mentions="reserved"),
         # wrong types and odd numbers
         Case("rest-type-query-number", "rest", "wrong_type", '{"query": 123}', "refused",
              rest("POST", "/search", {"query": 123}), mentions="query"),

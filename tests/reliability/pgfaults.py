@@ -217,20 +217,6 @@ def unmount(path: Path) -> None:
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
-def _use_up_recycled_wal(conn, wal: Path) -> None:
-    """Switch the WAL into the segment files a checkpoint recycled ahead of the current one, until it writes the
-    last file there: recycled files are room the WAL can fill without allocating, so with them the volume's free
-    space would not be what a test asked for (how many there are depends on how much WAL the migrations wrote).
-    Files behind the current segment are recycled only at the next checkpoint, after the test."""
-    for _ in range(64):
-        current = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
-        if not [f for f in os.listdir(wal) if len(f) == 24 and f > current]:
-            return
-        conn.execute("SELECT pg_logical_emit_message(false, 'devmesh-test', 'switch')")  # something to switch from
-        conn.execute("SELECT pg_switch_wal()")
-    raise AssertionError(f"WAL segments ahead of the current one remain in {wal}")
-
-
 def start_on_volume(home: Path, free_bytes: int) -> tuple:
     """The store of `home` (on a tmpfs) started with its schema and checkpointed, then the tmpfs shrunk to leave
     `free_bytes`; (store, bytes the empty database uses, tmpfs size)."""
@@ -239,10 +225,18 @@ def start_on_volume(home: Path, free_bytes: int) -> tuple:
 
     store = PgVectorStore(home=str(home))
     pool = store.pool()
+    # The free space must not depend on where the schema's WAL ended: a zero-filled segment holds (up to 16 MB of)
+    # room the ingest's WAL would use without the volume noticing, and recycled segments too. So WAL files are
+    # written as they fill (wal_init_zero off: a new segment takes only the pages written) and removed, not
+    # recycled; the segment the schema wrote in is closed and removed at the checkpoint.
+    with psycopg.connect(url(home), autocommit=True) as conn:
+        for setting in ("wal_init_zero = off", "wal_recycle = off"):
+            conn.execute(f"ALTER SYSTEM SET {setting}")
+        conn.execute("SELECT pg_reload_conf()")
     ensure_schema(pool)
-    with pool.connection() as conn:
+    with psycopg.connect(url(home), autocommit=True) as conn:
+        conn.execute("SELECT pg_switch_wal()")
         conn.execute("CHECKPOINT")
-        _use_up_recycled_wal(conn, home / "pgdata" / "pg_wal")
     used = used_bytes(home.parent)
     resize_tmpfs(home.parent, used + free_bytes)
     return store, used, used + free_bytes

@@ -140,9 +140,10 @@ def test_disk_full_fails_with_a_clear_error_and_the_rerun_completes_when_space_r
         pytest.skip(cannot)
     home = mount / "home"
     try:
-        # 12 MB left: a few hundred chunks fit, 3,000 do not. Where PostgreSQL hits the wall decides what it does:
-        # in a table or index file it raises DiskFull (53100) and goes on; in the WAL it PANICs and restarts.
-        store, used, _ = pf.start_on_volume(home, 12 * 2**20)
+        # 4 MB left: a few hundred chunks fit, 3,000 (about 11 MB with their WAL) do not. Where PostgreSQL hits the
+        # wall decides what it does: in a table or index file it raises DiskFull (53100) and goes on; in the WAL it
+        # PANICs and restarts.
+        store, used, _ = pf.start_on_volume(home, 4 * 2**20)
         seen = pf.register_embedder()
         settings = pf.settings_for(home, STORE_BATCH)
         with pytest.raises(StoreUnavailable) as failed:

@@ -25,6 +25,7 @@ from blocks.policy import OperationPolicy
 from deployments.cli import app as cli_app
 from deployments.client import Mesh
 from flows.operate import OperateRequest, operate, run_operation
+from tasks.grants import set_grant
 from tasks.guard import execute_step, guarded, plan_step, verify_step
 from tasks.ops.base import Connections, get_operation, parse_input
 from tests.deployments.test_api import API, register
@@ -62,7 +63,8 @@ def assert_denied_and_audited(pool, tenant: str, github, count: int) -> None:
     assert len(rows) == count, rows
     assert all(r["status"] == "denied" and "github_repos" in r["error"] and "evil/app" in r["error"]
                for r in rows), rows
-    assert github.posts() == [], github.posts()  # nothing mutating reached the provider
+    # nothing reached the provider, not even a read: the policy judged the input before planning
+    assert github.requests == [], [(r.method, r.path) for r in github.requests]
     assert github.issues("evil/app") == []
     with pool.connection() as conn:
         statuses = {s for (s,) in conn.execute("SELECT status FROM operations WHERE tenant_id = %s", [tenant])}
@@ -70,7 +72,7 @@ def assert_denied_and_audited(pool, tenant: str, github, count: int) -> None:
 
 
 def test_rest_mcp_client_deny_audit_and_reach_nothing(settings, pool, tenant, github):
-    app, _ = gateway(settings, ops_policy=POLICY, ops_connections=conns(github))
+    app, _ = gateway(settings, ops_policy={tenant: POLICY}, ops_connections={tenant: conns(github)})
     for url in serve(app):
         with httpx.Client(base_url=url, timeout=60) as http:
             org = register(http, tenant)
@@ -197,15 +199,14 @@ def test_only_the_guard_runs_operations_and_no_surface_takes_credentials():
     assert "guard.py" not in spec and "tasks/ops" not in spec
 
 
-def test_operate_flow_and_cli_deny_audit_and_reach_nothing(prefect_harness, settings, pool, tenant, github,
-                                                          monkeypatch):
+def test_operate_flow_and_cli_deny_audit_and_reach_nothing(prefect_harness, settings, pool, tenant, github):
     """The operate flow (what the `operate/operate` deployment runs) and `devmesh op run`, with the policy and the
-    credentials loaded from their blocks as in production."""
-    monkeypatch.setenv("DEVMESH_OPS__GITHUB_BLOCK", "guard-bypass-github")
-    monkeypatch.setenv("DEVMESH_OPS__POLICY_BLOCK", "guard-bypass-policy")
+    credentials loaded from the blocks the operator granted the tenant, as in production."""
     GitHubConnection(base_url=github.url, token=TOKEN, timeout=2, seconds_between_requests=0,
                      seconds_between_writes=0).save("guard-bypass-github", overwrite=True)
     POLICY.save("guard-bypass-policy", overwrite=True)
+    set_grant(pool, tenant, actor={"via": "pytest"}, policy_block="guard-bypass-policy",
+              github_block="guard-bypass-github")
     request = OperateRequest(operation="github.create_issue", arguments=EVIL, tenant=tenant,
                              actor={"agent": "flow"}, dry_run=False)
     with pytest.raises(OperationDenied, match="github_repos"):

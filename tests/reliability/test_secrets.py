@@ -203,12 +203,12 @@ def test_every_block_secret_reaches_no_sink(settings, pool, tenant, echo, caplog
         fails(run_operation, request, settings, connections=conn, policy=policy)
 
     # HTTP: the REST and MCP answers of failing operations, and webhook signature failures
-    app, _ = gateway(settings, ops_policy=policy, ops_connections=Connections(github=cases[GitHubConnection]))
-    app.state.devmesh["webhook"] = cases[GitHubWebhook]
+    http_tenant = tenant + "-http"
+    app, _ = gateway(settings, cases[GitHubWebhook], ops_policy={http_tenant: policy},
+                     ops_connections={http_tenant: Connections(github=cases[GitHubConnection])})
     for url in serve(app):
-        app.state.devmesh["webhook"] = cases[GitHubWebhook]
         with httpx.Client(base_url=url, timeout=60) as http:
-            org = register(http, tenant + "-http")
+            org = register(http, http_tenant)
             for body in ({"arguments": {"repo": "octo/app", "title": "x"}},
                          {"arguments": {"repo": "octo/app", "title": "x"}, "dry_run": False}):
                 r = http.post(f"{API}/tools/github.create_issue/execute", json=body, headers=org.headers)

@@ -33,6 +33,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from moto import mock_aws
 from prefect_aws import AwsCredentials
+from prefect.blocks.system import Secret
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
@@ -46,6 +47,8 @@ from deployments.gateway import create_app
 from deployments.mcp_server import _scope_principal, build_server
 from flows.sync_repository import _save_cursor
 from tasks.approvals import add_approver
+from tasks.grants import set_grant
+from tasks.webhook_bindings import bind_repository
 from tasks.llm_usage import record_llm_usage
 from tasks.models import finish_switch, start_switch
 from tasks.ops.base import Connections
@@ -59,6 +62,7 @@ from tests.deployments.test_api import API, PASSWORD, ROOT, new_key, register
 from tests.deployments.test_api_tools import POLICY, PUT, REGION
 
 WEBHOOK_SECRET = "isolation-webhook-secret-0001"
+A_WEBHOOK_SECRET = "isolation-webhook-secret-of-a"  # A's own binding (tasks.webhook_bindings)
 MARK = "zebraquokka"  # a word only tenant A's data holds
 A_USER = "ana-of-a"
 A_KEY = "a-shared-idem-key"
@@ -86,6 +90,8 @@ TENANT_TABLES = {
     "organizations": "tenant_id = %(tenant)s",
     "api_keys": "tenant_id = %(tenant)s",
     "llm_usage": "tenant_id = %(tenant)s",
+    "tenant_grants": "tenant_id = %(tenant)s",
+    "webhook_bindings": "tenant_id = %(tenant)s",
 }
 GLOBAL_TABLES = {
     "admission_buckets": "token buckets of the admission gate, named by API key id or client address (tasks/"
@@ -95,6 +101,8 @@ GLOBAL_TABLES = {
     "embedding_models": "the registry of embedding models (name, dimensions, embedder block name): configuration "
                         "shared by every tenant, no tenant data; a tenant's choice is tenant_models",
     "schema_migrations": "applied migration versions and checksums of the one schema",
+    "registration_invites": "the operator's one-time registration tokens (hashed): minted before any tenant exists; "
+                            "the slug an invite is for and the tenant that used it are recorded, no tenant data",
 }
 
 
@@ -162,8 +170,10 @@ def serve(app, config: uvicorn.Config | None = None):
         sock.close()
 
 
-def gateway(settings, **state):
-    hook = GitHubWebhook(secrets=[SecretStr(WEBHOOK_SECRET)], repo_tenants={"acme-a/*": "PLACEHOLDER"})
+def gateway(settings, hook: GitHubWebhook | None = None, **state):
+    """The gateway app with the operator's webhook block `hook` (default: one with WEBHOOK_SECRET) and `state`
+    overriding the API's shared objects (ops_policy, ops_connections: mappings per tenant)."""
+    hook = hook or GitHubWebhook(secrets=[SecretStr(WEBHOOK_SECRET)])
     app = create_app(settings, webhook=hook, emit=_no_emit, routes=Routes.from_prefect_yaml(ROOT / "prefect.yaml"))
     app.state.devmesh.update(state)
     if "ops_policy" in state:  # the gateway's MCP endpoint takes the same policy and connections as REST
@@ -199,15 +209,15 @@ class World:
 
 
 @pytest.fixture
-def world(settings, pool, tenant):
+def world(prefect_harness, settings, pool, tenant):
     creds = AwsCredentials(aws_access_key_id="AKIAISOLATIONWORLD01", aws_secret_access_key="isolation-world-01",
                            region_name=REGION)
     with mock_aws():
         boto3.client("s3", region_name=REGION).create_bucket(
             Bucket="acme-data", CreateBucketConfiguration={"LocationConstraint": REGION})
-        app, hook = gateway(settings, ops_policy=POLICY, ops_connections=Connections(aws=creds))
         slug_a, slug_b = f"{tenant}-a", f"{tenant}-b"
-        hook.repo_tenants = {"acme-a/*": slug_a}
+        app, hook = gateway(settings, ops_policy={slug_a: POLICY, slug_b: POLICY},
+                            ops_connections={slug_a: Connections(aws=creds), slug_b: Connections(aws=creds)})
         for url in serve(app):
             with httpx.Client(base_url=url, timeout=60) as http:
                 a, b = register(http, slug_a), register(http, slug_b)
@@ -239,15 +249,23 @@ def _populate_a(http, pool, a) -> dict:
     ids["approved_operation_id"] = planned["operation_id"]
     with pool.connection() as conn:  # as a paused run of the operate flow leaves it
         conn.execute("UPDATE operations SET status = 'awaiting_approval' WHERE id = %s", [planned["operation_id"]])
-    r = http.post(f"{API}/operations/{planned['operation_id']}/approve", json={"comment": MARK}, headers=h)
+    second_admin = new_key(http, a, ["admin"])  # the requesting key may not approve its own operation
+    r = http.post(f"{API}/operations/{planned['operation_id']}/approve", json={"comment": MARK},
+                  headers=second_admin.headers)
     assert r.status_code == 200, r.text
+    ids["second_admin_key_id"] = second_admin.key_id
+    set_grant(pool, a.slug, actor={"via": "pytest"}, policy_block="a-policy", aws_block="a-aws")
     ids["reader_key_id"] = new_key(http, a, ["read"]).key_id
     ids["approver_token"] = add_approver(pool, a.slug, "carol-a")
+    Secret(value=A_WEBHOOK_SECRET).save("isolation-a-webhook", overwrite=True)
+    ids["binding_id"] = bind_repository(pool, "acme-a/*", a.slug, "secret/isolation-a-webhook",
+                                        actor={"via": "pytest"}).id
     payload = json.dumps({"action": "opened", "repository": {"full_name": "acme-a/app"},
                           "issue": {"number": 1, "title": MARK, "body": MARK}}).encode()
     ids["delivery_id"] = f"deliv-{uuid.uuid4()}"
     r = http.post("/webhooks/github", content=payload, headers={
-        "X-Hub-Signature-256": _sign(payload), "X-GitHub-Event": "issues", "X-GitHub-Delivery": ids["delivery_id"],
+        "X-Hub-Signature-256": _sign(payload, A_WEBHOOK_SECRET), "X-GitHub-Event": "issues",
+        "X-GitHub-Delivery": ids["delivery_id"],
         "Content-Type": "application/json"})
     assert r.status_code == 202, r.text
     deadline = time.monotonic() + 30  # the outbox emits it in the background: let it settle before any digest

@@ -33,7 +33,7 @@ def test_register_returns_a_key_once_and_stores_only_hashes(tenancy):
         password = conn.execute("SELECT password_hash FROM organizations").fetchone()[0]
     assert key not in dumped and key[14:] not in dumped
     assert password.startswith("scrypt$") and "correct horse" not in password
-    with pytest.raises(InputError, match="exists"):
+    with pytest.raises(InputError, match="already uses this slug"):
         register_organization(tenancy, org())
 
 
