@@ -9,9 +9,9 @@ Outcomes:
     refused   a clear 4xx / tool error / CLI error naming what was wrong (`mentions` must appear in it)
     handled   accepted and dealt with safely (stored as inert data, skipped, or answered without leaking)
     server_error  a 5xx, a crash, an unexpected exception: always a failure
-Around every case the row count of every table is taken before and after: a table outside the case's
-`may_store` set (and outside the admission gate's own records, ADMISSION) that changed is "stored that should not
-be" (always a failure). Denied operations are expected to
+Around every case the row count of every table (but the admission gate's own records, ADMISSION) is taken before
+and after: a table outside the case's `may_store` set that changed is "stored that should not be" (always a
+failure). Denied operations are expected to
 leave exactly their audit trail (operations + audit_log, checked by the driver to say "denied").
 
 `run_corpus(env)` returns one result per case; `tally(results)` the counts per surface × category. The test
@@ -213,10 +213,12 @@ def _seed(env: Env) -> None:
 
 
 def table_counts(pool) -> dict[str, int]:
-    """Row count of every user table."""
+    """Row count of every user table but the admission gate's own records (ADMISSION: every request through the
+    gate may write them, refused or not)."""
     with pool.connection() as conn:
         tables = [r[0] for r in conn.execute(
-            "SELECT relname FROM pg_stat_user_tables WHERE schemaname = 'public' ORDER BY relname").fetchall()]
+            "SELECT relname FROM pg_stat_user_tables WHERE schemaname = 'public' ORDER BY relname").fetchall()
+            if r[0] not in ADMISSION]
         query = " UNION ALL ".join(f"SELECT '{t}', count(*) FROM {t}" for t in tables)
         return dict(conn.execute(query).fetchall())
 
@@ -1064,7 +1066,7 @@ def run_case(env: Env, case: Case) -> dict[str, Any]:
         outcome = Outcome("server_error", f"{type(exc).__name__}: {str(exc)[:400]}")
     after = table_counts(env.pool)
     delta = {t: after.get(t, 0) - before.get(t, 0) for t in after if after.get(t, 0) != before.get(t, 0)}
-    unexpected = {t: d for t, d in delta.items() if t not in case.may_store and t not in ADMISSION}
+    unexpected = {t: d for t, d in delta.items() if t not in case.may_store}
     if outcome.verdict == "refused" and case.may_store == AUDIT and not unexpected:
         audited = delta.get("audit_log", 0)
         if case.surface != "assistant" and audited < 1 and "OperationDenied" in outcome.detail:
