@@ -6,16 +6,19 @@
     │                               unknown filter key ... (never retried; names the item)
     │   ├── ContextNotFound         no such conversation context in the tenant (names the id)
     │   ├── ContextExpired          the context's ttl has passed (the expire-contexts flow deletes it)
-    │   └── ContextLimitExceeded    max_messages, max_bytes or the per-message size would be exceeded
+    │   ├── ContextLimitExceeded    max_messages, max_bytes or the per-message size would be exceeded
+    │   └── ContextExists           a client-chosen context id is taken in the tenant
     ├── StoreError                  the database refused or is unreachable
     │   └── StoreUnavailable        the database as a whole cannot take the work (disk full, server gone or
     │                               restarting): no item can succeed, the message says what to do
-    ├── GuardError                  OperationDenied | ApprovalRejected (never retried)
+    ├── SearchTimeout               a search ran past search.timeout_s (statement_timeout); the message is for
+    │                               the caller (a narrower search may pass), unlike a StoreError's
+    ├── GuardError                  OperationDenied | ApprovalRejected (ApprovalExpired) (never retried)
     └── ProviderError(.provider, .operation)
         ├── TransientError          RateLimited | ProviderTimeout | Conflict (retried)
         │                           Conflict (Kubernetes 409: re-read, re-apply)
-        └── PermanentError          AuthFailed | InvalidRequest | NotFound | MalformedResponse | RolledBack
-                                    (never retried)
+        └── PermanentError          AuthFailed (KeyExpired) | InvalidRequest | NotFound | MalformedResponse |
+                                    RolledBack (never retried)
 """
 
 from __future__ import annotations
@@ -27,17 +30,21 @@ __all__ = [
     "ContextNotFound",
     "ContextExpired",
     "ContextLimitExceeded",
+    "ContextExists",
     "StoreError",
     "StoreUnavailable",
+    "SearchTimeout",
     "GuardError",
     "OperationDenied",
     "ApprovalRejected",
+    "ApprovalExpired",
     "ProviderError",
     "TransientError",
     "RateLimited",
     "ProviderTimeout",
     "PermanentError",
     "AuthFailed",
+    "KeyExpired",
     "InvalidRequest",
     "NotFound",
     "MalformedResponse",
@@ -75,6 +82,10 @@ class ContextLimitExceeded(InputError):
     """Appending would exceed a size limit; the message names the limit and nothing was written."""
 
 
+class ContextExists(InputError):
+    """A context with this client-chosen id already exists in the tenant."""
+
+
 class StoreError(AppError):
     """The database failed or refused a statement."""
 
@@ -84,6 +95,10 @@ class StoreUnavailable(StoreError):
 
     What was committed before stays; an ingest re-run after the cause is fixed skips it and does the rest.
     """
+
+
+class SearchTimeout(AppError):
+    """A search's ranking query ran longer than search.timeout_s and was cancelled by the database."""
 
 
 class GuardError(AppError):
@@ -96,6 +111,10 @@ class OperationDenied(GuardError):
 
 class ApprovalRejected(GuardError):
     """A human rejected the operation, or the approval expired."""
+
+
+class ApprovalExpired(ApprovalRejected):
+    """No decision came within the policy's approval_timeout_s: rejected."""
 
 
 class ProviderError(AppError):
@@ -129,6 +148,10 @@ class PermanentError(ProviderError):
 
 class AuthFailed(PermanentError):
     """Credentials were refused."""
+
+
+class KeyExpired(AuthFailed):
+    """An API key presented after its expiry (keys.rotation_days): rotate it or issue a new one."""
 
 
 class InvalidRequest(PermanentError):

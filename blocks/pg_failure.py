@@ -6,13 +6,15 @@ from __future__ import annotations
 import calendar
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
 
-from blocks.errors import StoreUnavailable
+from blocks.errors import SearchTimeout, StoreUnavailable
 
-__all__ = ["database_failure"]
+__all__ = ["database_failure", "search_deadline"]
 
 
 _CONNECTION_LOST = ("57P01", "57P02", "57P03")  # admin_shutdown, crash_shutdown, cannot_connect_now
@@ -89,3 +91,17 @@ def _recent_panic(log: Path, within_s: float = 60.0) -> str | None:
             return None
         return "the server then PANICked: " + line.split("PANIC:", 1)[1].strip()
     return None
+
+
+@contextmanager
+def search_deadline(seconds: float | None) -> Iterator[None]:
+    """Within: the database cancelling a statement (statement_timeout, set per transaction by the search) is a
+    SearchTimeout that says what to do, not a bare QueryCanceled."""
+    try:
+        yield
+    except psycopg.errors.QueryCanceled as exc:
+        limit = f"{seconds:g} s" if seconds is not None else "its time limit"
+        raise SearchTimeout(
+            f"the search ran longer than {limit} (search.timeout_s; devmesh.yaml performance.vector_search_timeout) "
+            "and was cancelled; narrow it (filters, context ids, a smaller limit, mode vector) or raise the limit"
+        ) from exc

@@ -1,4 +1,5 @@
-"""Settings: the non-secret knobs of devmesh, read from DEVMESH_* environment variables."""
+"""Settings: the non-secret knobs of devmesh, read from DEVMESH_* environment variables and, below them, from the
+settings file devmesh.yaml (blocks/config_file.py: $DEVMESH_CONFIG or ./devmesh.yaml; the guide's keys too)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-__all__ = ["AdmissionSettings", "AuditSettings", "ChunkSettings", "ContextSettings", "SearchSettings", "IngestSettings",
-           "OpsSettings", "GatewaySettings", "TracingSettings", "TenancySettings", "Settings"]
+__all__ = ["AdmissionSettings", "AuditSettings", "ChunkSettings", "SearchSettings", "IngestSettings", "OpsSettings",
+           "GatewaySettings", "TracingSettings", "TenancySettings", "KeySettings", "ContextSettings", "ClientSettings",
+           "Settings"]
 
 
 class ChunkSettings(BaseModel):
@@ -39,27 +41,24 @@ class SearchSettings(BaseModel):
     ef_search: int = Field(100, ge=1, le=1000, description="HNSW candidate list size at query time.")
     candidates: int = Field(50, ge=1, le=1000, description="Rows each ranking contributes to hybrid fusion.")
     max_scan_tuples: int = Field(20000, ge=1, description="Cap of pgvector iterative scans for filtered search.")
+    timeout_s: float | None = Field(
+        30.0, gt=0, le=3600, description="Longest a search's ranking query may run (PostgreSQL statement_timeout); "
+        "past it the search fails with SearchTimeout (HTTP 504). None: unbounded. "
+        "devmesh.yaml: performance.vector_search_timeout.")
 
 
 class IngestSettings(BaseModel):
     """Limits of the ingest pipeline."""
 
     max_file_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Larger files are refused.")
-    embed_batch: int = Field(64, ge=1, description="Texts per embedder call.")
+    embed_batch: int = Field(64, ge=1, le=100_000, description="Texts per embedding step of an ingest (one task run, "
+                             "one tick of the progress bar); providers split it further into their own request "
+                             "limits. devmesh.yaml: embedding.batch_size.")
     store_batch: int = Field(2000, ge=1, description="Chunks per store transaction.")
     workers: int = Field(2, ge=1, le=32, description="Bound of the flow's task runner thread pool.")
     index_memory_mb: int | None = Field(
         None, ge=64, le=1048576, description="Most maintenance_work_mem (MB) an index build asks of the server. "
         "Unset: a quarter of this machine's RAM for the embedded server, 1024 for an external one.")
-
-
-class ContextSettings(BaseModel):
-    """Caps of one append to a conversation context (REST, MCP, Memory): it is chunked and embedded while the request
-    waits, so its size bounds the request's time (10,000 messages took 236 s on two cores)."""
-
-    max_append_messages: int = Field(500, ge=1, le=10_000, description="Messages per append; more: 422 naming it.")
-    max_append_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024,
-                                  description="UTF-8 bytes of message content per append; more: 422 naming it.")
 
 
 class OpsSettings(BaseModel):
@@ -71,6 +70,9 @@ class OpsSettings(BaseModel):
     aws_block: str = Field("devmesh-aws", description="Name of the prefect-aws AwsCredentials block.")
     approval_poll_s: int = Field(5, ge=1, le=300, description="How often a paused run checks for a decision.")
     max_retries: int = Field(4, ge=0, le=20, description="Retries of a transient provider failure.")
+    max_concurrent_tools: int = Field(
+        5, ge=1, le=1000, description="Most tool executions (guarded operations) running at once; the cap is a "
+        "Prefect global concurrency limit. devmesh.yaml: performance.concurrent_tool_executions.")
 
 
 class GatewaySettings(BaseModel):
@@ -207,6 +209,54 @@ class TenancySettings(BaseModel):
     )
 
 
+class KeySettings(BaseModel):
+    """Lifetime of API keys."""
+
+    rotation_days: int | None = Field(
+        None, ge=1, le=3650, description="New keys expire this many days after they are issued (a key presented "
+        "after that gets 401 saying it expired); rotate before then. None: keys do not expire. "
+        "devmesh.yaml: security.api_key_rotation_days.")
+    rotation_grace_hours: float = Field(
+        24.0, ge=0, le=720, description="After a rotation the old key keeps working this long, so that every "
+        "agent can switch to its successor; 0 revokes it at once.")
+
+
+class ContextSettings(BaseModel):
+    """Defaults of new conversation contexts (a request may set its own), and the caps of one append (REST, MCP,
+    Memory): an append is chunked and embedded while its request waits, so its size bounds the request's time
+    (10,000 messages took 236 s on two cores)."""
+
+    max_append_messages: int = Field(500, ge=1, le=10_000, description="Messages per append; more: 422 naming it.")
+    max_append_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024,
+                                  description="UTF-8 bytes of message content per append; more: 422 naming it.")
+
+    max_size_mb: float = Field(50.0, gt=0, le=1 << 20, description="Largest a context may grow: its messages' "
+                               "content plus its metadata, in MiB. devmesh.yaml: performance.max_context_size_mb.")
+    encrypt: bool = Field(False, description="Encrypt new contexts' messages at rest with the key in the Secret "
+                          "block `key_name` (blocks/cipher.py). devmesh.yaml: security.encrypt_contexts.")
+    key_name: str = Field("devmesh-context-key", min_length=1, max_length=200,
+                          description="Secret block holding the Fernet key of encrypted contexts.")
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_size_mb * 1024 * 1024)
+
+
+class ClientSettings(BaseModel):
+    """How the guide's Python clients (devops_mcp) reach the API when their arguments do not say."""
+
+    base_url: str = Field("http://localhost:8787/api/v1", min_length=1,
+                          description="The API's base URL. devmesh.yaml: api.mcp_server.url.")
+    vector_url: str | None = Field(None, description="The vector API's base URL (default: base_url). "
+                                   "devmesh.yaml: api.vector_api.url.")
+    timeout_s: float = Field(30.0, gt=0, le=3600, description="Seconds per request. "
+                             "devmesh.yaml: api.mcp_server.timeout.")
+    retry_attempts: int = Field(4, ge=0, le=20, description="Retries of a 429, a 5xx or a lost connection, where "
+                                "a retry cannot act twice. devmesh.yaml: api.mcp_server.retry_attempts.")
+    pool_size: int = Field(20, ge=1, le=1000, description="HTTP connections a client keeps open at most. "
+                           "devmesh.yaml: api.vector_api.connection_pool_size.")
+
+
 class Settings(BaseSettings):
     """All devmesh settings; build once at the entry point and pass it down."""
 
@@ -220,6 +270,10 @@ class Settings(BaseSettings):
     embedder: str = Field(
         "local", description="Embedder: 'local' (in-process MiniLM) or a block slug such as 'openai-embedder/prod'."
     )
+    embedders: dict[str, str] = Field(
+        default_factory=dict, description="Embedding models a client may name (POST /contexts/{id}/embeddings, "
+        "search `model`) → the embedder producing each ('local' or a block slug); the configured `embedder` "
+        "needs no entry. devmesh.yaml: embedding.models.")
     pool_max_size: int = Field(8, ge=1, le=256, description="Connections in the pool.")
     chunk: ChunkSettings = ChunkSettings()
     search: SearchSettings = SearchSettings()
@@ -231,6 +285,21 @@ class Settings(BaseSettings):
     tenancy: TenancySettings = TenancySettings()
     audit: AuditSettings = AuditSettings()
     admission: AdmissionSettings = AdmissionSettings()
+    keys: KeySettings = KeySettings()
+    contexts: ContextSettings = ContextSettings()
+    client: ClientSettings = ClientSettings()
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource):
+        """Arguments, then DEVMESH_* variables, then devmesh.yaml, then the defaults."""
+        from blocks.config_file import GuideYamlSource, config_path
+
+        path = config_path()
+        file = (GuideYamlSource(settings_cls, path),) if path is not None else ()
+        return (init_settings, env_settings, dotenv_settings, file_secret_settings, *file)
 
     @field_validator("tracing", mode="wrap")
     @classmethod

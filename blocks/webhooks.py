@@ -9,9 +9,10 @@ from fnmatch import fnmatchcase
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
 
-__all__ = ["GitHubWebhook", "SIGNATURE_PREFIX"]
+__all__ = ["GitHubWebhook", "MIN_SECRET_CHARS", "SIGNATURE_PREFIX"]
 
 SIGNATURE_PREFIX = "sha256="
+MIN_SECRET_CHARS = 16
 
 
 class GitHubWebhook(Block):
@@ -29,8 +30,8 @@ class GitHubWebhook(Block):
     @field_validator("secrets")
     @classmethod
     def _not_empty(cls, v: list[SecretStr]) -> list[SecretStr]:
-        if any(len(s.get_secret_value()) < 16 for s in v):
-            raise ValueError("webhook secrets must be at least 16 characters")
+        if any(len(s.get_secret_value()) < MIN_SECRET_CHARS for s in v):
+            raise ValueError(f"webhook secrets must be at least {MIN_SECRET_CHARS} characters")
         return v
 
     def verify(self, body: bytes, signature: str | None) -> bool:

@@ -4,7 +4,7 @@
               names the client instead: read right to left, the first hop that is not a trusted proxy
     key       `Authorization: Bearer <key>` or `X-API-Key`; none at all: 401 (no lockout strike: nothing was
               guessed); a malformed, unknown or revoked one: 401 and a failure of the address, or 429 `locked_out`
-              when the address is locked already
+              when the address is locked already; an expired one: 401 `key_expired` saying so (a failure too)
     tenant    the key's organization (tasks.tenancy.authenticate)
     bucket    one token bucket per key, `key:<id>`, whichever surface it calls (429 `rate_limited`), checked in the
               same statement as the address's lockout (429 `locked_out`, unless this key authenticated from the
@@ -22,7 +22,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from blocks.errors import AuthFailed
+from blocks.errors import AuthFailed, KeyExpired
 from blocks.settings import AdmissionSettings
 from tasks.ratelimit import Admission
 from tasks.tenancy import Principal, authenticate
@@ -125,11 +125,14 @@ class AdmissionGate:
         address = self.address(peer, headers)
         try:
             principal = authenticate(self.pool(), key)
-        except AuthFailed:
+        except AuthFailed as exc:
             locked = self.admission.failed(address)
             if locked:
                 raise Refusal(429, "locked_out", "too many failed authentications from this address; retry later",
                               headers=retry_after(locked)) from None
+            if isinstance(exc, KeyExpired):  # its holder learns why: rotate it, rather than hunt for a typo
+                raise Refusal(401, "key_expired", str(exc).removeprefix("devmesh authenticate: "),
+                              headers=_CHALLENGE) from None
             raise Refusal(401, "unauthorized", UNAUTHORIZED, headers=_CHALLENGE) from None
         verdict = self.admission.admit(address, principal.key_id, principal.rate_per_minute, principal.burst)
         if verdict.locked_for:

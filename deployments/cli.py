@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from blocks.errors import AppError
 from blocks.settings import Settings
@@ -27,8 +28,7 @@ console = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(code)
+    cli_ops.fail(message, code)
 
 
 def _prefect_server_configured() -> bool:
@@ -48,7 +48,7 @@ def ingest(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Chunk, embed and store files; unchanged files cost nothing. Exit 1 if any item failed."""
-    from flows.ingest import IngestRequest, ingest as ingest_flow, run_ingest
+    from flows.ingest import PROGRESS_LISTENER, IngestRequest, ingest as ingest_flow, run_ingest
 
     settings = Settings()
     try:
@@ -57,18 +57,22 @@ def ingest(
         _fail(str(exc))
     use_flow = _prefect_server_configured() if as_flow is None else as_flow
     try:
-        if use_flow:
-            summary = ingest_flow(request)
-        else:
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          console=console, transient=True) as bar:
-                tasks: dict[str, int] = {}
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as bar:
+            tasks: dict[str, int] = {}
 
-                def progress(stage: str, done: int, total: int) -> None:
-                    if stage not in tasks:
-                        tasks[stage] = bar.add_task(stage, total=total)
-                    bar.update(tasks[stage], completed=done, total=total)
+            def progress(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(stage, total=total)
+                bar.update(tasks[stage], completed=done, total=total)
 
+            if use_flow:  # the flow runs in this process: it reports to the bar here and to the run's artifact
+                token = PROGRESS_LISTENER.set(progress)
+                try:
+                    summary = ingest_flow(request)
+                finally:
+                    PROGRESS_LISTENER.reset(token)
+            else:
                 summary = run_ingest(request, settings, progress=progress)
     except AppError as exc:
         _fail(str(exc))
@@ -81,7 +85,7 @@ def ingest(
             f"{summary['texts_embedded']} texts embedded in {summary['embedding_calls']} calls. Data: {summary['where']}"
         )
         for err in summary["errors"]:
-            console.print(f"[red]failed[/red] {err['item']}: {err['error']}")
+            console.print(Text.assemble(("failed", "red"), f" {err['item']}: {err['error']}"), highlight=False)
     if summary["errors"]:
         raise typer.Exit(1)
 
@@ -126,8 +130,8 @@ def print_hits(hits, out: Console | None = None) -> None:
     for i, h in enumerate(hits, 1):
         sim = "-" if h.similarity is None else f"{h.similarity:.3f}"
         bm25 = "-" if h.keyword_score is None else f"{h.keyword_score:.2f}"
-        out.print(f"[bold]{i:>2}. {h.document_id}#{h.seq}[/bold]  score {h.score:.4f}  cosine {sim}  bm25 {bm25}"
-                  f"  [{h.relevance}]", highlight=False)
+        out.print(Text.assemble((f"{i:>2}. {h.document_id}#{h.seq}", "bold"),
+                                f"  score {h.score:.4f}  cosine {sim}  bm25 {bm25}  [{h.relevance}]"), highlight=False)
         out.print("    " + " ".join(h.text.split())[:220], highlight=False, markup=False)
 
 
@@ -208,10 +212,10 @@ def doctor(as_json: bool = typer.Option(False, "--json"),
     if as_json:
         print(json.dumps([c.__dict__ for c in checks], indent=2))
     else:
-        marks = {"ok": "[green]ok  [/green]", "warn": "[yellow]warn[/yellow]", "fail": "[red]FAIL[/red]"}
+        marks = {"ok": ("ok  ", "green"), "warn": ("warn", "yellow"), "fail": ("FAIL", "red")}
         out = Console()
         for c in checks:
-            out.print(f"{marks[c.status]} {c.name}: {c.detail}", highlight=False)
+            out.print(Text.assemble(marks[c.status], f" {c.name}: {c.detail}"), highlight=False)
             if c.fix and c.status != "ok":
                 out.print(f"      fix: {c.fix}", highlight=False, markup=False)
     raise typer.Exit(1 if any(c.status == "fail" for c in checks) else 0)

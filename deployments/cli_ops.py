@@ -15,19 +15,25 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from blocks.errors import AppError, ApprovalRejected, AuthFailed, ConfigError, InputError, OperationDenied
 from blocks.settings import Settings
 
+REFUSED = {"denied": 3, "rejected": 4}  # exit codes of a refused operation
 op_app = typer.Typer(help="Run guarded DevOps operations (dry run by default).", no_args_is_help=True)
 approvers_app = typer.Typer(help="Manage who may approve operations.", no_args_is_help=True)
 audit_app = typer.Typer(help="Read and verify the audit trail.", no_args_is_help=True)
 console = Console(stderr=True)
 
 
-def _fail(message: str, code: int) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False, markup=False)
+def fail(message: str, code: int) -> None:
+    """Print `error: <message>` (the label red, the message as is: no markup, no traceback) and exit `code`."""
+    console.print(Text.assemble(("error:", "bold red"), " ", str(message)), highlight=False)
     raise typer.Exit(code)
+
+
+_fail = fail
 
 
 def _pool(settings: Settings):
@@ -75,14 +81,19 @@ def op_run(
 ) -> None:
     """Plan → policy → (approval) → execute → verify → audit; prints the summary as JSON."""
     from flows.operate import OperateRequest, operate, run_operation
+    from tasks.ops.base import get_operation, parse_input
 
     settings = Settings()
     try:
-        arguments = _arguments(args, args_file)
+        op = get_operation(operation)
+        arguments = _arguments(args, args_file, wraps_manifest="manifest" in op.input_model.model_fields)
+        parse_input(op, arguments)  # bad input is refused here, before any flow run starts
         request = OperateRequest(operation=operation, arguments=arguments, tenant=tenant or settings.tenant,
                                  dry_run=not execute, idempotency_key=key,
                                  actor={"via": "cli", "user": os.environ.get("USER", "unknown")})
         summary = operate(request) if as_flow else run_operation(request, settings)
+        if summary.get("status") in REFUSED:  # the flow run ended Denied / Rejected: a refusal, not a failure
+            _fail(summary["error"], REFUSED[summary["status"]])
     except (ValidationError, json.JSONDecodeError, InputError) as exc:
         _fail(str(exc), 2)
     except OperationDenied as exc:
@@ -94,17 +105,24 @@ def op_run(
     print(json.dumps(summary, indent=2, default=str))
 
 
-def _arguments(args: str | None, args_file: Path | None) -> dict:
+def _arguments(args: str | None, args_file: Path | None, *, wraps_manifest: bool = False) -> dict:
+    """The operation's arguments; for an operation taking a `manifest`, a file holding a plain Kubernetes object
+    (apiVersion, kind ...) is that manifest: {"manifest": <the file>}."""
     if args and args_file:
         raise InputError("give --args or --args-file, not both")
     if args_file:
         import yaml
 
-        data = yaml.safe_load(args_file.read_text(encoding="utf-8"))
+        try:
+            data = yaml.safe_load(args_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise InputError(f"cannot read it: {str(exc).splitlines()[0][:200]}", item=str(args_file)) from None
     else:
         data = json.loads(args) if args else {}
     if not isinstance(data, dict):
         raise InputError("arguments must be a JSON object", item="--args")
+    if wraps_manifest and "manifest" not in data and {"apiVersion", "kind"} <= set(data):
+        data = {"manifest": data}
     return data
 
 
@@ -209,12 +227,15 @@ def audit_key_show() -> None:
 
 @audit_app.command("show")
 def audit_show(tenant: Optional[str] = typer.Option(None), limit: int = typer.Option(20),
-               after: int = typer.Option(0, help="Records after this seq.")) -> None:
-    """Audit records as JSON lines."""
+               after: int = typer.Option(0, help="Records after this seq, oldest first."),
+               oldest: bool = typer.Option(False, "--oldest", help="From the first record on, oldest first.")) -> None:
+    """Audit records as JSON lines: the newest `limit`, newest first (--oldest or --after: in order)."""
     from tasks.audit import read_audit
 
     settings = Settings()
-    for record in read_audit(_pool(settings), tenant=tenant or settings.tenant, limit=limit, after_seq=after):
+    newest = not oldest and not after
+    for record in read_audit(_pool(settings), tenant=tenant or settings.tenant, limit=limit, after_seq=after,
+                             newest_first=newest):
         print(json.dumps(record, default=str))
 
 

@@ -28,7 +28,8 @@ Errors are the classes of blocks/errors.py, as the API means them; each carries 
     404 -> NotFound     409 approval_required -> ApprovalRequired(ApprovalRejected, .operation_id, .plan)
     409 approval_rejected -> ApprovalRejected   409 limit_exceeded -> ContextLimitExceeded   410 -> ContextExpired
     400/409/413/415/422 -> InputError naming the item (`fields` lists each bad field)   other 4xx -> InvalidRequest
-    429 after the retries -> RateLimited(.retry_after)   503 not_configured -> ConfigError   5xx -> TransientError
+    429 after the retries -> RateLimited(.retry_after)   503 not_configured -> ConfigError
+    504 search_timeout -> SearchTimeout (not retried)     other 5xx -> TransientError
     timeouts -> ProviderTimeout   a 2xx body that does not parse -> MalformedResponse
 The API key is held as a SecretStr, sent only in the Authorization header, masked in every log record
 (blocks.redact) and never part of a repr or an error message.
@@ -52,14 +53,15 @@ from pydantic_core import to_jsonable_python
 
 from blocks.errors import (
     AppError, ApprovalRejected, AuthFailed, ConfigError, ContextExpired, ContextLimitExceeded, InputError,
-    InvalidRequest, MalformedResponse, NotFound, OperationDenied, ProviderTimeout, RateLimited, TransientError,
+    InvalidRequest, MalformedResponse, NotFound, OperationDenied, ProviderTimeout, RateLimited, SearchTimeout,
+    TransientError,
 )
 from blocks.redact import register_secrets
 from blocks.retry import backoff, parse_retry_after, scrub
 from deployments.client_models import (
     AppendResult, AuditPage, AuditRecord, Context, ContextEmbeddings, ContextList, ContextPage, ContextSummary,
     DecisionResult, EmbeddingsResult, ExecuteResult, KeyCreated, KeyInfo, OperationInfo, Registered, SearchHits,
-    SimilarContext, Tool, Tools,
+    SimilarContext, StoredText, Tool, Tools,
 )
 
 __all__ = ["ApprovalRequired", "AsyncMesh", "Forbidden", "Mesh"]
@@ -230,6 +232,8 @@ class _Api:
             error = InvalidRequest(text, **where)
         elif status == 503 and code == "not_configured":
             error = ConfigError(text)
+        elif code == "search_timeout":  # the server's own time limit: the same search again would time out again
+            error = SearchTimeout(text)
         else:
             error = TransientError(text, **where)
             retry = status in RETRY_STATUSES and call.safe
@@ -273,13 +277,16 @@ class _Api:
 
     # -- contexts ----------------------------------------------------------------------------------------------
 
-    def create_context(self, *, user_id: str | None = None, agent_id: str | None = None,
+    def create_context(self, *, name: str | None = None, content: str | list[dict] | None = None,
+                       user_id: str | None = None, agent_id: str | None = None,
                        session_id: str | None = None, type: str | None = None, metadata: dict | None = None,
                        ttl_seconds: int | None = None, max_messages: int | None = None,
                        max_bytes: int | None = None, encrypted: bool | None = None) -> Context:
-        body = _clean({"user_id": user_id, "agent_id": agent_id, "session_id": session_id, "type": type,
-                       "metadata": metadata, "ttl_seconds": ttl_seconds, "max_messages": max_messages,
-                       "max_bytes": max_bytes, "encrypted": encrypted})
+        """A new context; `name`: an id of your choosing (then usable wherever its id is; InputError when taken),
+        `content`: its first message(s) (a string is one user message)."""
+        body = _clean({"id": name, "content": content, "user_id": user_id, "agent_id": agent_id,
+                       "session_id": session_id, "type": type, "metadata": metadata, "ttl_seconds": ttl_seconds,
+                       "max_messages": max_messages, "max_bytes": max_bytes, "encrypted": encrypted})
         return self._call(_Call("POST", _path("contexts"), body=body, parse=_model(Context), safe=False))
 
     def get_context(self, context_id: str, *, offset: int = 0, limit: int = 100) -> ContextPage:
@@ -331,6 +338,14 @@ class _Api:
         return self._call(_Call("GET", _path("contexts", context_id, "embeddings"), params=params,
                                 parse=_model(ContextEmbeddings)))
 
+    def store_text(self, context_id: str, content_index: int, text: str, *, metadata: dict | None = None,
+                   model: str | None = None) -> StoredText:
+        """Embed and store a text you chunked yourself at position `content_index` of the context (storing the
+        position again replaces it; an unchanged text is not re-embedded)."""
+        body = _clean({"content_index": content_index, "text": text, "metadata": metadata, "model": model})
+        return self._call(_Call("POST", _path("contexts", context_id, "embeddings"), body=body,
+                                parse=_model(StoredText)))
+
     # -- embeddings and search ---------------------------------------------------------------------------------
 
     def remember(self, document_id: str, text: str, *, metadata: dict | None = None,
@@ -346,11 +361,12 @@ class _Api:
 
     def search(self, query: str, *, mode: str = "hybrid", limit: int = 10, filters: dict | None = None,
                document_ids: list[str] | None = None, context_id: str | None = None, user_id: str | None = None,
-               model: str | None = None, min_similarity: float | None = None) -> SearchHits:
-        """Search the tenant's documents and contexts, one context or one user's contexts."""
+               model: str | None = None, min_similarity: float | None = None,
+               context_ids: list[str] | None = None) -> SearchHits:
+        """Search the tenant's documents and contexts, one context, several, or one user's contexts."""
         body = _clean({"query": query, "mode": mode, "limit": limit, "filters": filters,
                        "document_ids": document_ids, "context_id": context_id, "user_id": user_id, "model": model,
-                       "min_similarity": min_similarity})
+                       "min_similarity": min_similarity, "context_ids": context_ids})
         return self._call(_Call("POST", _path("search"), body=body, parse=_model(SearchHits)))
 
     def search_vector(self, vector: Iterable[float], model: str, *, limit: int = 10, filters: dict | None = None,

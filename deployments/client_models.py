@@ -15,7 +15,7 @@ __all__ = [
     "AppendResult", "AuditPage", "AuditRecord", "Context", "ContextEmbedding", "ContextEmbeddings", "ContextList",
     "ContextPage", "ContextSummary", "DecisionResult", "EmbeddingsResult", "ExecuteResult", "ItemFailure",
     "KeyCreated", "KeyInfo", "Message", "OperationInfo", "Organization", "Registered", "SearchHit", "SearchHits",
-    "SimilarContext", "StoredDocument", "Tool", "Tools",
+    "SimilarContext", "StoredDocument", "StoredText", "Tool", "Tools",
 ]
 
 
@@ -36,6 +36,7 @@ class KeyInfo(_Model):
     last_used_at: datetime | None = None
     revoked_at: datetime | None = None
     rotated_from: str | None = None
+    expires_at: datetime | None = None
 
 
 class KeyCreated(_Model):
@@ -77,6 +78,7 @@ class Context(_Model):
     encrypted: bool = False
     created_at: datetime
     updated_at: datetime
+    name: str | None = None
 
 
 class Message(_Model):
@@ -138,6 +140,16 @@ class ContextEmbedding(_Model):
     token_count: int
     content_hash: str
     vector: list[float] | None = None
+
+
+class StoredText(_Model):
+    context_id: str
+    content_index: int
+    chunk_id: int
+    model: str
+    dimensions: int
+    embedded: bool
+    replaced: bool
 
 
 class ContextEmbeddings(_Model):

@@ -46,7 +46,7 @@ def main() -> int:
     started = time.perf_counter()
     state = ingest(IngestRequest(paths=paths, tenant=settings.tenant), return_state=True)
     if not state.is_completed():
-        console.print(f"[red]ingest flow run ended {state.type.value}: {state.message}")
+        console.print(f"ingest flow run ended {state.type.value}: {state.message}", style="red", markup=False)
         return 1
     summary = state.result()
     console.print(

@@ -40,6 +40,7 @@ from blocks.webhooks import GitHubWebhook
 from deployments.api import mount_api
 from deployments.api.errors import error_response
 from deployments.api.middleware import Deadline
+from deployments.docs import mount_docs
 from deployments.mcp_server import mcp_http_app
 from deployments.mcp_server import mount as mount_mcp
 from tasks.migrate import ensure_schema
@@ -54,6 +55,7 @@ DELIVERY_ID = re.compile(r"^[A-Za-z0-9-]{1,100}$")
 EVENT = re.compile(r"^[a-z_]{1,64}$")
 Emit = Callable[[list[dict[str, Any]]], Awaitable[None]]
 DEFAULT_ROUTES = Path(__file__).resolve().parents[1] / "prefect.yaml"
+API_VERSION = "1"
 
 
 class PrefectEvents:
@@ -244,15 +246,19 @@ def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | Non
                 await sender.close()
             await state["pool"].close()
 
-    app = FastAPI(title="devmesh gateway", lifespan=lifespan)
+    app = FastAPI(title="devmesh gateway", lifespan=lifespan, docs_url=None, redoc_url=None, version=API_VERSION,
+                  description="devmesh's REST API for agents (/api/v1), its MCP endpoint (/mcp) and GitHub "
+                              "webhooks. Authenticate with `Authorization: Bearer devmesh_...`.")
     app.state.devmesh = state
+    mount_docs(app)
     app.add_middleware(Deadline, seconds=settings.gateway.request_deadline_s)  # inside RequestContext (its id)
     api = mount_api(app, state, settings)  # the REST API under /api/v1 (deployments/api)
     mount_mcp(app, mcp_http_app(settings, gate=api.gate))  # MCP at /mcp, behind the same admission gate
     app.add_middleware(RequestMetrics)
 
-    @app.get("/healthz")
+    @app.get("/healthz", summary="Is the gateway alive", tags=["gateway"])
     async def healthz() -> dict[str, Any]:
+        """The gateway answers, with the number of webhook deliveries waiting to become Prefect events."""
         async with state["pool"].connection() as conn:
             cur = await conn.execute("SELECT count(*) FROM webhook_deliveries WHERE status = 'received'")
             pending = (await cur.fetchone())[0]
@@ -269,8 +275,9 @@ def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | Non
         body, content_type = exposition()
         return Response(body, media_type=content_type)
 
-    @app.post("/webhooks/github")
+    @app.post("/webhooks/github", summary="Receive a GitHub webhook delivery", tags=["gateway"])
     async def github_webhook(request: Request):
+        """Verify the X-Hub-Signature-256, store the delivery (deduplicated), answer 202; a Prefect event follows."""
         response = await _receive(request)
         if isinstance(response, _Problem):
             response = error_response(request, response.status_code, response.code, response.message,

@@ -43,8 +43,9 @@ class Memory:
         return load_embedder(default.embedder if default and default.embedder else self.settings.embedder)
 
     def create_context(self, **fields) -> Context:
-        """A new conversation context (user_id, agent_id, session_id, type, metadata, ttl_seconds ...)."""
-        return create_context(self.pool, self.tenant, fields)
+        """A new conversation context (name, user_id, agent_id, session_id, type, metadata, ttl_seconds ...);
+        what is not given comes from settings.contexts (max size, encryption)."""
+        return create_context(self.pool, self.tenant, fields, defaults=self.settings.contexts)
 
     def append(self, context_id, messages: list[dict]) -> AppendResult:
         """Append messages atomically; only they are chunked and embedded."""

@@ -166,6 +166,25 @@ def _ensure_audit_key(env: dict[str, str], name: str) -> str:
     return _in_stack(env, code, "the audit key")
 
 
+def _register_blocks(env: dict[str, str]) -> None:
+    """Every devmesh block type in the server's catalog, by the command README gives."""
+    out = subprocess.run([sys.executable, "-m", "prefect", "block", "register", "-m", "blocks.catalog"], env=env,
+                         capture_output=True, text=True, timeout=180)
+    if out.returncode != 0:
+        raise RuntimeError(f"could not register the block types: {(out.stdout + out.stderr)[-500:]}")
+
+
+def _check_webhook_secret() -> None:
+    from blocks.webhooks import MIN_SECRET_CHARS
+
+    given = os.environ.get("DEVMESH_WEBHOOK_SECRET")
+    if given is not None and len(given) < MIN_SECRET_CHARS:
+        raise ConfigError(
+            f"DEVMESH_WEBHOOK_SECRET has {len(given)} characters; webhook secrets need at least {MIN_SECRET_CHARS}."
+            " Generate one with: python -c \"import secrets; print(secrets.token_urlsafe(32))\" (and give the same "
+            "to GitHub), or unset it to have one generated into the webhook block")
+
+
 def up(settings: Settings | None = None, *, gateway_port: int | None = None, prefect_port: int = PREFECT_PORT,
        echo=print) -> int:
     """Start the stack and block until Ctrl-C (or a component dies); returns the exit code."""
@@ -173,6 +192,7 @@ def up(settings: Settings | None = None, *, gateway_port: int | None = None, pre
     from tasks.migrate import ensure_schema
 
     settings = settings or Settings()
+    _check_webhook_secret()
     env = prefect_environment(settings, prefect_port)
     home = Path(env["DEVMESH_HOME"])
     gateway_port = gateway_port or settings.gateway.port
@@ -201,6 +221,9 @@ def up(settings: Settings | None = None, *, gateway_port: int | None = None, pre
         _wait(server, env["PREFECT_API_AUTH_STRING"], 180)
         echo(f"prefect UI: http://127.0.0.1:{prefect_port}  (API {prefect_api}, basic auth: {home / 'prefect-auth'}"
              f" or PREFECT_API_AUTH_STRING)")
+        _register_blocks(env)
+        echo("block types registered: the UI's Blocks catalog offers devmesh's (prefect block register -m "
+             "blocks.catalog)")
         created = _ensure_webhook_block(env, settings.gateway.webhook_block)
         if created == "generated":
             echo(f"webhook secret generated into block {settings.gateway.webhook_block!r} (read it in the UI)")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Literal
 
 import psycopg
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,7 +32,7 @@ from tasks.store import (
 )
 from tasks.usage import record_usage
 
-__all__ = ["DocumentSpec", "IngestRequest", "ingest", "run_ingest"]
+__all__ = ["DocumentSpec", "IngestRequest", "PROGRESS_LISTENER", "RunProgress", "ingest", "run_ingest"]
 
 Progress = Callable[[str, int, int], None]
 
@@ -192,24 +194,28 @@ def _embed_and_write(store, pool, embedder, model_id, tenant, todo, needed, sett
         batches.append(current)
     calls = embedded = 0
     pending = None
-    done_chunks, total_chunks = 0, sum(len(d.chunks) for d in todo)
+    done_chunks, total_chunks, to_embed = 0, sum(len(d.chunks) for d in todo), len(needed)
+    step = settings.ingest.embed_batch  # one embedding task run, one tick of the progress bar
+    report("embed", 0, to_embed)
     for i, batch in enumerate(batches):
         texts = {c.content_hash: c.text for d in batch for c in d.chunks if c.content_hash in needed}
         vectors = {}
-        if texts:
-            hashes = list(texts)
-            array = call(embed_batch, embedder, [texts[h] for h in hashes], label=f"{i}")
-            vectors = dict(zip(hashes, array))
-            calls += -(-len(hashes) // embedder.max_batch)  # embed_texts calls the provider per max_batch texts
-            embedded += len(hashes)
-            needed -= set(hashes)  # a hash shared by later batches is stored by then
+        hashes = list(texts)
+        for j in range(0, len(hashes), step):
+            part = hashes[j : j + step]
+            vectors.update(zip(part, call(embed_batch, embedder, [texts[h] for h in part], label=f"{i}-{j // step}")))
+            calls += -(-len(part) // embedder.max_batch)  # embed_texts calls the provider per max_batch texts
+            embedded += len(part)
+            report("embed", embedded, to_embed)
+        needed -= set(hashes)  # a hash shared by later batches is stored by then
         if pending is not None:
             _settle(pending, total, errors)
+            report("store", done_chunks, total_chunks)
         pending = _submit_write(store, tenant, model_id, embedder.dimensions, batch, vectors, f"{i}")
         done_chunks += sum(len(d.chunks) for d in batch)
-        report("embed+store", done_chunks, total_chunks)
     if pending is not None:
         _settle(pending, total, errors)
+    report("store", done_chunks, total_chunks)
     return calls, embedded
 
 
@@ -264,10 +270,47 @@ def _write_one_by_one(pool, tenant, model_id, dims, batch, vectors, store) -> tu
     return result, errors
 
 
+class RunProgress:
+    """The ingest's progress as a Prefect progress artifact of its flow run (the UI's bar), plus any listener
+    (the CLI's bar): chunking 0-10 %, embedding 10-70 %, storing 70-100 %; the artifact is written at most every
+    `every_s` seconds and at 100 %."""
+
+    WEIGHTS = {"chunk": 10.0, "embed": 60.0, "store": 30.0}  # percent of the whole, in this order
+
+    def __init__(self, listener: Progress | None = None, every_s: float = 0.5) -> None:
+        self.listener, self.every_s = listener, every_s
+        self.done: dict[str, float] = {}
+        self.artifact = create_progress_artifact(0.0, key="ingest-progress",
+                                                 description="Chunking, embedding and storing")
+        self.written, self.last = 0.0, 0.0
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.listener is not None:
+            self.listener(stage, done, total)
+        self.done[stage] = done / total if total else 1.0
+        percent = round(sum(width * self.done.get(name, 0.0) for name, width in self.WEIGHTS.items()), 1)
+        now = time.monotonic()
+        if percent > self.written and (percent >= 100 or now - self.last >= self.every_s):
+            update_progress_artifact(self.artifact, percent)
+            self.written, self.last = percent, now
+
+    def finish(self) -> None:
+        """100 %: every stage is done (a stage with nothing to do may never have reported)."""
+        if self.written < 100:
+            update_progress_artifact(self.artifact, 100.0)
+            self.written = 100.0
+
+
+# The CLI's progress bar while the flow runs in its process (a callable cannot be a flow parameter).
+PROGRESS_LISTENER: ContextVar[Progress | None] = ContextVar("devmesh_ingest_progress", default=None)
+
+
 @flow(name="ingest", log_prints=False, task_runner=ThreadPoolTaskRunner(max_workers=2))
 def ingest(request: IngestRequest) -> dict:
     """Ingest files and inline documents: chunk, embed only what changed, store; items fail one by one."""
-    summary = run_ingest(request)
+    progress = RunProgress(PROGRESS_LISTENER.get())
+    summary = run_ingest(request, progress=progress)
+    progress.finish()
     logger = get_run_logger()
     logger.info(
         "%s documents (%s unchanged), %s chunks: %s inserted, %s kept, %s deleted; %s texts embedded; %s errors",

@@ -14,6 +14,7 @@ target never sees a request made with a credential; the plan is judged again (`e
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -25,10 +26,11 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout, NotPausedError
 from prefect.flow_runs import pause_flow_run, resume_flow_run
 from prefect.input import RunInput
+from prefect.states import Completed, State
 from pydantic import BaseModel, ConfigDict, Field
 
 from blocks import tracing
-from blocks.errors import ApprovalRejected, GuardError, InputError, OperationDenied
+from blocks.errors import ApprovalExpired, ApprovalRejected, GuardError, InputError, OperationDenied
 from blocks.metrics import TOOL_EXECUTIONS
 from blocks.policy import OperationPolicy
 from blocks.postgres import PgVectorStore
@@ -43,7 +45,8 @@ from tasks.operation_log import arguments_hash, claim_operation, get_operation_r
 from tasks.ops.base import Connections, Operation, Plan, get_operation, parse_input
 from tasks.runtime import call, in_flow_run
 
-__all__ = ["ApprovalInput", "OperateRequest", "decide", "decide_as", "operate", "run_operation", "submit_operation"]
+__all__ = ["ApprovalInput", "OperateRequest", "approval_form", "decide", "decide_as", "operate", "run_operation",
+           "submit_operation"]
 
 
 class OperateRequest(StorableModel):
@@ -62,8 +65,24 @@ class OperateRequest(StorableModel):
 class ApprovalInput(RunInput):
     """What the paused run waits for. It is not trusted: the decision is read from devmesh's own table."""
 
-    operation_id: str
-    note: str = ""
+    operation_id: str = Field(description="The operation this run waits for (filled in; leave it as it is).")
+    note: str = Field("", description="Optional note. Pressing Resume does not approve: record the decision with "
+                                      "`devmesh approve <operation id>` (or the API) first, which resumes the run.")
+
+
+def approval_form(plan: Plan, operation_id: str, timeout_s: int) -> type[ApprovalInput]:
+    """The Resume form of a paused operation: what is being approved, and how to approve it."""
+    detail = (f"```diff\n{plan.diff.rstrip()}\n```" if plan.diff else
+              f"```json\n{json.dumps(plan.request, indent=2, sort_keys=True, default=str)[:6000]}\n```")
+    description = (
+        f"## Approve `{plan.operation}` on `{plan.target}`?\n\n{plan.summary}\n\n{detail}\n\n"
+        f"**This form does not approve.** An approver records the decision, which resumes this run:\n\n"
+        f"```bash\ndevmesh approve {operation_id}\ndevmesh reject {operation_id}\n```\n\n"
+        f"(or `POST /api/v1/operations/{operation_id}/approve` with an admin API key of the organization, not the "
+        f"key that asked). Resuming here without a "
+        f"recorded decision rejects the operation; so does no decision within {timeout_s} s. "
+        f"Plan hash `{plan.digest()[:16]}`.")
+    return ApprovalInput.with_initial_data(description=description, operation_id=operation_id)
 
 
 def _flow_run_id() -> str | None:
@@ -99,8 +118,9 @@ class _Guard:
             create_markdown_artifact(
                 key="devmesh-audit", description=f"audit record {record['seq']}",
                 markdown=(f"**{status}** `{self.request.operation}` on `{record['target']}` — audit #{record['seq']}"
-                          f"\n\nactor: `{record['actor']}`  \nplan hash: `{record['plan_hash']}`  \n"
-                          f"approval: `{record['approval']}`  \nerror: {error or '-'}  \nhash: `{record['hash']}`"))
+                          f"\n\nactor: `{_json(record['actor'])}`  \nplan hash: `{record['plan_hash']}`  \n"
+                          f"approval: `{_json(record['approval'])}`  \nerror: {error or '-'}  \n"
+                          f"hash: `{record['hash']}`"))
         return record
 
     def finish(self, status: str, *, result: dict | None = None, error: str | None = None) -> dict[str, Any]:
@@ -116,8 +136,9 @@ class _Guard:
                 "result": result, "error": error, "audit_seq": record["seq"], "flow_run_id": _flow_run_id()}
 
     def deny(self, rule_text: str, exc_type: type[GuardError], status: str) -> None:
-        self.finish(status, error=rule_text)
-        raise exc_type(rule_text)
+        error = exc_type(rule_text)
+        error.summary = self.finish(status, error=rule_text)  # what the operate flow returns for a refusal
+        raise error
 
 
 def run_operation(request: OperateRequest, settings: Settings | None = None, *,
@@ -220,10 +241,11 @@ def _await_approval(g: _Guard, policy: OperationPolicy, inp, conns: Connections,
     g.audit("awaiting_approval")
     get_run_logger().info("operation %s awaits approval: devmesh approve %s", g.row["id"], g.row["id"])
     try:
-        pause_flow_run(wait_for_input=ApprovalInput, timeout=policy.approval_timeout_s,
-                       poll_interval=g.settings.ops.approval_poll_s, key=f"approval-{g.row['id']}")
+        pause_flow_run(wait_for_input=approval_form(g.plan, str(g.row["id"]), policy.approval_timeout_s),
+                       timeout=policy.approval_timeout_s, poll_interval=g.settings.ops.approval_poll_s,
+                       key=f"approval-{g.row['id']}")
     except FlowPauseTimeout:
-        g.deny(f"approval expired after {policy.approval_timeout_s} s without a decision", ApprovalRejected,
+        g.deny(f"approval expired after {policy.approval_timeout_s} s without a decision", ApprovalExpired,
                "rejected")
     decision = read_decision(g.pool, g.row["id"])
     if decision is None:
@@ -319,7 +341,22 @@ def submit_operation(request: OperateRequest, settings: Settings | None = None, 
             "approve_with": f"devmesh approve {planned['operation_id']}"}
 
 
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 @flow(name="operate")
-def operate(request: OperateRequest) -> dict[str, Any]:
+def operate(request: OperateRequest) -> dict[str, Any] | State:
     """Run one DevOps operation through the guard: plan, policy, approval, execute, verify, audit."""
-    return run_operation(request)
+    try:
+        return run_operation(request)
+    except ApprovalExpired:
+        raise  # the server fails a pause that outlived its timeout, whatever state the run proposes next
+    except GuardError as exc:
+        # An expected refusal is not a failure: the run ends in a state named for it (Denied, Rejected), with one
+        # readable line and the summary (status "denied" / "rejected") as its result. Of type Completed: Prefect's
+        # engine logs a traceback for a deployment run that returns any other final state (Cancelled included).
+        name = "Denied" if isinstance(exc, OperationDenied) else "Rejected"
+        get_run_logger().warning("%s: %s", name.lower(), exc)
+        return Completed(name=name, message=str(exc), data=getattr(exc, "summary", None)
+                         or {"status": name.lower(), "operation": request.operation, "error": str(exc)})

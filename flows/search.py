@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
 
 from blocks.embedders import load_embedder
 from blocks.errors import ConfigError
@@ -46,9 +49,25 @@ def _search_now(request: SearchRequest, settings: Settings | None) -> list[Searc
     return run_search(pool, request, settings=settings.search, model=model, vector=embed_query(embedder, request.query))
 
 
-@flow(name="search")
+EXCERPT_CHARS = 200  # of a hit's text in the run's table artifact
+_HEADING = re.compile(r"(?:^|(?<=\s))#{1,6}\s+")
+
+
+def _excerpt(text: str) -> str:
+    """One line of plain text: the UI renders table cells as Markdown, where a leading '# ' is a heading."""
+    return _HEADING.sub("", " ".join(text.split()))[:EXCERPT_CHARS]
+
+
+@flow(name="search", persist_result=True)
 def search(request: SearchRequest) -> list[dict]:
-    """Hybrid, vector or keyword search as a flow run (for the UI and deployments)."""
+    """Hybrid, vector or keyword search as a flow run: the hits are a table artifact and the run's (persisted)
+    result."""
     hits = search_now(request)
     get_run_logger().info("%s hits for %r (%s)", len(hits), request.query[:80], request.mode)
+    create_table_artifact(
+        key="search-hits", table=[{
+            "rank": rank, "document": f"{h.document_id}#{h.seq}", "score": round(h.score, 4),
+            "similarity": None if h.similarity is None else round(h.similarity, 4), "relevance": h.relevance,
+            "text": _excerpt(h.text)} for rank, h in enumerate(hits, 1)],
+        description=f"{len(hits)} {request.mode} hits for {request.query[:200]!r} in tenant `{request.tenant}`")
     return [h.model_dump() for h in hits]

@@ -125,8 +125,9 @@ def _json(value: Any) -> Jsonb | None:
 
 
 def read_audit(pool: ConnectionPool, *, tenant: str | None = None, operation_id: str | None = None,
-               limit: int = 100, after_seq: int = 0) -> list[dict[str, Any]]:
-    """Records in seq order, optionally of one tenant or one operation."""
+               limit: int = 100, after_seq: int = 0, newest_first: bool = False) -> list[dict[str, Any]]:
+    """Records in seq order (newest_first: the last `limit` of them, newest first), optionally of one tenant or
+    one operation."""
     clauses, params = ["seq > %(after)s"], {"after": after_seq, "limit": limit}
     if tenant is not None:
         clauses.append("tenant_id = %(tenant)s")
@@ -135,7 +136,9 @@ def read_audit(pool: ConnectionPool, *, tenant: str | None = None, operation_id:
         clauses.append("operation_id = %(op)s")
         params["op"] = operation_id
     with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(f"SELECT * FROM audit_log WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT %(limit)s", params)
+        order = "DESC" if newest_first else ""
+        cur.execute(f"SELECT * FROM audit_log WHERE {' AND '.join(clauses)} ORDER BY seq {order} LIMIT %(limit)s",
+                    params)
         return cur.fetchall()
 
 

@@ -19,8 +19,8 @@ from blocks.errors import ContextExpired, ContextLimitExceeded, ContextNotFound,
 from blocks.settings import ChunkSettings
 from tasks.chunk import Chunk, Message, chunk_conversation
 from tasks.context_models import (
-    CONTEXT_COLUMNS, MAX_APPEND, AppendResult, Context, MessageIn, chunk_fields, context_from_row, context_uuid,
-    document_id, open_message, parse_input,
+    CONTEXT_COLUMNS, MAX_APPEND, AppendResult, Context, MessageIn, chunk_fields, context_from_row, context_label,
+    context_uuid, document_id, open_message, parse_input,
 )
 from tasks.embed import embed_texts
 from tasks.usage import record_usage
@@ -50,7 +50,7 @@ UPDATE contexts SET message_count = message_count + %(n)s, byte_count = byte_cou
   last_message_at = greatest(last_message_at, %(last_at)s, CASE WHEN %(any_now)s THEN now() END), updated_at = now()
 WHERE tenant_id = %(tenant)s AND id = %(id)s AND (expires_at IS NULL OR expires_at > now())
   AND message_count + %(n)s <= max_messages AND byte_count + %(bytes)s <= max_bytes
-RETURNING message_count - %(n)s, chunk_count - %(chunks)s, user_id, agent_id, session_id, type, metadata"""
+RETURNING message_count - %(n)s, chunk_count - %(chunks)s, user_id, agent_id, session_id, type, metadata, name"""
 ADJUST_CHUNKS = "UPDATE contexts SET chunk_count = chunk_count + %(delta)s WHERE tenant_id = %(tenant)s AND id = %(id)s"
 INSERT_MESSAGES = """
 INSERT INTO context_messages (tenant_id, context_id, idx, role, content, sealed, name, tool_name, tool_arguments,
@@ -120,7 +120,7 @@ def _append_messages(pool: ConnectionPool, tenant: str, context_id, messages: li
     chunk = chunk or ChunkSettings()
     new = [parse_input(MessageIn, m, f"message {i}") for i, m in enumerate(messages)]
     if not 1 <= len(new) <= MAX_APPEND:
-        raise InputError(f"expected 1 to {MAX_APPEND} messages per append, got {len(new)}", item=str(cid))
+        raise InputError(f"expected 1 to {MAX_APPEND} messages per append, got {len(new)}", item=context_label(cid))
     model_id = model_id if model_id is not None else ensure_model(pool, embedder.model_id, embedder.dimensions)
     turns = [Message(m.role, m.content, m.name or m.tool_name) for m in new]
     count = functools.lru_cache(maxsize=4096)(embedder.count_tokens)  # the chunker re-counts the same texts
@@ -170,9 +170,9 @@ def live_context(conn: Connection, tenant: str, cid) -> Context:
     """The context, or ContextNotFound / ContextExpired naming it."""
     row = conn.execute(GET_CONTEXT, {"tenant": tenant, "id": cid}).fetchone()
     if row is None:
-        raise ContextNotFound(f"no such context in tenant {tenant!r}", item=str(cid))
+        raise ContextNotFound(f"no such context in tenant {tenant!r}", item=context_label(cid))
     if row[-1]:
-        raise ContextExpired(f"the context expired at {row[13].isoformat()}", item=str(cid))
+        raise ContextExpired(f"the context expired at {row[13].isoformat()}", item=context_label(cid))
     return context_from_row(row[:-1])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 from datetime import datetime
 from typing import Literal
@@ -20,7 +21,7 @@ __all__ = [
     "ContextCreate", "MessageIn", "Message", "Context", "ContextPage", "ListContextsRequest", "ContextList",
     "ContextSummary", "AppendResult", "SimilarContext", "ExpireResult", "CONTEXT_COLUMNS", "parse_input",
     "context_uuid", "document_id", "context_from_row", "open_message", "chunk_fields", "encode_cursor",
-    "decode_cursor",
+    "decode_cursor", "CONTEXT_NAME", "context_label", "searchable_metadata", "metadata_bytes",
 ]
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -33,7 +34,22 @@ _ID = Field(None, min_length=1, max_length=256)
 # The column order of every query that returns a whole contexts row (context_from_row reads it).
 CONTEXT_COLUMNS = ("id, tenant_id, user_id, agent_id, session_id, type, metadata, message_count, byte_count,"
                    " token_estimate, chunk_count, first_message_at, last_message_at, expires_at, max_messages,"
-                   " max_bytes, encrypted, key_name, created_at, updated_at")
+                   " max_bytes, encrypted, key_name, created_at, updated_at, name")
+# A client-chosen context id ("conv-<session>" in the Developer Mesh guide): letters, digits and . _ : @ -
+CONTEXT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}$"
+_NAME = re.compile(CONTEXT_NAME)
+# Names map onto uuids in this namespace (uuid5), so that a name works wherever a context id does, without a lookup.
+_NAMESPACE = uuid.UUID("5d7c2b8e-3f1a-5c44-9a0e-6d65766d6573")
+_TYPE = re.compile(r"^[a-z][a-z0-9_.-]*$")
+TRANSCRIPT_KEY = "messages"  # where the guide keeps a conversation inside metadata: not copied into chunks
+
+
+class _NamedUUID(uuid.UUID):
+    """The uuid of a named context, remembering the name it was given by (for messages that name it)."""
+
+    def __init__(self, value: uuid.UUID, given: str) -> None:
+        super().__init__(int=value.int)
+        object.__setattr__(self, "given", given)
 
 
 class _Strict(BaseModel):
@@ -49,8 +65,12 @@ class _StrictIn(StorableModel):
 
 
 class ContextCreate(_StrictIn):
-    """A new context: who it belongs to, its metadata, lifetime, size limits and encryption."""
+    """A new context: who it belongs to, its metadata, lifetime, size limits and encryption. `name` is an id the
+    client chose (unique in its organization; it answers to it wherever its uuid works); `type` defaults to
+    metadata["type"] when that is a valid type name (the guide keeps it there), else "conversation"."""
 
+    name: str | None = Field(None, pattern=CONTEXT_NAME,
+                             description="An id of your choosing, unique in your organization.")
     user_id: str | None = _ID
     agent_id: str | None = _ID
     session_id: str | None = _ID
@@ -61,6 +81,22 @@ class ContextCreate(_StrictIn):
     max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1, le=1 << 40, description="Total UTF-8 bytes of message content.")
     encrypted: bool = Field(False, description="Encrypt message content at rest (see blocks/cipher.py).")
     key_name: str = Field(DEFAULT_KEY_NAME, min_length=1, description="Secret block holding the Fernet key.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _type_from_metadata(cls, data):
+        if isinstance(data, dict) and data.get("type") is None and isinstance(data.get("metadata"), dict):
+            kind = data["metadata"].get("type")
+            if isinstance(kind, str) and len(kind) <= 64 and _TYPE.match(kind):
+                data = {**data, "type": kind}
+        return data
+
+    @model_validator(mode="after")
+    def _metadata_fits(self) -> "ContextCreate":
+        size = metadata_bytes(self.metadata)
+        if size > self.max_bytes:
+            raise ValueError(f"metadata is {size} bytes; max_bytes is {self.max_bytes}")
+        return self
 
 
 class MessageIn(_StrictIn):
@@ -124,6 +160,7 @@ class Context(_Strict):
     key_name: str | None
     created_at: datetime
     updated_at: datetime
+    name: str | None = Field(None, description="The id its client chose, if any; it works wherever `id` does.")
 
     @property
     def document_id(self) -> str:
@@ -225,13 +262,33 @@ def parse_input(model, value, item: str):
 
 
 def context_uuid(value) -> UUID:
-    """A context id as UUID; anything else cannot name a context (ContextNotFound)."""
+    """A context id as UUID: a uuid, or a client-chosen name (its uuid5); anything else cannot name a context
+    (ContextNotFound)."""
     if isinstance(value, UUID):
         return value
+    text = str(value)
     try:
-        return uuid.UUID(str(value))
+        return uuid.UUID(text)
     except ValueError:
-        raise ContextNotFound("no such context (not a context id)", item=str(value)) from None
+        pass
+    if _NAME.match(text):
+        return _NamedUUID(uuid.uuid5(_NAMESPACE, text), text)
+    raise ContextNotFound("no such context (not a context id)", item=text[:256])
+
+
+def context_label(cid) -> str:
+    """How to name a context in a message: the name it was looked up by, else its uuid."""
+    return getattr(cid, "given", None) or str(cid)
+
+
+def metadata_bytes(metadata: dict) -> int:
+    """Bytes a context's metadata takes (its compact JSON), counted against max_bytes with the messages."""
+    return len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass"))
+
+
+def searchable_metadata(metadata: dict) -> dict:
+    """The part of a context's metadata its chunks carry for filtering: all of it but a transcript kept there."""
+    return {k: v for k, v in metadata.items() if k != TRANSCRIPT_KEY}
 
 
 def document_id(context_id) -> str:
@@ -255,10 +312,14 @@ def open_message(cipher, content, sealed, tool_arguments) -> dict:
     return json.loads(cipher.decrypt(sealed))
 
 
-def chunk_fields(context_id, user_id, agent_id, session_id, type_, metadata) -> dict:
-    """What every chunk (and the document) of a context carries in its metadata, for filtered search."""
-    return {"context_id": str(context_id), "user_id": user_id, "agent_id": agent_id, "session_id": session_id,
-            "type": type_, "metadata": metadata}
+def chunk_fields(context_id, user_id, agent_id, session_id, type_, metadata, name=None) -> dict:
+    """What every chunk (and the document) of a context carries in its metadata, for filtered search: its ids
+    (`context_name` when the client chose one), owners, type and metadata (without a transcript kept there)."""
+    fields = {"context_id": str(context_id), "user_id": user_id, "agent_id": agent_id, "session_id": session_id,
+              "type": type_, "metadata": searchable_metadata(metadata)}
+    if name is not None:
+        fields["context_name"] = name
+    return fields
 
 
 def encode_cursor(context: Context) -> str:

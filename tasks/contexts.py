@@ -15,15 +15,16 @@ from psycopg_pool import ConnectionPool
 
 from blocks.cipher import ContextCipher, load_cipher
 from blocks.embedders.base import Embedder
-from blocks.errors import InputError
+from blocks.errors import ContextExists, ContextLimitExceeded, InputError
+from blocks.pg_failure import search_deadline
 from blocks.postgres import PgVectorStore
-from blocks.settings import SearchSettings
+from blocks.settings import ContextSettings, SearchSettings
 from blocks.storable import unstorable
 from tasks.context_index import append_messages, live_context, resolve_cipher
 from tasks.context_models import (
     CONTEXT_COLUMNS, Context, ContextCreate, ContextList, ContextPage, ContextSummary, ExpireResult,
-    ListContextsRequest, Message, SimilarContext, chunk_fields, context_from_row, context_uuid, decode_cursor,
-    document_id, encode_cursor, open_message, parse_input,
+    ListContextsRequest, Message, SimilarContext, chunk_fields, context_from_row, context_label, context_uuid,
+    decode_cursor, document_id, encode_cursor, metadata_bytes, open_message, parse_input, searchable_metadata,
 )
 from tasks.embed import embed_query
 from tasks.search import SearchHit, SearchRequest, configure_hnsw, resolve_model, run_search
@@ -34,11 +35,14 @@ __all__ = [
     "context_scope", "user_scope", "contexts_scope", "search_contexts", "document_id",
 ]
 
+# A chosen name fixes the id (its uuid5): the primary key then refuses a second context of that name.
 INSERT_CONTEXT = f"""
-INSERT INTO contexts (tenant_id, user_id, agent_id, session_id, type, metadata, expires_at, max_messages, max_bytes,
-                      encrypted, key_name)
-VALUES (%(tenant)s, %(user_id)s, %(agent_id)s, %(session_id)s, %(type)s, %(metadata)s,
-        now() + %(ttl)s::int * interval '1 second', %(max_messages)s, %(max_bytes)s, %(encrypted)s, %(key_name)s)
+INSERT INTO contexts (tenant_id, id, name, user_id, agent_id, session_id, type, metadata, expires_at, max_messages,
+                      max_bytes, encrypted, key_name)
+VALUES (%(tenant)s, coalesce(%(id)s, gen_random_uuid()), %(name)s, %(user_id)s, %(agent_id)s, %(session_id)s,
+        %(type)s, %(metadata)s, now() + %(ttl)s::int * interval '1 second', %(max_messages)s, %(max_bytes)s,
+        %(encrypted)s, %(key_name)s)
+ON CONFLICT (tenant_id, id) DO NOTHING
 RETURNING {CONTEXT_COLUMNS}"""
 INSERT_DOCUMENT = """
 INSERT INTO documents (tenant_id, document_id, source, kind, content_hash, chunk_count, metadata)
@@ -49,10 +53,15 @@ WHERE tenant_id = %(tenant)s AND context_id = %(id)s AND idx >= %(offset)s ORDER
 LIST_CONTEXTS = "SELECT {columns} FROM contexts WHERE tenant_id = %(tenant)s {filters} {keyset} " \
                 "ORDER BY created_at DESC, id DESC LIMIT %(limit)s OFFSET %(offset)s"
 COUNT_CONTEXTS = "SELECT count(*) FROM contexts WHERE tenant_id = %(tenant)s {filters}"
+# The context's size (messages + metadata, as compact JSON) stays within max_bytes; octet_length of jsonb::text
+# counts the ", " and ": " separators PostgreSQL prints, so it is never below what metadata_bytes counts.
 UPDATE_METADATA = f"""
 UPDATE contexts SET metadata = CASE WHEN %(replace)s THEN %(metadata)s ELSE metadata || %(metadata)s END,
   updated_at = now()
-WHERE tenant_id = %(tenant)s AND id = %(id)s AND (expires_at IS NULL OR expires_at > now()) RETURNING {CONTEXT_COLUMNS}"""
+WHERE tenant_id = %(tenant)s AND id = %(id)s AND (expires_at IS NULL OR expires_at > now())
+  AND byte_count + octet_length((CASE WHEN %(replace)s THEN %(metadata)s ELSE metadata || %(metadata)s END)::text)
+      <= max_bytes
+RETURNING {CONTEXT_COLUMNS}"""
 RESTAMP_CHUNKS = """
 UPDATE chunks SET metadata = jsonb_set(metadata, '{metadata}', %(metadata)s)
 WHERE tenant_id = %(tenant)s AND document_id = %(document_id)s"""
@@ -89,20 +98,32 @@ GROUP BY x.id ORDER BY score DESC, x.id LIMIT %(limit)s"""
 
 
 def create_context(pool: ConnectionPool, tenant: str, request: ContextCreate | dict, *,
-                   cipher: ContextCipher | None = None) -> Context:
-    """Create a context and its (empty) document; an encrypted one needs its key to exist now."""
+                   cipher: ContextCipher | None = None, defaults: ContextSettings | None = None) -> Context:
+    """Create a context and its (empty) document; an encrypted one needs its key to exist now. `defaults` fill
+    what the request leaves unset: max_bytes, encryption and its key (settings.contexts). A chosen `name` that
+    the tenant already uses is ContextExists."""
+    if defaults is not None:
+        given = request.model_dump(exclude_unset=True) if isinstance(request, ContextCreate) else dict(request)
+        request = {"max_bytes": defaults.max_bytes, "encrypted": defaults.encrypt, "key_name": defaults.key_name,
+                   **given}
     request = parse_input(ContextCreate, request, "context")
     if request.encrypted and cipher is None:
         load_cipher(request.key_name)
+    cid = context_uuid(request.name) if request.name is not None else None
+    name = request.name if cid is not None and getattr(cid, "given", None) else None  # a uuid given as name: the id
     with pool.connection() as conn, conn.transaction():
         row = conn.execute(INSERT_CONTEXT, {
-            "tenant": tenant, **request.model_dump(exclude={"ttl_seconds", "encrypted", "key_name", "metadata"}),
-            "metadata": Jsonb(request.metadata), "ttl": request.ttl_seconds, "encrypted": request.encrypted,
-            "key_name": request.key_name if request.encrypted else None,
+            "tenant": tenant,
+            **request.model_dump(exclude={"ttl_seconds", "encrypted", "key_name", "metadata", "name"}),
+            "id": cid, "name": name, "metadata": Jsonb(request.metadata), "ttl": request.ttl_seconds,
+            "encrypted": request.encrypted, "key_name": request.key_name if request.encrypted else None,
         }).fetchone()
+        if row is None:
+            raise ContextExists("a context with this id exists in the tenant; choose another id",
+                                item=request.name)
         context = context_from_row(row)
         conn.execute(INSERT_DOCUMENT, {"tenant": tenant, "document_id": context.document_id,
-                                       "metadata": Jsonb(chunk_fields(context.id, *row[2:7]))})
+                                       "metadata": Jsonb(chunk_fields(context.id, *row[2:7], name=context.name))})
     return context
 
 
@@ -165,9 +186,15 @@ def update_context_metadata(pool: ConnectionPool, tenant: str, context_id, metad
         row = conn.execute(UPDATE_METADATA, {"tenant": tenant, "id": cid, "metadata": Jsonb(metadata),
                                              "replace": replace}).fetchone()
         if row is None:
-            live_context(conn, tenant, cid)  # raises the reason
+            context = live_context(conn, tenant, cid)  # raises the reason, unless it is the size
+            merged = metadata if replace else {**context.metadata, **metadata}
+            raise ContextLimitExceeded(
+                f"the metadata would take {metadata_bytes(merged)} bytes beside {context.byte_count} bytes of "
+                f"messages; max_bytes is {context.max_bytes} (performance.max_context_size_mb)",
+                item=context_label(cid))
         context = context_from_row(row)
-        params = {"tenant": tenant, "document_id": context.document_id, "metadata": Jsonb(context.metadata)}
+        params = {"tenant": tenant, "document_id": context.document_id,
+                  "metadata": Jsonb(searchable_metadata(context.metadata))}
         conn.execute(RESTAMP_CHUNKS, params)
         conn.execute(RESTAMP_DOCUMENT, params)
     return context
@@ -213,7 +240,7 @@ def find_similar(pool: ConnectionPool, tenant: str, context_id, *, model: tuple[
     model_id, dims = model
     literals = {"dims": sql.Literal(dims), "model_id": sql.Literal(model_id)}
     filters = sql.SQL("AND c.metadata @> %(metadata)s") if metadata else sql.SQL("")
-    with pool.connection() as conn:
+    with search_deadline(settings.timeout_s), pool.connection() as conn:
         live_context(conn, tenant, cid)
         centroid = conn.execute(sql.SQL(CENTROID).format(**literals),
                                 {"tenant": tenant, "document_id": document_id(cid)}).fetchone()[0]

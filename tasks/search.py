@@ -12,6 +12,7 @@ from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from blocks.errors import ConfigError, InputError
+from blocks.pg_failure import search_deadline
 from blocks.settings import SearchSettings
 from blocks.storable import StorableModel
 
@@ -120,9 +121,16 @@ def _filters(request: SearchRequest) -> tuple[sql.Composable, dict]:
 
 
 def configure_hnsw(conn, n: int, settings: SearchSettings) -> None:
-    """For this transaction: ef_search of at least n, and iterative scans so filters cannot starve the top n."""
+    """For this transaction: ef_search of at least n, iterative scans so filters cannot starve the top n, and the
+    search's statement_timeout."""
     conn.execute("SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'relaxed_order', true),"
-                 " set_config('hnsw.max_scan_tuples', %s, true)", [str(max(settings.ef_search, n)), str(settings.max_scan_tuples)])
+                 " set_config('hnsw.max_scan_tuples', %s, true), set_config('statement_timeout', %s, true)",
+                 [str(max(settings.ef_search, n)), str(settings.max_scan_tuples), _timeout_ms(settings)])
+
+
+def _timeout_ms(settings: SearchSettings) -> str:
+    """statement_timeout of a search transaction ('0': none)."""
+    return str(max(1, round(settings.timeout_s * 1000))) if settings.timeout_s is not None else "0"
 
 
 def vector_ranking(pool, model: tuple[int, int], vector: np.ndarray, request: SearchRequest, n: int,
@@ -153,6 +161,7 @@ def keyword_ranking(pool, request: SearchRequest, n: int, settings: SearchSettin
     Without it a query with one common word read and unnested every chunk holding it (seconds at 100k chunks).
     """
     with pool.connection() as conn:
+        conn.execute("SELECT set_config('statement_timeout', %s, true)", [_timeout_ms(settings)])
         rows = conn.execute(QUERY_TERMS, {"query": request.query, "tenant": request.tenant}).fetchall()
         if not rows:
             return []
@@ -205,7 +214,14 @@ def _relevance(similarity: float | None, score: float, top: float) -> str:
 
 def run_search(pool: ConnectionPool, request: SearchRequest, *, settings: SearchSettings,
                model: tuple[int, int] | None = None, vector: np.ndarray | None = None) -> list[SearchHit]:
-    """Rank, fuse and hydrate hits; `vector` is the embedded query (needed unless mode is keyword)."""
+    """Rank, fuse and hydrate hits; `vector` is the embedded query (needed unless mode is keyword). A ranking
+    query running past settings.timeout_s is cancelled: SearchTimeout."""
+    with search_deadline(settings.timeout_s):
+        return _run_search(pool, request, settings, model, vector)
+
+
+def _run_search(pool: ConnectionPool, request: SearchRequest, settings: SearchSettings,
+                model: tuple[int, int] | None, vector: np.ndarray | None) -> list[SearchHit]:
     n = max(settings.candidates, request.limit)
     sims: dict[int, float] = {}
     kw: dict[int, float] = {}

@@ -8,7 +8,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ["blocks", "tasks", "flows", "deployments"]
+# devops_mcp (the Developer Mesh guide's client) is an entry point over deployments.client: the top layer.
+LAYERS = ["blocks", "tasks", "flows", "deployments", "devops_mcp"]
 
 
 def test_no_module_imports_from_a_higher_layer():

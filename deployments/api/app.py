@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 
 from blocks.settings import Settings
 from deployments.api import contexts, embeddings, operations, orgs, search, tools
@@ -28,11 +29,21 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def api_router() -> APIRouter:
-    """Every route of the API, relative to PREFIX."""
+    """Every route of the API, relative to PREFIX; a route without a summary gets its docstring's first sentence
+    (FastAPI's default is the function's name: "Contexts", "Store")."""
     router = APIRouter(responses=ERRORS)
     for module in (orgs, contexts, embeddings, search, tools, operations):
+        for route in module.router.routes:
+            if isinstance(route, APIRoute) and not route.summary and route.description:
+                route.summary = _first_sentence(route.description)
         router.include_router(module.router)
     return router
+
+
+def _first_sentence(text: str) -> str:
+    line = " ".join(text.split())
+    cut = min((i for i in (line.find(". "), line.find("; ")) if i > 0), default=len(line))
+    return line[:cut].rstrip(".")
 
 
 def mount_api(app: FastAPI, state: dict[str, Any], settings: Settings, *, max_body: int = MAX_BODY) -> ApiState:

@@ -1,6 +1,6 @@
 """Who is calling, for the REST API: the admission gate (deployments/admission.py, shared with MCP) as a FastAPI
-dependency per scope. Its refusals (401 no or bad key, 429 locked out or rate limited, 403 missing scope) become
-the API's error body.
+dependency per scope. Its refusals (401 no or bad key, 401 `key_expired`, 429 locked out or rate limited, 403 missing
+scope) become the API's error body.
 """
 
 from __future__ import annotations

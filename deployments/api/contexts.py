@@ -12,11 +12,13 @@ from blocks.errors import ConfigError
 from deployments.api.auth import Reader, Writer
 from deployments.api.errors import ApiError
 from deployments.api.schemas import (
-    AppendBody, ContextCreateBody, ContextEmbeddings, ContextPatch, ContextSearchBody, SearchHits, SimilarList,
+    AppendBody, ContextCreateBody, ContextEmbeddings, ContextPatch, ContextSearchBody, ContextTextBody, SearchHits,
+    SimilarList,
 )
 from deployments.api.search import text_search
 from deployments.api.state import ApiState, api_state
 from tasks.context_models import AppendResult, Context, ContextList, ContextPage, ContextSummary
+from tasks.context_texts import StoredText, embedder_for, store_context_text
 from tasks.contexts import context_scope, list_contexts, update_context_metadata
 
 __all__ = ["router"]
@@ -29,10 +31,20 @@ WHERE c.tenant_id = %(tenant)s AND c.document_id = %(document_id)s
 ORDER BY c.seq, m.name LIMIT %(limit)s OFFSET %(offset)s"""
 
 
-@router.post("", status_code=201, response_model=Context)
+@router.post("", status_code=201, response_model=Context, summary="Create a context")
 def create(body: ContextCreateBody, principal: Writer, api: ApiState = Depends(api_state)):
-    """A new conversation context."""
-    return api.memory(principal.tenant).create_context(**body.model_dump())
+    """A new conversation context, with your own id and first messages if you give them (all or nothing)."""
+    memory = api.memory(principal.tenant)
+    context = memory.create_context(**body.context_fields())
+    messages = body.first_messages()
+    if messages:
+        try:
+            memory.append(context.id, messages)
+        except BaseException:
+            memory.delete(context.id)  # nothing half-made: no empty context left behind a refused first message
+            raise
+        context = memory.get(context.id, limit=0).context
+    return context
 
 
 @router.get("", response_model=ContextList)
@@ -130,3 +142,17 @@ def embeddings(context_id: str, principal: Reader, api: ApiState = Depends(api_s
     return {"context_id": context.id, "items": items, "offset": offset,
             "next_offset": offset + len(rows) if len(rows) == limit else None}
 
+
+@router.post("/{context_id}/embeddings", status_code=201, response_model=StoredText,
+             summary="Store a text you chunked")
+def store_text(context_id: str, body: ContextTextBody, principal: Writer, api: ApiState = Depends(api_state)):
+    """Embed and store one text at position `content_index` of the context (storing that position again replaces
+    it; an unchanged text is not re-embedded). Context searches and similar-context searches then find it."""
+    settings = api.settings
+    try:
+        embedder, name = embedder_for(api.pool(), principal.tenant, body.model, default=settings.embedder,
+                                      embedders=settings.embedders)
+    except ConfigError as exc:
+        raise ApiError(422, "unknown_model", str(exc), item="model") from None
+    return store_context_text(api.pool(), principal.tenant, context_id, body.model_dump(exclude={"model"}),
+                              embedder=embedder, embedder_name=name)

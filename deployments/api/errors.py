@@ -21,8 +21,8 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from blocks.errors import (
-    AppError, ApprovalRejected, ConfigError, ContextExpired, ContextLimitExceeded, ContextNotFound, GuardError,
-    InputError, OperationDenied, ProviderError, RateLimited, StoreError, TransientError,
+    AppError, ApprovalRejected, ConfigError, ContextExists, ContextExpired, ContextLimitExceeded, ContextNotFound,
+    GuardError, InputError, OperationDenied, ProviderError, RateLimited, SearchTimeout, StoreError, TransientError,
 )
 
 __all__ = ["ApiError", "ErrorJSON", "error_body", "error_response", "install_error_handlers", "send_error", "status_of",
@@ -87,7 +87,8 @@ def status_of(exc: AppError) -> tuple[int, str]:
     """HTTP status and code of a devmesh error."""
     for kind, status, code in (
         (ContextNotFound, 404, "not_found"), (ContextExpired, 410, "expired"),
-        (ContextLimitExceeded, 409, "limit_exceeded"), (InputError, 422, "invalid_input"),
+        (ContextLimitExceeded, 409, "limit_exceeded"), (ContextExists, 409, "conflict"),
+        (InputError, 422, "invalid_input"), (SearchTimeout, 504, "search_timeout"),
         (OperationDenied, 403, "policy_denied"), (ApprovalRejected, 409, "approval_rejected"),
         (GuardError, 403, "guard"), (RateLimited, 503, "provider_rate_limited"),
         (TransientError, 503, "provider_unavailable"), (ProviderError, 502, "provider_error"),

@@ -28,7 +28,8 @@ def register(body: OrganizationCreate, request: Request, api: ApiState = Depends
     except Refusal as refusal:
         raise refused(refusal) from None
     try:
-        organization, key = register_organization(api.pool(), body, api.claim_rules())
+        organization, key = register_organization(api.pool(), body, api.claim_rules(),
+                                                  expires_days=api.settings.keys.rotation_days)
     except RegistrationRefused as exc:
         raise ApiError(403, exc.code, exc.message, item="registration") from None
     except SlugUnavailable as exc:
@@ -43,7 +44,8 @@ def register(body: OrganizationCreate, request: Request, api: ApiState = Depends
 def new_key(body: KeyCreate, principal: Admin, api: ApiState = Depends(api_state)):
     """A new key of the caller's organization, shown once."""
     meta, key = create_key(api.pool(), principal.tenant, body.name, list(body.scopes),
-                           rate_per_minute=body.rate_per_minute, burst=body.burst)
+                           rate_per_minute=body.rate_per_minute, burst=body.burst,
+                           expires_days=api.settings.keys.rotation_days)
     return {"api_key": key, "key": meta}
 
 
@@ -67,9 +69,12 @@ def revoke(key_id: str, principal: Admin, api: ApiState = Depends(api_state)):
 
 @router.post("/keys/{key_id}/rotate", status_code=201, response_model=KeyCreated, tags=["keys"])
 def rotate(key_id: str, principal: Admin, api: ApiState = Depends(api_state)):
-    """Revoke a key and issue its successor (same name, scopes and limits), shown once."""
+    """Issue a key's successor (same name, scopes and limits), shown once; the old key keeps working for
+    keys.rotation_grace_hours (default 24), then stops."""
+    keys = api.settings.keys
     try:
-        meta, key = rotate_key(api.pool(), principal.tenant, key_id)
+        meta, key = rotate_key(api.pool(), principal.tenant, key_id, grace_hours=keys.rotation_grace_hours,
+                               expires_days=keys.rotation_days)
     except InputError:
         raise ApiError(404, "not_found", "no active key with this id", item=key_id[:64]) from None
     return {"api_key": key, "key": meta}

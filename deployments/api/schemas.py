@@ -12,12 +12,13 @@ from pydantic.types import FiniteFloat
 from blocks.storable import StorableModel
 
 from tasks.context_models import (
-    DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGES, MAX_APPEND, MessageIn, SimilarContext,
+    CONTEXT_NAME, DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGES, MAX_APPEND, MessageIn, SimilarContext,
 )
 from tasks.search import SearchHit
 
 __all__ = [
     "AppendBody", "AuditPage", "ContextCreateBody", "ContextEmbedding", "ContextEmbeddings", "ContextPatch",
+    "ContextTextBody",
     "ContextSearchBody", "DecisionBody", "DecisionResult", "DocumentItem", "EmbeddingsBody", "EmbeddingsResult",
     "ErrorBody", "ExecuteBody", "ExecuteResult", "KeyCreate", "KeyCreated", "KeyInfo", "KeyList", "OperationInfo",
     "Registered", "SearchBody", "SearchHits", "SimilarList", "ToolInfo", "ToolList", "VectorSearchBody",
@@ -81,8 +82,9 @@ class KeyInfo(BaseModel):
     burst: int | None = None
     created_at: datetime | None = None
     last_used_at: datetime | None = None
-    revoked_at: datetime | None = None
+    revoked_at: datetime | None = Field(None, description="In the future: a rotated key's grace period ends then.")
     rotated_from: str | None = None
+    expires_at: datetime | None = Field(None, description="The key stops working then (keys.rotation_days).")
 
 
 class KeyCreated(BaseModel):
@@ -109,6 +111,14 @@ class Registered(BaseModel):
 # -- contexts ----------------------------------------------------------------------------------------------------
 
 class ContextCreateBody(_Strict):
+    """A new context. `id`: an id of your choosing (unique in your organization; 409 when taken), usable wherever
+    the context's uuid is. `content`: its first message(s), stored and embedded at once: a string is one user
+    message. Unset max_bytes / encrypted come from the server's settings (devmesh.yaml
+    performance.max_context_size_mb, security.encrypt_contexts)."""
+
+    id: str | None = Field(None, pattern=CONTEXT_NAME, description="Your id for it, e.g. conv-<session>.")
+    content: str | list[MessageIn] | None = Field(None, description="First message(s): text, or "
+                                                  "[{role, content}, ...].")
     user_id: str | None = _ID
     agent_id: str | None = _ID
     session_id: str | None = _ID
@@ -116,8 +126,22 @@ class ContextCreateBody(_Strict):
     metadata: dict[str, Any] = Field(default_factory=dict)
     ttl_seconds: int | None = Field(None, ge=1, le=10 * 365 * 86400)
     max_messages: int = Field(DEFAULT_MAX_MESSAGES, ge=1, le=10_000_000)
-    max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1, le=1 << 40)
-    encrypted: bool = Field(False, description="Encrypt message content with the server's context key.")
+    max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1, le=1 << 40, description="Messages + metadata, in bytes "
+                           "(default: the server's contexts.max_size_mb).")
+    encrypted: bool = Field(False, description="Encrypt message content with the server's context key "
+                            "(default: the server's contexts.encrypt).")
+
+    def first_messages(self) -> list[MessageIn]:
+        if self.content is None:
+            return []
+        if isinstance(self.content, str):
+            return [MessageIn(role="user", content=self.content)]
+        return list(self.content)
+
+    def context_fields(self) -> dict[str, Any]:
+        """What create_context takes: the fields given (so that unset ones get the server's defaults)."""
+        fields = self.model_dump(exclude_unset=True, exclude={"id", "content"})
+        return {**fields, **({"name": self.id} if self.id is not None else {})}
 
 
 class ContextPatch(_Strict):
@@ -151,6 +175,16 @@ class ContextEmbeddings(BaseModel):
     items: list[ContextEmbedding]
     offset: int
     next_offset: int | None
+
+
+class ContextTextBody(_Strict):
+    """One text you chunked yourself, stored at position `content_index` of the context (again: replaced)."""
+
+    content_index: int = Field(..., ge=0, le=10_000_000)
+    text: str = Field(..., min_length=1)
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Returned with the search hits it gives.")
+    model: str | None = Field(None, min_length=1, max_length=200, description="Embedding model (default: the "
+                              "server's); another needs its embedder mapped in the server's settings.")
 
 
 class SimilarList(BaseModel):
@@ -218,16 +252,19 @@ class SearchBody(_Strict):
     limit: int = Field(10, ge=1, le=200)
     filters: dict[str, Any] | None = FILTERS
     document_ids: list[str] | None = Field(None, max_length=1000, description="Only these documents.")
-    context_id: UUID | None = Field(None, description="Only this context (conversation).")
+    context_id: str | None = Field(None, min_length=1, max_length=256,
+                                   description="Only this context (conversation): its id or the id you chose.")
+    context_ids: list[str] | None = Field(None, max_length=1000, description="Only these contexts.")
     user_id: str | None = Field(None, min_length=1, max_length=256,
                                 description="Only chunks whose metadata has this user_id: the user's contexts.")
     model: str | None = Field(None, min_length=1, max_length=200, description="Default: the tenant's model.")
-    min_similarity: float | None = Field(None, ge=-1, le=1)
+    min_similarity: float | None = Field(None, ge=-1, le=1, description="Drop hits whose cosine similarity is "
+                                         "lower (the guide's similarity_threshold).")
 
     @model_validator(mode="after")
     def _one_scope(self) -> "SearchBody":
-        if self.context_id is not None and self.user_id is not None:
-            raise ValueError("give context_id or user_id, not both")
+        if sum(x is not None for x in (self.context_id, self.context_ids, self.user_id)) > 1:
+            raise ValueError("give one of context_id, context_ids and user_id")
         return self
 
 

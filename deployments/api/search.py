@@ -15,6 +15,7 @@ from deployments.api.errors import ApiError
 from deployments.api.schemas import SearchBody, SearchHits, VectorSearchBody
 from deployments.api.state import ApiState, api_state
 from flows.search import search_now
+from tasks.context_texts import model_name
 from tasks.contexts import document_id
 from tasks.search import SearchHit, SearchRequest, resolve_model, run_search
 
@@ -56,17 +57,21 @@ def text_search(api: ApiState, request: SearchRequest) -> list[SearchHit]:
 
 @router.post("/search", response_model=SearchHits)
 def search(body: SearchBody, principal: Reader, api: ApiState = Depends(api_state)):
-    """Search the tenant's documents and conversations, one context (context_id) or one user's (user_id)."""
+    """Search the tenant's documents and conversations: all, some contexts (context_id, context_ids) or one user's
+    (user_id); filters match chunk metadata (a context's user_id, type ..., a text's own metadata)."""
     metadata = dict(body.filters) if body.filters is not None else None
     document_ids = body.document_ids
-    if body.context_id is not None:
-        api.memory(principal.tenant).get(body.context_id, limit=0)  # 404 unless it is this tenant's, live
-        document_ids = [document_id(body.context_id)]
+    contexts = [body.context_id] if body.context_id is not None else body.context_ids
+    if contexts is not None:
+        memory = api.memory(principal.tenant)
+        # 404 unless each is this tenant's and live; searched together with any document_ids given
+        found = [document_id(memory.get(c, limit=0).context.id) for c in dict.fromkeys(contexts)]
+        document_ids = [*(document_ids or []), *found]
     elif body.user_id is not None:
         metadata = {**(metadata or {}), "user_id": body.user_id}
     request = SearchRequest(query=body.query, mode=body.mode, limit=body.limit, tenant=principal.tenant,
-                            document_ids=document_ids, metadata=metadata, model=body.model,
-                            min_similarity=body.min_similarity)
+                            document_ids=document_ids, metadata=metadata, min_similarity=body.min_similarity,
+                            model=model_name(api.pool(), body.model, embedders=api.settings.embedders))
     hits = text_search(api, request)
     return {"hits": hits, "count": len(hits)}
 
@@ -75,7 +80,8 @@ def search(body: SearchBody, principal: Reader, api: ApiState = Depends(api_stat
 def vector_search(body: VectorSearchBody, principal: Reader, api: ApiState = Depends(api_state)):
     """Nearest chunks to a vector you embedded yourself with a stored model (cosine)."""
     pool = api.pool()
-    model_id, dims = check_model(pool, body.model)
+    model = model_name(pool, body.model, embedders=api.settings.embedders)
+    model_id, dims = check_model(pool, model)
     if len(body.vector) != dims:
         raise ApiError(422, "dimension_mismatch", f"model {body.model!r} has {dims} dimensions, the vector has "
                        f"{len(body.vector)}", item="vector")
@@ -85,7 +91,7 @@ def vector_search(body: VectorSearchBody, principal: Reader, api: ApiState = Dep
     if not np.isfinite(norm) or norm == 0.0:
         raise ApiError(422, "invalid_vector", "the vector must have a finite, non-zero length", item="vector")
     request = SearchRequest(query="(vector)", mode="vector", limit=body.limit, tenant=principal.tenant,
-                            document_ids=body.document_ids, metadata=body.filters, model=body.model,
+                            document_ids=body.document_ids, metadata=body.filters, model=model,
                             min_similarity=body.min_similarity)
     hits = run_search(pool, request, settings=api.settings.search, model=(model_id, dims),
                       vector=(vector / norm).astype(np.float32))

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from blocks.errors import InputError
 from blocks.redact import register_secrets, secret_values
@@ -22,9 +22,19 @@ __all__ = ["Connections", "OpInput", "Operation", "Plan", "REGISTRY", "get_opera
 
 
 class OpInput(BaseModel):
-    """Base of every operation's input: unknown fields are refused, so a typo never silently does less."""
+    """Base of every operation's input: unknown fields are refused, so a typo never silently does less.
+    `repository` is taken for `repo` (the Developer Mesh guide's name), one or the other."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _repository_is_repo(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "repository" in data and "repo" in cls.model_fields:
+            if "repo" in data:
+                raise ValueError("give repo or repository, not both")
+            data = {("repo" if k == "repository" else k): v for k, v in data.items()}
+        return data
 
 
 class Plan(BaseModel):

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, StringConstraints
+from pydantic import AfterValidator, Field, StringConstraints, model_validator
 
 from blocks.errors import (
     AppError,
@@ -65,8 +65,42 @@ def _check_repo(value: str) -> str:
 
 def _check_query(value: str) -> str:
     if _SCOPE_QUALIFIER.search(value):
-        raise ValueError("scope the search with the `repo` field, not repo:/org:/user: qualifiers")
+        raise ValueError("scope the search with the `repo` field (or one repo:owner/name qualifier), not "
+                         "org:/user:/owner: or negated qualifiers")
     return value
+
+
+_LIFTED = re.compile(r'(?:^|(?<=\s))(-?)(repo|language|state|is):("[^"]*"|\S+)', re.IGNORECASE)
+
+
+def _lift_qualifiers(data: Any, fields: tuple[str, ...]) -> Any:
+    """GitHub's `q` as the guide writes it ("TODO repo:acme/app language:python"): the qualifiers that have a
+    field become that field, so that the policy judges the repository named (one repo: qualifier at most)."""
+    if not isinstance(data, dict):
+        return data
+    if "q" in data:
+        if "query" in data:
+            raise ValueError("give query or q, not both")
+        data = {("query" if k == "q" else k): v for k, v in data.items()}
+    query = data.get("query")
+    if not isinstance(query, str):
+        return data
+    lifted: dict[str, str] = {}
+
+    def take(match: re.Match) -> str:
+        negated, key, value = match.group(1), match.group(2).lower(), match.group(3).strip('"')
+        key = "state" if key == "is" and value.lower() in ("open", "closed") else key
+        if key not in fields:
+            return match.group(0)
+        if negated:
+            raise ValueError(f"-{key}: cannot be a field; scope the search positively")
+        if key in lifted or data.get(key) not in (None, value):
+            raise ValueError(f"the search names {key} twice ({data.get(key) or lifted[key]!r} and {value!r})")
+        lifted[key] = value.lower() if key == "state" else value
+        return ""
+
+    rest = " ".join(_LIFTED.sub(take, query).split())
+    return {**data, **lifted, "query": rest}
 
 
 def _check_path(value: str) -> str:
@@ -102,21 +136,33 @@ class CommentIssueInput(OpInput):
 
 
 class SearchCodeInput(OpInput):
-    """GitHub code search (default branch only); the query may use qualifiers but repo:/org:/user:."""
+    """GitHub code search (default branch only); the query (`query` or GitHub's `q`) may use qualifiers: one
+    repo: and one language: become the fields of those names, org:/user: are refused."""
 
     query: Query
     repo: Repo | None = Field(default=None, description="owner/name; unset: all code the credentials can read")
     language: str | None = Field(default=None, pattern=r"^[A-Za-z0-9#+._-]{1,40}$")
     limit: int = Field(default=20, ge=1, le=100)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _qualifiers(cls, data: Any) -> Any:
+        return _lift_qualifiers(data, ("repo", "language"))
+
 
 class SearchIssuesInput(OpInput):
-    """GitHub issue and pull-request search; the query may use qualifiers but repo:/org:/user:."""
+    """GitHub issue and pull-request search; the query (`query` or `q`) may use qualifiers: one repo: and one
+    state: (or is:open/is:closed) become those fields, org:/user: are refused."""
 
     query: Query
     repo: Repo | None = Field(default=None, description="owner/name; unset: all issues the credentials can read")
     state: Literal["open", "closed"] | None = None
     limit: int = Field(default=20, ge=1, le=100)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _qualifiers(cls, data: Any) -> Any:
+        return _lift_qualifiers(data, ("repo", "state"))
 
 
 class GetFileInput(OpInput):
@@ -255,7 +301,8 @@ CREATE_ISSUE = "github.create_issue"
 
 def _issue_result(issue: Any, repo: str, key: str, existing: bool) -> dict[str, Any]:
     return {"repo": repo, "number": issue.number, "id": issue.id, "url": issue.url, "html_url": issue.html_url,
-            "title": issue.title, "state": issue.state, "idempotency_key": key, "existing": existing}
+            "title": issue.title, "state": issue.state, "idempotency_key": key, "existing": existing,
+            "created_at": issue.created_at.isoformat() if issue.created_at else None}
 
 
 def _writable_repo_facts(gh: github.Github, repo_name: str, operation: str) -> dict[str, Any]:
@@ -385,8 +432,10 @@ def plan_search_issues(conns: Connections, inp: SearchIssuesInput) -> Plan:
 def run_search_code(conns: Connections, inp: SearchCodeInput, key: str = "") -> dict[str, Any]:
     with _errors(conns, SEARCH_CODE):
         results = _client(conns).search_code(inp.query, **_qualifiers(inp))
-        items = [{"repo": hit.repository.full_name, "path": hit.path, "name": hit.name, "sha": hit.sha,
-                  "html_url": hit.html_url, "score": hit.score} for hit in islice(results, inp.limit)]
+        # "repository": {"full_name"} as GitHub's own search items have it (the guide reads it there)
+        items = [{"repo": hit.repository.full_name, "repository": {"full_name": hit.repository.full_name},
+                  "path": hit.path, "name": hit.name, "sha": hit.sha, "html_url": hit.html_url, "score": hit.score}
+                 for hit in islice(results, inp.limit)]
         return {"total_count": results.totalCount, "incomplete_results": bool(results.incomplete_results),
                 "items": items}
 

@@ -139,6 +139,9 @@ def test_revoke_and_rotate(client, org):
     assert rotated.status_code == 201
     successor = Org(org.slug, rotated.json()["api_key"], rotated.json()["key"]["id"])
     assert rotated.json()["key"]["scopes"] == ["read"] and rotated.json()["key"]["rate_per_minute"] == 600
+    # the old key keeps working through the grace period (keys.rotation_grace_hours), until it ends or is revoked
+    assert client.get(f"{API}/contexts", headers=reader.headers).status_code == 200
+    assert client.delete(f"{API}/keys/{reader.key_id}", headers=org.headers).status_code == 204
     old = assert_error(client.get(f"{API}/contexts", headers=reader.headers), 401, "unauthorized")
     assert client.get(f"{API}/contexts", headers=successor.headers).status_code == 200
     assert client.delete(f"{API}/keys/{successor.key_id}", headers=org.headers).status_code == 204

@@ -59,9 +59,11 @@ def test_run_dry_then_execute_then_denied_and_bad_args(aws_blocks, tenant):
     bad = runner.invoke(app, ["op", "run", "aws.s3_put_object", "--tenant", tenant, "--direct",
                               "--args", json.dumps({"bucket": "acme-data", "body": "x", "colour": "red"})])
     assert bad.exit_code == 2 and "key" in bad.output and "colour" in bad.output
-    shown = runner.invoke(app, ["audit", "show", "--tenant", tenant])
+    shown = runner.invoke(app, ["audit", "show", "--tenant", tenant])  # the newest first
     assert [json.loads(line)["status"] for line in shown.stdout.splitlines()] == \
-        ["denied", "granted", "planned", "succeeded", "denied"]
+        ["denied", "succeeded", "planned", "granted", "denied"]
+    shown = runner.invoke(app, ["audit", "show", "--tenant", tenant, "--oldest", "--limit", "2"])
+    assert [json.loads(line)["status"] for line in shown.stdout.splitlines()] == ["denied", "granted"]
     verified = runner.invoke(app, ["audit", "verify"])
     assert verified.exit_code == 0 and json.loads(verified.stdout)["ok"]
 
@@ -77,3 +79,34 @@ def test_approvers_and_approve_errors(settings, tenant):
                                 "--tenant", tenant])
     assert wrong.exit_code == 2 and "not recognised" in wrong.output and token not in wrong.output
     assert runner.invoke(app, ["approvers", "revoke", "carol", "--tenant", tenant]).exit_code == 0
+
+
+def test_refusals_through_a_flow_run_print_one_error_line_and_no_traceback(aws_blocks, tenant, tmp_path):
+    """The default (flow-run) path: a denial ends the run "Denied" and the CLI prints `error: ...`; bad input is
+    refused before any flow run; no literal markup, no traceback."""
+    granted = runner.invoke(app, ["tenants", "grant", tenant, "--policy", "devmesh-policy", "--aws-block",
+                                  "devmesh-aws"])
+    assert granted.exit_code == 0, granted.output
+    denied = runner.invoke(app, ["op", "run", "aws.s3_put_object", "--tenant", tenant, "--execute",
+                                 "--args", json.dumps({"bucket": "other-x", "key": "a", "body": "x"})])
+    assert denied.exit_code == 3, denied.output
+    assert "error: denied by policy rule aws_buckets" in denied.output
+    assert "Traceback" not in denied.output and "[red]" not in denied.output
+    bad = runner.invoke(app, ["op", "run", "aws.s3_put_object", "--tenant", tenant,
+                              "--args", json.dumps({"bucket": "acme-data", "colour": "red"})])
+    assert bad.exit_code == 2 and "error: aws.s3_put_object: invalid arguments" in bad.output
+    assert "Traceback" not in bad.output and "Beginning flow run" not in bad.output
+    brackets = runner.invoke(app, ["op", "run", "no.such[op]"])
+    assert brackets.exit_code == 2 and "no.such[op]" in brackets.output and "[red]" not in brackets.output
+
+
+def test_args_file_for_kubernetes_apply_takes_a_plain_manifest(tmp_path):
+    from deployments.cli_ops import _arguments
+
+    manifest = tmp_path / "deploy.yaml"
+    manifest.write_text("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: staging}\n")
+    assert _arguments(None, manifest, wraps_manifest=True)["manifest"]["metadata"]["name"] == "web"
+    wrapped = tmp_path / "args.yaml"
+    wrapped.write_text("manifest:\n  apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: c}\nwait: false\n")
+    assert _arguments(None, wrapped, wraps_manifest=True)["wait"] is False
+    assert _arguments(None, manifest)["kind"] == "Deployment"  # another operation's arguments stay as they are

@@ -75,6 +75,13 @@ def test_up_webhook_to_searchable_issue_then_clean_stop(tmp_path):
                                 capture_output=True, text=True, timeout=60)
         assert status.returncode == 0 and json.loads(status.stdout)["up"], status.stdout + status.stderr
         assert json.loads(status.stdout)["registration"].startswith("open"), status.stdout
+        # every devmesh block type is in the UI's catalog
+        auth = tuple((home / "prefect-auth").read_text().strip().split(":", 1))
+        block_types = httpx.post(f"http://127.0.0.1:{prefect_port}/api/block_types/filter", json={}, auth=auth,
+                                 timeout=10).json()
+        from blocks.catalog import BLOCK_TYPES
+
+        assert {b.get_block_type_slug() for b in BLOCK_TYPES} <= {t["slug"] for t in block_types}
         body = issue_payload()
         issue = json.loads(body)
         signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()

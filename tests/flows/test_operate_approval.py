@@ -57,6 +57,17 @@ def _awaiting(pool, tenant, timeout=60.0):
     raise AssertionError("the run never paused for approval")
 
 
+def resume_without_decision(row) -> None:
+    """Press Resume as anyone who reaches the Prefect UI could, with no decision recorded in devmesh."""
+    for _ in range(100):  # the row is marked just before the run proposes its Paused state
+        try:
+            resume_flow_run(row["flow_run_id"], run_input={"operation_id": str(row["id"]), "note": "via UI"})
+            return
+        except Exception:
+            time.sleep(0.2)
+    raise AssertionError("the run could not be resumed")
+
+
 def _start(tenant):
     pool = ThreadPoolExecutor(1)
     request = OperateRequest(operation="aws.s3_put_object", arguments=PUT, tenant=tenant, dry_run=False,
@@ -100,14 +111,9 @@ def test_resume_without_devmesh_approval_is_refused(guarded, pool, tenant):
     s3, _ = guarded
     executor, future = _start(tenant)
     row = _awaiting(pool, tenant)
-    for _ in range(100):  # the row is marked just before the run proposes its Paused state
-        try:
-            resume_flow_run(row["flow_run_id"], run_input={"operation_id": str(row["id"]), "note": "via UI"})
-            break
-        except Exception:
-            time.sleep(0.2)
-    with pytest.raises(ApprovalRejected, match="without a decision"):
-        future.result(timeout=120)
+    resume_without_decision(row)
+    refused = future.result(timeout=120)  # the run ends "Rejected", its summary the result
+    assert refused["status"] == "rejected" and "without a decision" in refused["error"]
     executor.shutdown()
     assert s3.list_objects_v2(Bucket="acme-data").get("KeyCount") == 0
     assert get_operation_row(pool, row["id"])["status"] == "rejected"

@@ -209,8 +209,8 @@ def test_operate_flow_and_cli_deny_audit_and_reach_nothing(prefect_harness, sett
               github_block="guard-bypass-github")
     request = OperateRequest(operation="github.create_issue", arguments=EVIL, tenant=tenant,
                              actor={"agent": "flow"}, dry_run=False)
-    with pytest.raises(OperationDenied, match="github_repos"):
-        operate(request)
+    denied = operate(request)  # the run ends "Denied", its summary the result
+    assert denied["status"] == "denied" and "github_repos" in denied["error"]
     runner = CliRunner()
     for flags in (["--direct", "--execute"], ["--execute"]):
         out = runner.invoke(cli_app, ["op", "run", "github.create_issue", "--args", json.dumps(EVIL),

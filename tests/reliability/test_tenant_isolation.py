@@ -350,6 +350,8 @@ ROUTE_CASES = {
         f"/contexts/{w.ids['context_id']}/summary")),
     ("GET", "/api/v1/contexts/{context_id}/similar"): lambda w: _404(w, w.b_get(
         f"/contexts/{w.ids['context_id']}/similar")),
+    ("POST", "/api/v1/contexts/{context_id}/embeddings"): lambda w: _404(w, w.b_post(
+        f"/contexts/{w.ids['context_id']}/embeddings", json={"content_index": 0, "text": "injected"})),
     ("GET", "/api/v1/contexts/{context_id}/embeddings"): lambda w: _404(w, w.b_get(
         f"/contexts/{w.ids['context_id']}/embeddings", params={"include_vectors": True})),
     ("POST", "/api/v1/embeddings"): lambda w: _embeddings_case(w),
@@ -370,9 +372,7 @@ ROUTE_CASES = {
     ("GET", "/healthz"): lambda w: _healthz_case(w),
     ("GET", "/metrics"): None,
     ("GET", "/openapi.json"): lambda w: _ok(w, w.http.get("/openapi.json")),
-    ("GET", "/docs"): lambda w: _ok(w, w.http.get("/docs")),
-    ("GET", "/docs/oauth2-redirect"): lambda w: _ok(w, w.http.get("/docs/oauth2-redirect")),
-    ("GET", "/redoc"): lambda w: _ok(w, w.http.get("/redoc")),
+    ("GET", "/docs"): lambda w: _ok(w, w.http.get("/docs")),  # its assets: a static mount (deployments/docs.py)
     # MCP: every tool is driven by test_mcp_every_tool below (streamable HTTP through this very route)
     ("POST", "/mcp"): None, ("GET", "/mcp"): None, ("DELETE", "/mcp"): None,
 }
@@ -577,6 +577,7 @@ def _mesh_cases(w: World, mesh: Mesh, not_found) -> dict:
         "context_summary": lambda: not_found(mesh.context_summary, cid),
         "similar_contexts": lambda: not_found(mesh.similar_contexts, cid),
         "context_embeddings": lambda: not_found(mesh.context_embeddings, cid),
+        "store_text": lambda: not_found(mesh.store_text, cid, 0, "injected"),
         "remember": lambda: mesh.remember("a/plan", "b's own text"),
         "remember_many": lambda: mesh.remember_many([{"id": "a/other", "text": "b's own"}]),
         "search": lambda: mesh.search(MARK, user_id=A_USER),
@@ -618,7 +619,7 @@ def test_python_client_every_method_refuses_b_on_a(world):
             _assert_clean(w, text, A_KEY if name == "execute_tool" else "")
     sent = "".join(w.ids[k] for k in ("context_id", "operation_id", "approved_operation_id", "reader_key_id",
                                       "admin_key_id"))
-    assert len(seen) == 14  # every not_found case ran
+    assert len(seen) == 15  # every not_found case ran
     for message in seen:
         _assert_clean(w, message, sent)
     assert _digest(w.pool, w.a.slug) == before

@@ -370,7 +370,7 @@ def test_archived_repository_or_disabled_issues_are_refused_at_plan_time(fake, c
     (CREATE, {"repo": REPO, "title": "t", "milestone": 1}, "milestone"),
     (COMMENT, {"repo": REPO, "issue_number": 0, "body": "b"}, "issue_number"),
     (COMMENT, {"repo": REPO, "issue_number": 1, "body": ""}, "body"),
-    (SEARCH_CODE, {"query": "x repo:other/secret"}, "query"),
+    (SEARCH_CODE, {"query": "x org:other"}, "query"),  # repo: becomes the repo field (policy-judged); org: cannot
     (SEARCH_ISSUES, {"query": "x", "state": "all"}, "state"),
     (GET_FILE, {"repo": REPO, "path": "../etc/passwd"}, "path"),
     (GET_FILE, {"repo": REPO, "path": "a", "ref": "main; rm"}, "ref"),

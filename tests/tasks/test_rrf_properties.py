@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +14,10 @@ RANKING = st.lists(st.integers(0, 60), unique=True, max_size=25)
 RANKINGS = st.lists(RANKING, min_size=1, max_size=4)
 WEIGHT = st.floats(0.0, 5.0, allow_nan=False)
 K = st.integers(1, 200)
+# Hypothesis flags any change of the global `random` state while a case is drawn: late in a full run that is the
+# session pool's worker threads (psycopg_pool jitters connection lifetimes with `random`), not these strategies
+# (as in tests/deployments/test_api_fuzz.py).
+pytestmark = pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
 
 
 def _weights(draw_rankings, data):
