@@ -167,8 +167,8 @@ class OutageStack:
         self.log(f"prefect server up in {time.monotonic() - started:.1f} s")
         self._webhook_block()
         self._spawn("serve", [sys.executable, "-m", "deployments.serve", str(self.spec)])
-        self._spawn("gateway", [sys.executable, "-m", "uvicorn", "--factory", "deployments.gateway:create_app",
-                                "--host", "127.0.0.1", "--port", str(self.gateway_port), "--no-access-log"])
+        self._spawn("gateway", [sys.executable, "-m", "deployments.gateway_server", "--host", "127.0.0.1",
+                                "--port", str(self.gateway_port)])
         self._wait_deployments(180)
         self._wait("gateway", f"{self.gateway}/healthz", None, 120)
         self.log(f"deployments, triggers and gateway up in {time.monotonic() - started:.1f} s")

@@ -6,12 +6,14 @@ import csv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("store", "search", "rest", "reingest", "embedder", "contexts", "backfill", "gateway", "quality", "locomo")
+SECTIONS = ("store", "search", "rest", "admission", "reingest", "embedder", "contexts", "backfill", "gateway", "quality",
+            "locomo")
 TITLES = {"store": "1. Store path", "search": "2. Search", "reingest": "3. Re-ingest of an unchanged corpus",
           "embedder": "4. Embedder throughput", "contexts": "5. Conversation appends",
           "backfill": "6. Model-switch backfill", "gateway": "7. Webhook gateway under load",
           "quality": "8. Retrieval quality: BEIR SciFact", "rest": "2b. REST search through the gateway",
-          "locomo": "9. Conversation memory: LoCoMo evidence recall"}
+          "locomo": "9. Conversation memory: LoCoMo evidence recall",
+          "admission": "2c. Shared rate limits and lockouts (PostgreSQL): what they add to a request"}
 
 
 def _n(x: float, digits: int = 0) -> str:
@@ -251,6 +253,36 @@ def _md_rest(r: dict) -> str:
         "", _table(["mode", "clients", "requests", "req/s", "p50 ms", "p99 ms", "errors"], con), ""])
 
 
+def _md_admission(r: dict) -> str:
+    ip = r["in_process"]
+    calls = [["`authenticate` (the key lookup every request pays)", _n(ip["authenticate"]["p50_ms"], 3),
+              _n(ip["authenticate"]["p99_ms"], 3)],
+             ["`Admission.admit`: lockout + the key's bucket + sighting, one statement", _n(ip["shared_admit"]["p50_ms"], 3),
+              _n(ip["shared_admit"]["p99_ms"], 3)],
+             ["in-memory token bucket (before issue 17, per process)", _n(ip["memory_take"]["p50_ms"], 3),
+              _n(ip["memory_take"]["p99_ms"], 3)]]
+    rest = []
+    for variant, label in (("postgres", "shared state in PostgreSQL"), ("memory", "in-memory (old path)")):
+        v = r["rest"][variant]
+        rest.append([label, _n(v["sequential"]["p50_ms"], 2), _n(v["sequential"]["p99_ms"], 2),
+                     f"{_n(v['one_key']['throughput_rps'])} (p99 {_n(v['one_key']['p99_ms'])} ms)",
+                     f"{_n(v['key_each']['throughput_rps'])} (p99 {_n(v['key_each']['p99_ms'])} ms)"])
+    clients = r["rest"]["postgres"]["one_key"]["clients"]
+    return "\n".join([
+        f"## {TITLES['admission']}", "",
+        "`bench/admission.py`: the admission state every gateway replica shares (tasks/ratelimit.py), in-process "
+        f"({ip['authenticate']['calls']:,} calls each) and through REST: `GET /api/v1/contexts?limit=1` against the "
+        "gateway served as `devmesh up` serves it, two gateways side by side — one with the shared state, one with "
+        "the in-memory stand-in of the old path — answering alternate requests, so that both see the same load; "
+        f"then {clients} concurrent keep-alive clients on one key (one hot bucket row) and on a key each.", "",
+        _table(["in-process call", "p50 ms", "p99 ms"], calls), "",
+        _table(["gateway", "sequential p50 ms", "sequential p99 ms", f"{clients} clients, one key: req/s",
+                f"{clients} clients, a key each: req/s"], rest), "",
+        f"Added by the shared state through REST: **p50 {r['rest_added']['p50_ms']:+.2f} ms, p99 "
+        f"{r['rest_added']['p99_ms']:+.2f} ms** (load average at the end "
+        f"{', '.join(f'{x:.2f}' for x in r['load_average'])}).", ""])
+
+
 def _md_gateway(r: dict) -> str:
     rows = [["deliveries sent (of which redeliveries)", f"{r['sent']:,} ({r['redeliveries']})"],
             ["rate asked / achieved", f"{r['rate']:.0f} / {r['achieved_rate']:.1f} per s for {r['seconds']:.0f} s"],
@@ -293,7 +325,7 @@ def render(results: dict, machine: dict, started: str, seconds: float, loads: di
     ]
     renderers = {"store": _md_store, "search": _md_search, "reingest": _md_reingest, "embedder": _md_embedder,
                  "contexts": _md_contexts, "backfill": _md_backfill, "gateway": _md_gateway, "quality": _md_quality,
-                 "rest": _md_rest, "locomo": _md_locomo}
+                 "rest": _md_rest, "locomo": _md_locomo, "admission": _md_admission}
     if isinstance(results.get("store"), dict) and "online" in results:
         results["store"]["online"] = results["online"]
     for name in SECTIONS:

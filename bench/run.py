@@ -223,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return measure_rest(settings, rows=args.rows, clients=200, seconds=30, log=_log)
 
+    def admission():
+        from bench.admission import measure_admission
+
+        return measure_admission(_settings(DATA / "admission"), log=_log)
+
     def gateway():
         from bench.gateway import measure_gateway
 
@@ -234,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         section("search", search)
     if "rest" in chosen:
         section("rest", rest)
+    if "admission" in chosen:
+        section("admission", admission)
     if "store" in chosen and isinstance(results.get("store"), dict):
         section("online", online, label=f"store (online inserts of {ONLINE_ROWS:,} rows, index live)")
     if "reingest" in chosen:

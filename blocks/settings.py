@@ -3,14 +3,16 @@ settings file devmesh.yaml (blocks/config_file.py: $DEVMESH_CONFIG or ./devmesh.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-__all__ = ["ChunkSettings", "SearchSettings", "IngestSettings", "OpsSettings", "GatewaySettings", "TracingSettings",
-           "TenancySettings", "KeySettings", "ContextSettings", "ClientSettings", "Settings"]
+__all__ = ["AdmissionSettings", "AuditSettings", "ChunkSettings", "SearchSettings", "IngestSettings", "OpsSettings",
+           "GatewaySettings", "TracingSettings", "TenancySettings", "KeySettings", "ContextSettings", "ClientSettings",
+           "Settings"]
 
 
 class ChunkSettings(BaseModel):
@@ -103,6 +105,27 @@ class GatewaySettings(BaseModel):
         "trailing whitespace is not part of the token (HTTP trims it from header values)."
     )
 
+    mcp_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Host header values the MCP endpoint accepts (DNS-rebinding protection), "
+        "comma-separated; `name:*` allows any port. Empty: loopback names and the bind host, any port.")
+    mcp_allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origin header values the MCP endpoint accepts, comma-separated "
+        "(`http://name:*` allows any port); a request without Origin passes. Empty: http(s) on loopback names and "
+        "the bind host.")
+    header_timeout_s: float = Field(5.0, gt=0, le=300, description="Time a client has to send a request's line and "
+                                    "headers from its first byte (or from connecting): then 408 and the connection "
+                                    "closes (slowloris).")
+    body_timeout_s: float = Field(30.0, gt=0, le=3600, description="Time a client has to send a request's body once "
+                                  "its headers are in: then 408 and the connection closes.")
+    request_deadline_s: float = Field(60.0, gt=0, le=3600, description="Longest a request may take to be answered: "
+                                      "then 504 `deadline_exceeded` naming the request id (the work may still "
+                                      "finish; check before retrying a write).")
+
+    @field_validator("mcp_allowed_hosts", "mcp_allowed_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, v):
+        return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v
+
     @field_validator("metrics_token")
     @classmethod
     def _blank_token_is_unset(cls, v: SecretStr | None) -> SecretStr | None:
@@ -110,6 +133,55 @@ class GatewaySettings(BaseModel):
             return None
         token = v.get_secret_value().strip()
         return SecretStr(token) if token else None
+
+
+class AdmissionSettings(BaseModel):
+    """Who gets in, how often: per-key rate limits, the failed-authentication lockout, registrations per address,
+    and which proxies may name the client (tasks/ratelimit.py, deployments/admission.py; docs/security.md)."""
+
+    rate_per_minute: int = Field(1000, ge=1, le=10_000_000, description="Token refill of a key without its own.")
+    burst: int = Field(3000, ge=1, le=10_000_000, description="Bucket capacity of a key without its own.")
+    max_failures: int = Field(10, ge=1, le=1_000_000, description="Failed authentications from one address (within "
+                              "failure_window_s, decaying) that lock it out.")
+    failure_window_s: float = Field(60, gt=0, le=86400, description="The window of max_failures.")
+    lockout_s: float = Field(300, gt=0, le=86400, description="How long a locked address is refused new keys.")
+    trusted_for_s: float = Field(86400, ge=0, le=90 * 86400, description="A key that authenticated from an address "
+                                 "within this time is still admitted there while the address is locked out.")
+    register_rate_per_minute: int = Field(10, ge=1, le=1_000_000, description="Organization registrations per "
+                                          "client address (each costs a 16 MiB scrypt).")
+    register_burst: int = Field(5, ge=1, le=1_000_000)
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Addresses or networks (CIDR) of the reverse proxies whose forwarded "
+        "header names the client, comma-separated; empty (the default): the peer address is the client, and "
+        "forwarded headers are ignored.")
+    forwarded_header: Literal["x-forwarded-for", "forwarded"] = Field(
+        "x-forwarded-for", description="The header your proxy sets (and overwrites): X-Forwarded-For or RFC 7239 "
+        "Forwarded. Only this one is read.")
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split(cls, v):
+        return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network (CIDR)") from None
+        return v
+
+
+class AuditSettings(BaseModel):
+    """The audit trail's signing key and where checkpoints of its head are kept (tasks/audit.py)."""
+
+    key_block: str = Field("devmesh-audit-key", min_length=1, description="Prefect Secret block holding the Ed25519 "
+                           "signing key (created on first use; `devmesh up` creates it at start-up).")
+    checkpoint_file: Path | None = Field(None, description="Append-only file of signed checkpoints of the trail's "
+                                         "head, written by each successful verify (default <home>/audit-checkpoints"
+                                         ".jsonl). Keep it where the database's administrators cannot write.")
 
 
 class TracingSettings(BaseModel):
@@ -163,7 +235,13 @@ class KeySettings(BaseModel):
 
 
 class ContextSettings(BaseModel):
-    """Defaults of new conversation contexts (a request may set its own)."""
+    """Defaults of new conversation contexts (a request may set its own), and the caps of one append (REST, MCP,
+    Memory): an append is chunked and embedded while its request waits, so its size bounds the request's time
+    (10,000 messages took 236 s on two cores)."""
+
+    max_append_messages: int = Field(500, ge=1, le=10_000, description="Messages per append; more: 422 naming it.")
+    max_append_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024,
+                                  description="UTF-8 bytes of message content per append; more: 422 naming it.")
 
     max_size_mb: float = Field(50.0, gt=0, le=1 << 20, description="Largest a context may grow: its messages' "
                                "content plus its metadata, in MiB. devmesh.yaml: performance.max_context_size_mb.")
@@ -214,9 +292,12 @@ class Settings(BaseSettings):
     search: SearchSettings = SearchSettings()
     ingest: IngestSettings = IngestSettings()
     ops: OpsSettings = OpsSettings()
+    contexts: ContextSettings = ContextSettings()
     gateway: GatewaySettings = GatewaySettings()
     tracing: TracingSettings = TracingSettings()
     tenancy: TenancySettings = TenancySettings()
+    audit: AuditSettings = AuditSettings()
+    admission: AdmissionSettings = AdmissionSettings()
     keys: KeySettings = KeySettings()
     contexts: ContextSettings = ContextSettings()
     client: ClientSettings = ClientSettings()

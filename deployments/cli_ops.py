@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from blocks.errors import AppError, ApprovalRejected, AuthFailed, InputError, OperationDenied
+from blocks.errors import AppError, ApprovalRejected, AuthFailed, ConfigError, InputError, OperationDenied
 from blocks.settings import Settings
 
 REFUSED = {"denied": 3, "rejected": 4}  # exit codes of a refused operation
@@ -177,15 +177,52 @@ def approvers_revoke(name: str, tenant: Optional[str] = typer.Option(None)) -> N
 
 
 @audit_app.command("verify")
-def audit_verify() -> None:
-    """Walk the hash chain; exit 5 naming the first edited, inserted or deleted record."""
-    from tasks.audit import verify_audit
+def audit_verify(
+    checkpoint: Optional[str] = typer.Option(
+        None, help="Compare the head with this checkpoint (its JSON: a line of the checkpoint file, the verify-audit "
+        "run's artifact or event) instead of the newest one of the checkpoint file."),
+    public_key: Optional[str] = typer.Option(
+        None, "--public-key", help="Verify with this Ed25519 public key (`devmesh audit key`) instead of loading "
+        "the key block: an auditor's check, which writes no checkpoint."),
+    record: bool = typer.Option(True, "--record/--no-record",
+                                help="Append a signed checkpoint of the verified head to the checkpoint file."),
+) -> None:
+    """Hashes, links and signatures of every record, and the head against the last checkpoint; exit 5 naming what
+    happened (an edited, deleted, forged or re-signed record, a truncated tail, removed signatures)."""
+    from blocks.audit_key import AuditKey
+    from tasks.audit import audit_key
+    from tasks.audit_checkpoint import checkpoint_path, parse_checkpoint, verify_against_checkpoint
 
-    report = verify_audit(_pool(Settings()))
+    settings = Settings()
+    try:
+        key = AuditKey.from_public_b64(public_key) if public_key else audit_key(settings.audit.key_block)
+        given = parse_checkpoint(checkpoint) if checkpoint else None
+    except (ConfigError, InputError) as exc:
+        _fail(str(exc), 2)
+    report, written = verify_against_checkpoint(_pool(settings), settings, key, given=given, source="cli",
+                                                record=record)
+    summary = report.summary()
     if not report.ok:
-        _fail(f"audit trail broken at record {report.bad_seq}: {report.problem}", 5)
-    print(json.dumps({"ok": True, "records": report.records, "head_seq": report.head_seq,
-                      "head_hash": report.head_hash}, indent=2))
+        print(json.dumps(summary, indent=2))
+        where = f" at record {report.bad_seq}" if report.bad_seq is not None else ""
+        _fail(f"audit trail broken{where}: {report.problem}", 5)
+    if written:
+        summary["checkpoint_written"] = str(checkpoint_path(settings))
+    print(json.dumps(summary, indent=2))
+
+
+@audit_app.command("key")
+def audit_key_show() -> None:
+    """The audit key's public half and fingerprint (creates the key block on first use); give it to auditors."""
+    from tasks.audit import audit_key
+
+    settings = Settings()
+    try:
+        key = audit_key(settings.audit.key_block)
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+    print(json.dumps({"block": settings.audit.key_block, "fingerprint": key.fingerprint,
+                      "public_key": key.public_b64}, indent=2))
 
 
 @audit_app.command("show")

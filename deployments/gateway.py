@@ -38,11 +38,12 @@ from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from blocks.webhooks import GitHubWebhook
 from deployments.api import mount_api
+from deployments.api.errors import error_response
+from deployments.api.middleware import Deadline
 from deployments.docs import mount_docs
 from deployments.mcp_server import mcp_http_app
 from deployments.mcp_server import mount as mount_mcp
 from tasks.migrate import ensure_schema
-from tasks.ratelimit import AuthLockout, RateLimiter
 from tasks.webhook_bindings import WebhookRouter
 from tasks.webhook_events import Routes, event_name, to_event
 from tasks.webhooks import mark_emit_failed, mark_emitted, pending_deliveries, record_delivery
@@ -124,8 +125,22 @@ def _json(body: bytes) -> tuple[str, Any]:
         return "", exc
 
 
-def _problem(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
+# status -> (code, item at fault) of a refused delivery, unless _problem is told otherwise
+_PROBLEMS = {401: ("invalid_signature", "X-Hub-Signature-256"), 413: ("payload_too_large", "body"),
+             415: ("unsupported_media_type", "Content-Type"), 400: ("bad_request", None)}
+
+
+class _Problem(JSONResponse):
+    """A refused delivery; the endpoint answers it in the API's one error body (error_response adds the id)."""
+
+    def __init__(self, status: int, message: str, item: str | None, code: str | None):
+        default_code, default_item = _PROBLEMS[status]
+        self.code, self.message, self.item = code or default_code, message, item or default_item
+        super().__init__(None, status_code=status)
+
+
+def _problem(status: int, message: str, item: str | None = None, code: str | None = None) -> _Problem:
+    return _Problem(status, message, item, code)
 
 
 class Outbox:
@@ -176,6 +191,16 @@ class Outbox:
         return len(ids)
 
 
+async def _prune_admission(state: dict[str, Any], every_s: float = 300.0) -> None:
+    """Forget full buckets, spent failures and old sightings of the shared admission state (any replica may)."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await asyncio.to_thread(state["admission"].prune)
+        except Exception as exc:  # the database is down: the next round tries again
+            log.warning("pruning the admission state failed: %s", exc)
+
+
 def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | None = None,
                emit: Emit | None = None, routes: Routes | None = None) -> FastAPI:
     """The gateway app. Without arguments it reads Settings, loads the webhook block by name (and again every
@@ -203,14 +228,16 @@ def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | Non
         outbox = Outbox(state["pool"], sender, settings)
         state["outbox"] = outbox
         runner = asyncio.create_task(outbox.run(), name="devmesh-outbox")
+        pruner = asyncio.create_task(_prune_admission(state), name="devmesh-admission-prune")
         try:
             yield
         finally:
-            runner.cancel()
-            try:
-                await runner
-            except asyncio.CancelledError:
-                pass
+            for task in (runner, pruner):
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
             try:  # one last attempt, so a clean shutdown leaves nothing behind that could be sent
                 await asyncio.wait_for(outbox.flush_once(), timeout=5)
             except Exception:
@@ -224,9 +251,9 @@ def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | Non
                               "webhooks. Authenticate with `Authorization: Bearer devmesh_...`.")
     app.state.devmesh = state
     mount_docs(app)
-    state["limiter"], state["lockout"] = RateLimiter(), AuthLockout()
-    mount_api(app, state, settings)  # the REST API under /api/v1 (deployments/api)
-    mount_mcp(app, mcp_http_app(settings, limiter=state["limiter"], lockout=state["lockout"]))  # MCP at /mcp
+    app.add_middleware(Deadline, seconds=settings.gateway.request_deadline_s)  # inside RequestContext (its id)
+    api = mount_api(app, state, settings)  # the REST API under /api/v1 (deployments/api)
+    mount_mcp(app, mcp_http_app(settings, gate=api.gate))  # MCP at /mcp, behind the same admission gate
     app.add_middleware(RequestMetrics)
 
     @app.get("/healthz", summary="Is the gateway alive", tags=["gateway"])
@@ -243,8 +270,8 @@ def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | Non
         scheme, _, credentials = request.headers.get("authorization", "").strip().partition(" ")
         if token is not None and not (scheme.lower() == "bearer" and hmac.compare_digest(  # RFC 6750: any case
                 credentials.strip().encode(), token.get_secret_value().encode())):
-            return JSONResponse({"error": "unauthorized", "detail": "GET /metrics needs the metrics bearer token"},
-                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            return error_response(request, 401, "unauthorized", "GET /metrics needs the metrics bearer token",
+                                  item="Authorization", headers={"WWW-Authenticate": "Bearer"})
         body, content_type = exposition()
         return Response(body, media_type=content_type)
 
@@ -252,6 +279,9 @@ def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | Non
     async def github_webhook(request: Request):
         """Verify the X-Hub-Signature-256, store the delivery (deduplicated), answer 202; a Prefect event follows."""
         response = await _receive(request)
+        if isinstance(response, _Problem):
+            response = error_response(request, response.status_code, response.code, response.message,
+                                      item=response.item)
         outcome = OUTCOMES.get(response.status_code, "error")
         if response.status_code == 202 and b'"ignored"' in response.body:
             outcome = "ignored"
@@ -283,15 +313,15 @@ def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | Non
         event = request.headers.get("x-github-event", "")
         delivery = request.headers.get("x-github-delivery", "")
         if not EVENT.match(event):
-            return _problem(400, "missing or invalid X-GitHub-Event header")
+            return _problem(400, "missing or invalid X-GitHub-Event header", "X-GitHub-Event")
         if not DELIVERY_ID.match(delivery):
-            return _problem(400, "missing or invalid X-GitHub-Delivery header")
+            return _problem(400, "missing or invalid X-GitHub-Delivery header", "X-GitHub-Delivery")
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             return _problem(415, "content type must be application/json (set it in the webhook's settings)")
         if isinstance(payload, Exception):
-            return _problem(400, f"invalid JSON: {str(payload)[:200]}")
+            return _problem(400, f"invalid JSON: {str(payload)[:200]}", "body", "malformed_json")
         if not isinstance(payload, dict):
-            return _problem(400, "the payload must be a JSON object")
+            return _problem(400, "the payload must be a JSON object", "body", "invalid_payload")
         if event == "ping":
             return JSONResponse({"ok": True, "zen": payload.get("zen")}, status_code=200)
         action = payload.get("action") if isinstance(payload.get("action"), str) else None
@@ -307,7 +337,7 @@ def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | Non
                                         repository=repository, tenants=tenants, payload_json=text, route=route,
                                         unbound=routing.unbound is not None)
         except psycopg.errors.UntranslatableCharacter:
-            return _problem(400, "the payload contains \\u0000, which cannot be stored")
+            return _problem(400, "the payload contains \\u0000, which cannot be stored", "body", "invalid_payload")
         if not new:
             return JSONResponse({"delivery_id": delivery, "status": "duplicate"}, status_code=200)
         if routing.unbound is not None:

@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 import threading
+import uuid
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,27 +30,30 @@ import anyio
 import mcp_types as types
 from mcp.server import Server, ServerRequestContext
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from mcp.server.transport_security import TransportSecuritySettings
+from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import Headers
+from starlette.requests import Request
 
-from blocks.errors import AppError, AuthFailed, InputError, KeyExpired, StoreError
+from blocks.errors import AppError, AuthFailed, InputError, StoreError
 from blocks.policy import OperationPolicy
 from blocks.postgres import PgVectorStore
 from blocks.redact import redact
 from blocks.settings import Settings
 from blocks.storable import StorableModel
+from deployments.admission import AdmissionGate, Refusal
+from deployments.api.errors import send_error
 from deployments.memory import Memory
 from flows.operate import OperateRequest, submit_operation
 from tasks.context_models import MAX_APPEND, ContextCreate, MessageIn
 from tasks.grants import override_for
 from tasks.migrate import ensure_schema
 from tasks.ops.base import Connections
-from tasks.ratelimit import AuthLockout, RateLimiter
 from tasks.tenancy import Principal, authenticate
 from tasks.tools import is_memory_tool, list_tools
 
-__all__ = ["McpHttpApp", "PrincipalResolver", "build_server", "main", "mcp_http_app", "mount"]
+__all__ = ["McpHttpApp", "PrincipalResolver", "build_server", "main", "mcp_http_app", "mount", "transport_security"]
 
 log = logging.getLogger("devmesh.mcp")
 PrincipalResolver = Callable[[ServerRequestContext], Principal]  # raises AuthFailed; called in a worker thread
@@ -296,22 +300,30 @@ def _pool(settings: Settings):
 
 # --- streamable HTTP ---------------------------------------------------------------------------------------------
 
-def _key_from(headers: dict[bytes, bytes]) -> str | None:
-    auth = headers.get(b"authorization", b"").decode("latin-1")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip()
-    key = headers.get(b"x-api-key")
-    return key.decode("latin-1").strip() if key else None
+def transport_security(settings: Settings) -> TransportSecuritySettings:
+    """DNS-rebinding protection as the MCP specification requires of streamable HTTP: `Host` and `Origin` must be
+    allowed values (settings.gateway.mcp_allowed_hosts / mcp_allowed_origins; default: loopback names and the
+    configured bind host, any port). A request without Origin (not from a browser) passes the Origin check."""
+    gateway = settings.gateway
+    names = ["127.0.0.1", "localhost", "[::1]"]
+    bind = gateway.host if ":" not in gateway.host else f"[{gateway.host}]"
+    if gateway.host not in ("0.0.0.0", "::") and bind not in names:
+        names.append(bind)
+    hosts = gateway.mcp_allowed_hosts or [h for n in names for h in (n, f"{n}:*")]
+    origins = gateway.mcp_allowed_origins or [o for n in names for scheme in ("http", "https")
+                                              for o in (f"{scheme}://{n}", f"{scheme}://{n}:*")]
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
+                                     allowed_origins=origins)
 
 
-async def _respond(send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
-    """A JSON-RPC error body, so MCP clients show the message instead of a bare status."""
-    body = json.dumps({"jsonrpc": "2.0", "id": None,
-                       "error": {"code": types.INVALID_REQUEST, "message": message}}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *headers]})
-    await send({"type": "http.response.body", "body": body})
+_TRANSPORT_REFUSALS = {  # the SDK's statuses, devmesh's codes and messages
+    421: ("misdirected_request", "the Host header {host!r} is not an allowed host of this MCP endpoint "
+                                 "(DEVMESH_GATEWAY__MCP_ALLOWED_HOSTS)", "Host"),
+    403: ("forbidden_origin", "the Origin {origin!r} may not call this MCP endpoint "
+                              "(DEVMESH_GATEWAY__MCP_ALLOWED_ORIGINS)", "Origin"),
+    400: ("unsupported_media_type", "a POST to the MCP endpoint must be Content-Type: application/json",
+          "Content-Type"),
+}
 
 
 def _scope_principal(ctx: ServerRequestContext) -> Principal:
@@ -324,32 +336,28 @@ def _scope_principal(ctx: ServerRequestContext) -> Principal:
 class McpHttpApp:
     """Streamable HTTP MCP endpoint (stateless: every POST stands alone) behind devmesh API keys.
 
-    Each request: lockout check → key (`Authorization: Bearer` or `X-API-Key`) → 401 without a valid one → the
-    key's token bucket (429) → a POST body over max_body bytes: 413 (the SDK reads bodies whole) → the SDK's
-    transport. The app answers on any path, so it can be routed at `/mcp`.
-    Requests are served while `run()` is entered (its own ASGI lifespan does that when served alone). DNS-rebinding
-    protection is off: a browser cannot attach the API key, so a rebound page gets only 401s.
+    Each request: Host and Origin against the allowed values (421 / 403: the SDK's TransportSecuritySettings,
+    checked before anything else, so a rebound page learns nothing) → the admission gate shared with the REST
+    API (deployments/admission.py: 401 without a valid key, 429 locked out or rate limited, one bucket per key
+    across both) → a POST body over max_body bytes: 413 (the SDK reads bodies whole) → the SDK's transport. Every
+    refusal has the API's error body. The app answers on any path, so it can be routed at `/mcp`.
+    Requests are served while `run()` is entered (its own ASGI lifespan does that when served alone).
     """
 
     def __init__(self, settings: Settings, *, connections: Connections | None = None,
-                 policy: OperationPolicy | None = None, limiter: RateLimiter | None = None,
-                 lockout: AuthLockout | None = None, max_body: int = MAX_BODY):
+                 policy: OperationPolicy | None = None, gate: AdmissionGate | None = None, max_body: int = MAX_BODY):
         self.settings = settings
         self.max_body = max_body
         self.server = build_server(_scope_principal, settings, connections, policy)
-        self.limiter = limiter or RateLimiter()
-        self.lockout = lockout or AuthLockout()
+        self.gate = gate or AdmissionGate({}, settings.admission, lambda: _pool(settings))
+        self.security = transport_security(settings)
         self._manager: StreamableHTTPSessionManager | None = None
-        self._pool = None
 
     @asynccontextmanager
     async def run(self):
         """Serve requests while entered (a session manager runs once, so each run gets a new one)."""
-        if self._pool is None:
-            self._pool = await anyio.to_thread.run_sync(_pool, self.settings)
-        manager = StreamableHTTPSessionManager(
-            app=self.server, stateless=True,
-            security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False))
+        await anyio.to_thread.run_sync(_pool, self.settings)
+        manager = StreamableHTTPSessionManager(app=self.server, stateless=True, security_settings=self.security)
         async with manager.run():
             self._manager = manager
             try:
@@ -363,33 +371,32 @@ class McpHttpApp:
             return
         if scope["type"] != "http":
             return
+        request_id = scope.get("state", {}).get("request_id") or uuid.uuid4().hex
         if self._manager is None:
-            await _respond(send, 503, "the MCP endpoint is not running (enter McpHttpApp.run() in the lifespan)")
+            await send_error(send, 503, "unavailable", "the MCP endpoint is not running (enter McpHttpApp.run() in "
+                             "the lifespan)", request_id=request_id)
             return
-        client = (scope.get("client") or ("?", 0))[0]
-        locked = self.lockout.locked_for(client)
-        if locked:
-            await _respond(send, 429, "too many failed authentications", [(b"retry-after", b"%d" % (locked + 1))])
+        headers = Headers(scope=scope)
+        refused = await TransportSecurityMiddleware(self.security).validate_request(
+            Request(scope), is_post=scope.get("method") == "POST")
+        if refused is not None:
+            code, message, item = _TRANSPORT_REFUSALS.get(refused.status_code, ("bad_request", "{body}", None))
+            await send_error(send, refused.status_code, code, message.format(
+                host=headers.get("host"), origin=headers.get("origin"), body=bytes(refused.body).decode()[:200]),
+                item=item, request_id=request_id)
             return
         try:
-            principal = await anyio.to_thread.run_sync(authenticate, self._pool, _key_from(dict(scope["headers"])))
-        except AuthFailed as exc:
-            self.lockout.failed(client)
-            said = str(exc).removeprefix("devmesh authenticate: ") if isinstance(exc, KeyExpired) else \
-                "missing, invalid or revoked API key (Authorization: Bearer <key> or X-API-Key)"
-            await _respond(send, 401, said, [(b"www-authenticate", b'Bearer realm="devmesh"')])
+            principal = await anyio.to_thread.run_sync(self.gate.admit, (scope.get("client") or (None,))[0], headers)
+        except Refusal as refusal:
+            await send_error(send, refusal.status, refusal.code, refusal.message, item=refusal.item,
+                             request_id=request_id, headers=refusal.headers)
             return
-        # no lockout.succeeded(client) here: as for REST (deployments/api/auth.py), a valid key must not launder guesses
-        wait = self.limiter.take(principal.key_id, principal.rate_per_minute, principal.burst)
-        if wait:
-            await _respond(send, 429, "rate limit exceeded", [(b"retry-after", b"%d" % (wait + 1))])
-            return
-        receive = await self._capped_body(scope, receive, send)
+        receive = await self._capped_body(scope, receive, send, request_id)
         if receive is None:
             return
         await self._manager.handle_request({**scope, PRINCIPAL_KEY: principal}, receive, send)
 
-    async def _capped_body(self, scope, receive, send):
+    async def _capped_body(self, scope, receive, send, request_id: str):
         """A receive that replays the request body, read here up to max_body: 413 (None returned) by Content-Length
         before reading, or as soon as the streamed body passes the cap, so a huge body is never buffered whole."""
         if scope.get("method") != "POST":
@@ -397,8 +404,11 @@ class McpHttpApp:
         too_large = f"the body must be at most {self.max_body} bytes"
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
-            await _respond(send, 413 if declared.isdigit() else 400, too_large if declared.isdigit()
-                           else "invalid Content-Length")
+            if declared.isdigit():
+                await send_error(send, 413, "payload_too_large", too_large, item="body", request_id=request_id)
+            else:
+                await send_error(send, 400, "bad_request", "invalid Content-Length", item="Content-Length",
+                                 request_id=request_id)
             return None
         body, more = bytearray(), True
         while more:
@@ -408,7 +418,7 @@ class McpHttpApp:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > self.max_body:
-                await _respond(send, 413, too_large)
+                await send_error(send, 413, "payload_too_large", too_large, item="body", request_id=request_id)
                 return None
         replayed = False
 
@@ -434,7 +444,7 @@ class McpHttpApp:
 
 
 def mcp_http_app(settings: Settings | None = None, **options) -> McpHttpApp:
-    """The streamable HTTP endpoint as an ASGI app (options: connections, policy, limiter, lockout)."""
+    """The streamable HTTP endpoint as an ASGI app (options: connections, policy, gate, max_body)."""
     return McpHttpApp(settings or Settings(), **options)
 
 
@@ -489,9 +499,12 @@ def main(argv: list[str] | None = None) -> int:
         import uvicorn
         from starlette.applications import Starlette
 
+        from deployments.gateway_server import uvicorn_config
+
         app = Starlette()
         mount(app, mcp_http_app(settings))
-        uvicorn.run(app, host=args.host or settings.gateway.host, port=args.port or settings.gateway.port)
+        # the gateway's server settings: read timeouts, and uvicorn's own X-Forwarded-For trust off
+        uvicorn.Server(uvicorn_config(settings, app=app, host=args.host, port=args.port)).run()
         return 0
     key = os.environ.get("DEVMESH_API_KEY", "").strip()
     if not key:

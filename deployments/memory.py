@@ -50,7 +50,8 @@ class Memory:
     def append(self, context_id, messages: list[dict]) -> AppendResult:
         """Append messages atomically; only they are chunked and embedded."""
         return append_messages(self.pool, self.tenant, context_id, messages, embedder=self.embedder,
-                               chunk=self.settings.chunk)
+                               chunk=self.settings.chunk, max_messages=self.settings.contexts.max_append_messages,
+                               max_bytes=self.settings.contexts.max_append_bytes)
 
     def get(self, context_id, *, offset: int = 0, limit: int = 100) -> ContextPage:
         """A context and a page of its messages (negative offset: from the end)."""

@@ -134,6 +134,15 @@ def _port_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
+def _in_stack(env: dict[str, str], code: str, what: str) -> str:
+    """Run `code` in a child with the stack's environment (its Prefect API); returns what it printed."""
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError(f"could not create {what}: {out.stderr[-500:]}")
+    lines = out.stdout.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
 def _ensure_webhook_block(env: dict[str, str], name: str) -> str | None:
     """Create the webhook block on first start, from DEVMESH_WEBHOOK_SECRET or a generated secret."""
     code = (
@@ -146,10 +155,15 @@ def _ensure_webhook_block(env: dict[str, str], name: str) -> str | None:
         "    given = os.environ.get('DEVMESH_WEBHOOK_SECRET')\n"
         "    GitHubWebhook(secrets=[SecretStr(given or secrets.token_urlsafe(32))]).save(name)\n"
         "    print('given' if given else 'generated')\n")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    if out.returncode != 0:
-        raise RuntimeError(f"could not create the webhook block: {out.stderr[-500:]}")
-    return out.stdout.strip()
+    return _in_stack(env, code, "the webhook block")
+
+
+def _ensure_audit_key(env: dict[str, str], name: str) -> str:
+    """Create the audit trail's signing key in its Secret block on first start; returns 'created|exists <fp>'."""
+    code = ("from blocks.audit_key import load_or_create_audit_key\n"
+            f"key, created = load_or_create_audit_key({name!r})\n"
+            "print(('created' if created else 'exists'), key.fingerprint)\n")
+    return _in_stack(env, code, "the audit key")
 
 
 def _register_blocks(env: dict[str, str]) -> None:
@@ -213,6 +227,9 @@ def up(settings: Settings | None = None, *, gateway_port: int | None = None, pre
         created = _ensure_webhook_block(env, settings.gateway.webhook_block)
         if created == "generated":
             echo(f"webhook secret generated into block {settings.gateway.webhook_block!r} (read it in the UI)")
+        made, _, fingerprint = _ensure_audit_key(env, settings.audit.key_block).partition(" ")
+        echo(f"audit key: Secret block {settings.audit.key_block!r} ({made}, {fingerprint}); `devmesh audit verify` "
+             "checks the trail against its last checkpoint")
         serving = Component("deployments", subprocess.Popen(
             [python, "-m", "deployments.serve"], env=env, stdout=_log(home, "serve"), stderr=subprocess.STDOUT),
             None)
@@ -221,8 +238,8 @@ def up(settings: Settings | None = None, *, gateway_port: int | None = None, pre
         # else an early delivery finds no trigger to run it
         wait_for_deployments(serving.process, env["PREFECT_API_URL"], (user, password), timeout=180)
         gateway = Component("gateway", subprocess.Popen(
-            [python, "-m", "uvicorn", "--factory", "deployments.gateway:create_app", "--host", settings.gateway.host,
-             "--port", str(gateway_port), "--no-access-log"], env=env, stdout=_log(home, "gateway"),
+            [python, "-m", "deployments.gateway_server", "--host", settings.gateway.host, "--port", str(gateway_port)],
+            env=env, stdout=_log(home, "gateway"),
             stderr=subprocess.STDOUT), f"http://{settings.gateway.host}:{gateway_port}/healthz")
         components.append(gateway)
         _wait(gateway, None, 120)

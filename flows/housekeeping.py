@@ -1,4 +1,4 @@
-"""Scheduled housekeeping: verify the audit trail; redrive webhook deliveries no run processed; forget old ones."""
+"""Scheduled housekeeping: verify and checkpoint the audit trail; redrive webhook deliveries no run processed; forget old ones."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from prefect.artifacts import create_markdown_artifact
 from blocks.errors import AppError
 from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
-from tasks.audit import verify_audit
+from tasks.audit import audit_key
+from tasks.audit_checkpoint import verify_against_checkpoint
 from tasks.migrate import ensure_schema
 from tasks.webhooks import prune_deliveries, stale_deliveries
 
@@ -27,15 +28,30 @@ def _pool():
 
 @flow(name="verify-audit")
 def verify_audit_trail() -> dict:
-    """Walk the hash chain; publish the head (seq, hash) as an artifact, an anchor to compare later runs with."""
-    report = verify_audit(_pool())
+    """Verify the audit trail's hashes, signatures and head against the last checkpoint; checkpoint the new head
+    (the checkpoint file, this run's artifact and a devmesh.audit.checkpoint event) to compare later runs with."""
+    import json
+
+    from prefect.events import emit_event
+
+    settings = Settings()
+    report, checkpoint = verify_against_checkpoint(_pool(), settings, audit_key(settings.audit.key_block),
+                                                   source="flow")
+    summary = report.summary()
     create_markdown_artifact(key="devmesh-audit-head", description="audit trail verification",
                              markdown=f"ok: **{report.ok}**, records: {report.records}, head: #{report.head_seq} "
-                                      f"`{report.head_hash}`" + (f"\n\n{report.problem}" if report.problem else ""))
+                                      f"`{report.head_hash}`" + (f"\n\n{report.problem}" if report.problem else "")
+                                      + (f"\n\ncheckpoint:\n\n```json\n{json.dumps(checkpoint)}\n```"
+                                         if checkpoint else ""))
+    if checkpoint:
+        emit_event(event="devmesh.audit.checkpoint", resource={"prefect.resource.id": "devmesh.audit-log"},
+                   payload=checkpoint)
     if not report.ok:
-        raise AuditBroken(f"audit trail broken at record {report.bad_seq}: {report.problem}")
-    get_run_logger().info("audit trail ok: %s records, head %s", report.records, report.head_hash[:16])
-    return {"ok": True, "records": report.records, "head_seq": report.head_seq, "head_hash": report.head_hash}
+        where = f" at record {report.bad_seq}" if report.bad_seq is not None else ""
+        raise AuditBroken(f"audit trail broken{where}: {report.problem}")
+    get_run_logger().info("audit trail ok: %s records, head %s%s", report.records, report.head_hash[:16],
+                          f"; {summary['legacy']}" if "legacy" in summary else "")
+    return summary
 
 
 @flow(name="prune-webhook-deliveries")

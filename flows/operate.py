@@ -37,7 +37,7 @@ from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from blocks.storable import StorableModel
 from tasks.approvals import Approver, authenticate_approver, read_decision, record_decision
-from tasks.audit import append_audit
+from tasks.audit import append_audit, audit_key
 from tasks.grants import load_policy, resolve_grant
 from tasks.guard import execute_step, guarded, idempotency_key, load_connections, plan_step, scrub_error, verify_step
 from tasks.migrate import ensure_schema
@@ -94,6 +94,7 @@ class _Guard:
     """The state of one guarded run: its row, plan, secrets to scrub, and the audit writer."""
 
     def __init__(self, pool, request: OperateRequest, settings: Settings):
+        audit_key(settings.audit.key_block)  # before anything runs: a run that could not be audited does not start
         self.pool, self.request, self.settings = pool, request, settings
         self.started = time.monotonic()
         self.secrets: list[str] = []

@@ -84,14 +84,31 @@ _SEPARATOR = "\n\n"  # tasks.chunk joins turns with it
 
 def append_messages(pool: ConnectionPool, tenant: str, context_id, messages: list[MessageIn | dict], *,
                     embedder: Embedder, chunk: ChunkSettings | None = None, model_id: int | None = None,
-                    cipher: ContextCipher | None = None) -> AppendResult:
-    """Append messages and their new chunks in one transaction; tokens and cost of hosted embedders recorded."""
+                    cipher: ContextCipher | None = None, max_messages: int = MAX_APPEND,
+                    max_bytes: int | None = None) -> AppendResult:
+    """Append messages and their new chunks in one transaction; tokens and cost of hosted embedders recorded.
+    `max_messages` / `max_bytes` cap one append (the entry points pass Settings.contexts'), checked before any
+    work: an append is embedded while its request waits."""
+    if len(messages) > max_messages:
+        raise InputError(f"at most {max_messages} messages per append (DEVMESH_CONTEXTS__MAX_APPEND_MESSAGES), got "
+                         f"{len(messages)}: split it into several appends", item="messages")
+    if max_bytes is not None:
+        size = sum(m.byte_size if isinstance(m, MessageIn) else _content_bytes(m) for m in messages)
+        if size > max_bytes:
+            raise InputError(f"at most {max_bytes} bytes of message content per append (DEVMESH_CONTEXTS__"
+                             f"MAX_APPEND_BYTES), got {size}: split it into several appends", item="messages")
     with collect_usage() as usages:
         try:
             return _append_messages(pool, tenant, context_id, messages, embedder=embedder, chunk=chunk,
                                     model_id=model_id, cipher=cipher)
         finally:
             record_usage(pool, tenant, usages)
+
+
+def _content_bytes(message) -> int:
+    """UTF-8 bytes of a not yet validated message's content (0 when it has none: validation refuses it later)."""
+    content = message.get("content") if isinstance(message, dict) else None
+    return len(content.encode("utf-8", "surrogatepass")) if isinstance(content, str) else 0
 
 
 def _append_messages(pool: ConnectionPool, tenant: str, context_id, messages: list[MessageIn | dict], *,

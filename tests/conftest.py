@@ -33,6 +33,19 @@ def _clean_env(monkeypatch):
             monkeypatch.delenv(key)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def audit_signing_key():
+    """One Ed25519 audit key for the session in place of the Secret block, so that appending an audit record needs
+    no Prefect API (tests of the block itself call use_audit_key(None) under prefect_harness)."""
+    from blocks.audit_key import AuditKey
+    from tasks.audit import use_audit_key
+
+    key = AuditKey.generate()
+    use_audit_key(key)
+    yield key
+    use_audit_key(None)
+
+
 @pytest.fixture(scope="session")
 def pg_home(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("devmesh-home")
@@ -58,7 +71,8 @@ def pool(session_pool):
     with session_pool.connection() as conn:
         conn.execute("TRUNCATE embedding_usage, tenant_models, model_switches, documents, chunks, embeddings, term_stats, tenant_stats,"
                      " contexts, context_messages, operations, approvals, approvers, webhook_deliveries, repository_sync,"
-                     " organizations, api_keys, registration_invites, tenant_grants, webhook_bindings CASCADE")
+                     " organizations, api_keys, registration_invites, tenant_grants, webhook_bindings, admission_buckets,"
+                     " admission_failures, admission_seen CASCADE")
     return session_pool
 
 

@@ -1,77 +1,44 @@
-"""Who is calling: API keys (`Authorization: Bearer <key>` or `X-API-Key`), scopes, per-key rate limits, and the
-lockout of client addresses that keep presenting bad keys.
-
-Order of checks: a locked-out address gets 429 (before any key is looked at); a missing, malformed, unknown or
-revoked key gets the same 401 (a presented bad key counts as a failure of the address, a missing one does not, and
-a success does not wipe the count, so a valid key cannot launder guesses);
-an exhausted token bucket gets 429 with Retry-After; a key without the route's scope gets 403 naming the scope.
+"""Who is calling, for the REST API: the admission gate (deployments/admission.py, shared with MCP) as a FastAPI
+dependency per scope. Its refusals (401 no or bad key, 401 `key_expired`, 429 locked out or rate limited, 403 missing
+scope) become the API's error body.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPBearer
 
-from blocks.errors import AuthFailed, KeyExpired
+from deployments.admission import Refusal
 from deployments.api.errors import ApiError
 from deployments.api.state import ApiState, api_state
-from tasks.tenancy import Principal, authenticate
+from tasks.tenancy import Principal
 
-__all__ = ["Admin", "Operator", "Reader", "Writer", "client_ip", "require", "retry_after"]
+__all__ = ["Admin", "Operator", "Reader", "Writer", "peer", "refused", "require"]
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer devmesh_...`")
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="`X-API-Key: devmesh_...`")
-UNAUTHORIZED = "missing, invalid or revoked API key"
 
 
-def client_ip(request: Request) -> str:
-    """The peer address (uvicorn does not trust forwarding headers unless told to)."""
-    return request.client.host if request.client else "unknown"
+def peer(request: Request) -> str | None:
+    """The connection's peer address (the gate decides whether a forwarded header may name the client instead)."""
+    return request.client.host if request.client else None
 
 
-def retry_after(seconds: float) -> dict[str, str]:
-    return {"Retry-After": str(max(1, math.ceil(seconds)))}
-
-
-def _presented_key(request: Request) -> str | None:
-    header = request.headers.get("authorization")
-    if header:
-        scheme, _, value = header.partition(" ")
-        return value.strip() if scheme.lower() == "bearer" else header.strip()
-    key = request.headers.get("x-api-key")
-    return key.strip() if key is not None else None
+def refused(refusal: Refusal) -> ApiError:
+    return ApiError(refusal.status, refusal.code, refusal.message, item=refusal.item, headers=refusal.headers)
 
 
 def require(scope: str):
-    """A dependency returning the caller's Principal when its key is valid, within its rate and has `scope`."""
+    """A dependency returning the caller's Principal when the gate admits its key for `scope`."""
 
     def dependency(request: Request, api: ApiState = Depends(api_state), _bearer_doc=Security(_bearer),
                    _header_doc=Security(_header)) -> Principal:
-        ip = client_ip(request)
-        locked = api.lockout.locked_for(ip)
-        if locked:
-            raise ApiError(429, "locked_out", "too many failed authentications from this address; retry later",
-                           headers=retry_after(locked))
-        key = _presented_key(request)
-        if not key:
-            raise ApiError(401, "unauthorized", UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
         try:
-            principal = authenticate(api.pool(), key)
-        except KeyExpired as exc:  # its holder learns why: rotate it, rather than hunt for a typo
-            api.lockout.failed(ip)
-            raise ApiError(401, "key_expired", str(exc).removeprefix("devmesh authenticate: "),
-                           headers={"WWW-Authenticate": "Bearer"}) from None
-        except AuthFailed:
-            api.lockout.failed(ip)
-            raise ApiError(401, "unauthorized", UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"}) from None
-        wait = api.limiter.take(f"key:{principal.key_id}", principal.rate_per_minute, principal.burst)
-        if wait:
-            raise ApiError(429, "rate_limited", "rate limit of this API key exceeded", headers=retry_after(wait))
-        if not principal.allows(scope):
-            raise ApiError(403, "missing_scope", f"this API key lacks the '{scope}' scope", item=scope)
+            principal = api.gate.admit(peer(request), request.headers, scope)
+        except Refusal as refusal:
+            raise refused(refusal) from None
         request.state.principal = principal
         return principal
 

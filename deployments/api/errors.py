@@ -25,8 +25,8 @@ from blocks.errors import (
     GuardError, InputError, OperationDenied, ProviderError, RateLimited, SearchTimeout, StoreError, TransientError,
 )
 
-__all__ = ["ApiError", "ErrorJSON", "error_response", "install_error_handlers", "status_of", "STORE_UNAVAILABLE",
-           "STORE_RETRY_AFTER_S"]
+__all__ = ["ApiError", "ErrorJSON", "error_body", "error_response", "install_error_handlers", "send_error", "status_of",
+           "STORE_UNAVAILABLE", "STORE_RETRY_AFTER_S"]
 
 log = logging.getLogger("devmesh.api")
 STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
@@ -54,6 +54,23 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.code, self.message, self.item = status, code, message, item
         self.headers, self.extra = headers or {}, extra
+
+
+def error_body(code: str, message: str, *, item: Any = None, request_id: str | None = None, **extra: Any) -> bytes:
+    """The error body as bytes, for answers written below FastAPI (ASGI middleware, the MCP endpoint, the
+    slow-client protocol)."""
+    body = {"code": code, "message": message, "item": item, "request_id": request_id, **extra}
+    return json.dumps({"error": body}, ensure_ascii=True, separators=(",", ":"), default=str).encode()
+
+
+async def send_error(send, status: int, code: str, message: str, *, item: Any = None, request_id: str | None = None,
+                     headers: dict[str, str] | None = None) -> None:
+    """Answer an ASGI request with the error body."""
+    body = error_body(code, message, item=item, request_id=request_id)
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _request_id(request: Request) -> str | None:

@@ -4,11 +4,14 @@
   and in every error body (request.state.request_id).
 - Bodies under /api/ larger than `max_body` bytes: 413, by Content-Length before reading, or while streaming.
 - An exception no handler took: logged with its traceback, answered 500 `internal` with the request id only.
+
+`Deadline` (the gateway adds it inside RequestContext): a request not answered within its deadline gets 504
+`deadline_exceeded` naming the request id.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import re
 import uuid
@@ -17,7 +20,9 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["MAX_BODY", "RequestContext"]
+from deployments.api.errors import error_body
+
+__all__ = ["Deadline", "MAX_BODY", "RequestContext"]
 
 log = logging.getLogger("devmesh.api")
 MAX_BODY = 2 * 1024 * 1024
@@ -25,7 +30,7 @@ _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def _error(status: int, code: str, message: str, request_id: str) -> tuple[dict, bytes]:
-    body = json.dumps({"error": {"code": code, "message": message, "item": None, "request_id": request_id}}).encode()
+    body = error_body(code, message, request_id=request_id)
     start = {"type": "http.response.start", "status": status,
              "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
     return start, body
@@ -85,3 +90,59 @@ class RequestContext:
             return message
 
         return capped
+
+
+class Deadline:
+    """A deadline for each HTTP request: not answered within `seconds`, it gets 504 `deadline_exceeded` with its
+    request id (a response already started is cut off instead).
+
+    The app runs in a task of its own, because a sync route runs in a worker thread that cancellation cannot
+    stop, and awaiting its cancellation would wait for the thread: the 504 goes out on time, the abandoned
+    task's later sends are dropped, and its work (which may still commit) finishes in the background. Hence the
+    message: a write may still happen, check before retrying it.
+    """
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app, self.seconds = app, seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = expired = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            if expired:
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        task = asyncio.ensure_future(self.app(scope, receive, sending))
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self.seconds)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if done:
+            task.result()  # its exception, if any, goes to RequestContext
+            return
+        expired = True
+        task.cancel()
+        task.add_done_callback(_forget)
+        request_id = scope.get("state", {}).get("request_id") or uuid.uuid4().hex
+        log.warning("%s %s (request %s) passed its deadline of %.0f s", scope.get("method"), scope.get("path"),
+                    request_id, self.seconds)
+        if not started:
+            start, body = _error(504, "deadline_exceeded", f"the request was not answered within "
+                                 f"{self.seconds:g} s (request {request_id}); a write may still complete: check "
+                                 "before retrying it", request_id)
+            await send(start)
+            await send({"type": "http.response.body", "body": body})
+
+
+def _forget(task: asyncio.Future) -> None:
+    """Retrieve an abandoned request task's outcome, so asyncio does not report it as never retrieved."""
+    if not task.cancelled():
+        task.exception()

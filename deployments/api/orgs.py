@@ -1,13 +1,14 @@
-"""Organizations and API keys: public registration (rate limited per client address; open, by invite or closed as
-Settings.tenancy.registration says; reserved names, look-alikes and the operator's tenants answer 409) and admin key
-management."""
+"""Organizations and API keys: public registration (rate limited per client address, across gateway replicas; open,
+by invite or closed as Settings.tenancy.registration says; reserved names, look-alikes and the operator's tenants
+answer 409) and admin key management."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
 
 from blocks.errors import InputError
-from deployments.api.auth import Admin, client_ip, retry_after
+from deployments.admission import Refusal
+from deployments.api.auth import Admin, peer, refused
 from deployments.api.errors import ApiError
 from deployments.api.schemas import KeyCreate, KeyCreated, KeyList, Registered
 from deployments.api.state import ApiState, api_state
@@ -22,10 +23,10 @@ router = APIRouter()
 @router.post("/auth/register/organization", status_code=201, response_model=Registered, tags=["organizations"])
 def register(body: OrganizationCreate, request: Request, api: ApiState = Depends(api_state)):
     """Create an organization (its slug becomes the tenant) and its first admin key, shown once."""
-    rate, burst = api.register_rate
-    wait = api.limiter.take(f"register:{client_ip(request)}", rate, burst)
-    if wait:
-        raise ApiError(429, "rate_limited", "too many registrations from this address", headers=retry_after(wait))
+    try:
+        api.gate.registration(peer(request), request.headers)
+    except Refusal as refusal:
+        raise refused(refusal) from None
     try:
         organization, key = register_organization(api.pool(), body, api.claim_rules(),
                                                   expires_days=api.settings.keys.rotation_days)

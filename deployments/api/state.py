@@ -1,15 +1,14 @@
-"""What the API's routes share: settings, the database pool, the limiter and lockout, and operation overrides.
+"""What the API's routes share: settings, the database pool, the admission gate, and operation overrides.
 
 The gateway's state dict carries:
-    limiter          tasks.ratelimit.RateLimiter (per API key; register uses it per client IP too)
-    lockout          tasks.ratelimit.AuthLockout (failed authentications per client IP)
+    admission        tasks.ratelimit.Admission: the buckets and lockouts in PostgreSQL, shared with MCP and with
+                     every other gateway process (deployments/admission.py is the gate that uses it)
     ops_policy       an OperationPolicy to use instead of the tenant's granted policy block (tests, embedding):
                      a mapping {tenant: policy}, or one policy that stands for the operator's tenant (Settings.tenant)
                      only — never lent to a registered organization (tasks.grants.override_for)
     ops_connections  a tasks.ops.base.Connections to use instead of the tenant's granted credentials blocks, for the
                      providers whose block it holds (tests: `Connections(aws=AwsCredentials(...))` under moto); a
                      mapping {tenant: connections}, or one for the operator's tenant only, as ops_policy
-    register_rate    (per minute, burst) of organization registrations per client IP
 """
 
 from __future__ import annotations
@@ -23,16 +22,14 @@ from psycopg_pool import ConnectionPool
 from blocks.policy import OperationPolicy
 from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
+from deployments.admission import AdmissionGate
 from deployments.memory import Memory
 from tasks.claims import ClaimRules
 from tasks.grants import override_for
 from tasks.migrate import ensure_schema
 from tasks.ops.base import Connections
-from tasks.ratelimit import AuthLockout, RateLimiter
 
 __all__ = ["ApiState", "api_state"]
-
-REGISTER_RATE = (10, 5)  # registrations per minute and burst, per client IP (each costs a 16 MiB scrypt)
 
 
 class ApiState:
@@ -46,20 +43,12 @@ class ApiState:
         self._settings = settings
         self._schema_ready = False
         self._lock = threading.Lock()
-        shared.setdefault("limiter", RateLimiter())
-        shared.setdefault("lockout", AuthLockout())
+        if "gate" not in shared:
+            shared["gate"] = AdmissionGate(shared, settings.admission, self.pool)
 
     @property
-    def limiter(self) -> RateLimiter:
-        return self.shared["limiter"]
-
-    @property
-    def lockout(self) -> AuthLockout:
-        return self.shared["lockout"]
-
-    @property
-    def register_rate(self) -> tuple[int, int]:
-        return self.shared.get("register_rate", REGISTER_RATE)
+    def gate(self) -> AdmissionGate:
+        return self.shared["gate"]
 
     @property
     def settings(self) -> Settings:

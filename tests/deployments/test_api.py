@@ -14,7 +14,6 @@ from pydantic import SecretStr
 
 from blocks.webhooks import GitHubWebhook
 from deployments.gateway import create_app
-from tasks.ratelimit import AuthLockout
 from tasks.webhook_events import Routes
 from tests.factories import FakeEmbedder
 
@@ -27,9 +26,14 @@ async def _no_emit(events):  # the gateway's outbox has nothing to send in these
     pass
 
 
+def admitting(settings, **limits):
+    """`settings` with these admission limits (AdmissionSettings fields)."""
+    return settings.model_copy(update={"admission": settings.admission.model_copy(update=limits)})
+
+
 def make_app(settings, **state):
     """The gateway app (REST API included) with a webhook block given in code; `state` entries override the
-    API's shared objects (limiter, lockout, ops_policy, ops_connections, register_rate)."""
+    API's shared objects (admission, ops_policy, ops_connections)."""
     app = create_app(settings, webhook=GitHubWebhook(secrets=[SecretStr("api-test-webhook-secret")]),
                      emit=_no_emit, routes=Routes.from_prefect_yaml(ROOT / "prefect.yaml"))
     app.state.devmesh.update(state)
@@ -108,7 +112,7 @@ def test_register_then_the_key_works_and_is_shown_once(client, tenant, pool):
 
 
 def test_registration_is_rate_limited_per_client_address(settings, tenant):
-    with TestClient(make_app(settings, register_rate=(1, 2))) as client:
+    with TestClient(make_app(admitting(settings, register_rate_per_minute=1, register_burst=2))) as client:
         register(client, f"{tenant}-a")
         register(client, f"{tenant}-b")
         r = client.post(f"{API}/auth/register/organization", json={
@@ -161,7 +165,7 @@ def test_rate_limit_per_key_answers_429_with_retry_after(client, org):
 
 
 def test_repeated_bad_keys_lock_the_address_out(settings, tenant):
-    with TestClient(make_app(settings, lockout=AuthLockout(max_failures=3, window_s=60, lock_s=30))) as client:
+    with TestClient(make_app(admitting(settings, max_failures=3, failure_window_s=60, lockout_s=30))) as client:
         org = register(client, tenant)
         assert_error(client.get(f"{API}/contexts"), 401)  # a missing key is not a guess: it does not count
         for i in range(3):

@@ -23,7 +23,6 @@ from blocks.policy import OperationPolicy
 from blocks.settings import Settings
 from deployments.api import mount_api
 from deployments.api.state import ApiState
-from tasks.ratelimit import AuthLockout, RateLimiter
 from tests.deployments.test_api import API, register
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -43,9 +42,10 @@ def fuzz_org(settings, tenant, monkeypatch):
     """Generous limits (the fuzzer is one client), a default-deny policy, an in-memory context key (so
     encrypted=true needs no Prefect Secret block), an organization and a little data."""
     monkeypatch.setitem(blocks.cipher._cache, DEFAULT_KEY_NAME, ContextCipher(ContextCipher.generate_key()))
-    APP.state.devmesh_api = ApiState({
-        "limiter": RateLimiter(rate_per_minute=10**6, burst=10**6), "lockout": AuthLockout(max_failures=10**9),
-        "register_rate": (10**6, 10**6), "ops_policy": OperationPolicy()}, settings)
+    generous = settings.admission.model_copy(update={"rate_per_minute": 10**6, "burst": 10**6, "max_failures": 10**9,
+                                                     "register_rate_per_minute": 10**6, "register_burst": 10**6})
+    APP.state.devmesh_api = ApiState({"ops_policy": OperationPolicy()},
+                                     settings.model_copy(update={"admission": generous}))
     client = TestClient(APP)
     org = register(client, tenant)
     cid = client.post(f"{API}/contexts", json={"user_id": "ana"}, headers=org.headers).json()["id"]

@@ -25,7 +25,8 @@ from blocks.errors import (
 from deployments.client import ApprovalRequired, AsyncMesh, Forbidden, Mesh
 from deployments.client_models import Context, SearchHits, Tool, Tools
 from tasks.ops.base import Connections
-from tasks.ratelimit import RateLimiter
+from blocks.postgres import PgVectorStore
+from tasks.ratelimit import Admission
 from tests.deployments.test_api import PASSWORD, make_app
 from tests.deployments.test_api_tools import POLICY, PUT, REGION
 
@@ -54,7 +55,8 @@ def server(settings, clock, tenant):
     policy and moto-backed credentials for `tenant` so that its operations can be planned."""
     creds = AwsCredentials(aws_access_key_id="AKIACLIENTTEST000001", aws_secret_access_key=AWS_SECRET,
                            region_name=REGION)
-    app = make_app(settings, limiter=RateLimiter(clock=clock), ops_policy={tenant: POLICY},
+    admission = Admission(PgVectorStore.from_settings(settings).pool, settings.admission, clock=clock)
+    app = make_app(settings, admission=admission, ops_policy={tenant: POLICY},
                    ops_connections={tenant: Connections(aws=creds)})
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, log_level="warning",
                             access_log=False, lifespan="on")

@@ -26,7 +26,6 @@ from deployments.memory import Memory
 from deployments.mcp_server import _stdio_resolver, build_server, mcp_http_app, mount
 from tasks.audit import read_audit
 from tasks.ops.base import Connections, operations
-from tasks.ratelimit import AuthLockout, RateLimiter
 from tasks.tenancy import OrganizationCreate, authenticate, create_key, register_organization, revoke_key
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,6 +59,11 @@ def leaves(exc: BaseException) -> list[BaseException]:
 
 def text(result) -> str:
     return result.content[0].text
+
+
+async def register_key(pool, tenant: str) -> str:
+    """Another key of `tenant` (never used yet)."""
+    return create_key(pool, tenant, "second", ["read"])[1]
 
 
 @pytest.fixture
@@ -262,28 +266,35 @@ async def test_streamable_http_with_and_without_key(settings, pool, acme, http_s
     with pytest.raises(BaseException) as refused:  # the SDK raises MCPError inside its task groups
         async with Client(http_server) as c:
             await c.list_tools()
-    assert any(isinstance(e, MCPError) and "invalid or revoked API key" in str(e) for e in leaves(refused.value))
+    assert any(isinstance(e, MCPError) for e in leaves(refused.value))
     init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "curl", "version": "0"}}}
     accept = {"Accept": "application/json, text/event-stream"}
     async with httpx.AsyncClient() as raw:
         refused = await raw.post(http_server, json=init, headers={**accept, "X-API-Key": "devmesh_" + "x" * 43})
         assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")
+        error = refused.json()["error"]  # the REST API's error body
+        assert error["code"] == "unauthorized" and "invalid or revoked API key" in error["message"]
+        assert error["request_id"]
         ok = await raw.post(http_server, json=init, headers={**accept, "X-API-Key": admin})
         assert ok.status_code == 200 and "devmesh" in ok.text
 
 
 async def test_http_rate_limit_and_failed_auth_lockout(settings, pool, acme):
     _, admin = acme
-    app = mcp_http_app(settings, limiter=RateLimiter(rate_per_minute=1, burst=1), lockout=AuthLockout(max_failures=2))
+    limits = settings.admission.model_copy(update={"rate_per_minute": 1, "burst": 1, "max_failures": 2})
+    app = mcp_http_app(settings.model_copy(update={"admission": limits}))
     init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}
     accept = {"Accept": "application/json, text/event-stream"}
-    async with app.run(), httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+    async with app.run(), httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8787") as http:
         assert (await http.post("/mcp", json=init, headers={**accept, "X-API-Key": admin})).status_code == 200
         limited = await http.post("/mcp", json=init, headers={**accept, "X-API-Key": admin})
         assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+        assert limited.json()["error"]["code"] == "rate_limited"
         for _ in range(2):
             assert (await http.post("/mcp", json=init, headers={**accept, "X-API-Key": "nope"})).status_code == 401
-        locked = await http.post("/mcp", json=init, headers={**accept, "Authorization": f"Bearer {admin}"})
+        other = (await register_key(pool, acme[0]))
+        locked = await http.post("/mcp", json=init, headers={**accept, "Authorization": f"Bearer {other}"})
         assert locked.status_code == 429 and "failed authentications" in locked.json()["error"]["message"]

@@ -9,8 +9,9 @@ Outcomes:
     refused   a clear 4xx / tool error / CLI error naming what was wrong (`mentions` must appear in it)
     handled   accepted and dealt with safely (stored as inert data, skipped, or answered without leaking)
     server_error  a 5xx, a crash, an unexpected exception: always a failure
-Around every case the row count of every table is taken before and after: a table outside the case's
-`may_store` set that changed is "stored that should not be" (always a failure). Denied operations are expected to
+Around every case the row count of every table (but the admission gate's own records, ADMISSION) is taken before
+and after: a table outside the case's `may_store` set that changed is "stored that should not be" (always a
+failure). Denied operations are expected to
 leave exactly their audit trail (operations + audit_log, checked by the driver to say "denied").
 
 `run_corpus(env)` returns one result per case; `tally(results)` the counts per surface × category. The test
@@ -45,6 +46,9 @@ SQL2 = "1); DELETE FROM documents WHERE (1=1"
 NESTED = b"[" * 100_000 + b"]" * 100_000
 NESTED_OBJ = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
 AUDIT = frozenset({"operations", "audit_log"})
+# the admission gate's own records (buckets, failed authentications, sightings of a key at an address): every
+# request through the gate may write them, refused or not (they are what a refusal records)
+ADMISSION = frozenset({"admission_buckets", "admission_failures", "admission_seen"})
 STORE = frozenset({"documents", "chunks", "embeddings", "term_stats", "tenant_stats"})
 CONTEXT = frozenset({"contexts", "context_messages"}) | STORE
 NEW_CONTEXT = frozenset({"contexts", "documents"})  # a context is created with its (empty) document
@@ -138,7 +142,6 @@ def hostile_env(settings, workdir: Path):
     from deployments.mcp_server import McpHttpApp, _scope_principal, build_server
     from tasks.migrate import ensure_schema
     from tasks.ops.base import Connections
-    from tasks.ratelimit import AuthLockout, RateLimiter
     from tasks.webhook_events import Routes
     from tests.factories import FakeEmbedder
     from tests.fakes import FakeGitHub, FakeKubernetes, FakeOpenAIChat
@@ -158,18 +161,21 @@ def hostile_env(settings, workdir: Path):
                                     seconds_between_writes=0),
             kubernetes=KubernetesConnection(kubeconfig=kube.kubeconfig(), request_timeout=5))
         hook = GitHubWebhook(secrets=[SecretStr(SECRET)], max_body_bytes=1024 * 1024)
+        # generous limits (the corpus is one client); TestClient's Host is "testserver", an allowed MCP host here
+        generous = settings.admission.model_copy(update={
+            "rate_per_minute": 10**6, "burst": 10**6, "max_failures": 10**9, "register_rate_per_minute": 10**6,
+            "register_burst": 10**6})
+        hosts = settings.gateway.model_copy(update={"mcp_allowed_hosts": ["testserver"]})
+        settings = settings.model_copy(update={"admission": generous, "gateway": hosts})
         app = create_app(settings, webhook=hook, emit=_no_emit, routes=Routes.from_prefect_yaml(ROOT / "prefect.yaml"))
-        generous = (RateLimiter(rate_per_minute=10**6, burst=10**6), AuthLockout(max_failures=10**9))
         tenant, victim = f"h-{uuid.uuid4().hex[:8]}", f"v-{uuid.uuid4().hex[:8]}"
         # overrides are per tenant (tasks.grants.override_for): both organizations operate with the fakes
         policies, connections = {tenant: the_policy, victim: the_policy}, {tenant: conns, victim: conns}
-        app.state.devmesh.update(limiter=generous[0], lockout=generous[1], register_rate=(10**6, 10**6),
-                                 ops_policy=policies, ops_connections=connections)
+        app.state.devmesh.update(ops_policy=policies, ops_connections=connections)
         mcp = next(r.app for r in app.router.routes if getattr(r, "path", None) == "/mcp")
         assert isinstance(mcp, McpHttpApp)
         # the gateway builds its MCP server from the settings' blocks; the corpus gives it the fakes and the policy
         mcp.server = build_server(_scope_principal, settings, connections, policies)
-        mcp.limiter, mcp.lockout = generous
         llm = OpenAIChat(api_key=chat.api_key, base_url=f"{chat.url}/v1", model="gpt-test", timeout=5)
         with TestClient(app) as http:
             key, victim_key = _register(http, tenant), _register(http, victim)
@@ -207,10 +213,12 @@ def _seed(env: Env) -> None:
 
 
 def table_counts(pool) -> dict[str, int]:
-    """Row count of every user table."""
+    """Row count of every user table but the admission gate's own records (ADMISSION: every request through the
+    gate may write them, refused or not)."""
     with pool.connection() as conn:
         tables = [r[0] for r in conn.execute(
-            "SELECT relname FROM pg_stat_user_tables WHERE schemaname = 'public' ORDER BY relname").fetchall()]
+            "SELECT relname FROM pg_stat_user_tables WHERE schemaname = 'public' ORDER BY relname").fetchall()
+            if r[0] not in ADMISSION]
         query = " UNION ALL ".join(f"SELECT '{t}', count(*) FROM {t}" for t in tables)
         return dict(conn.execute(query).fetchall())
 

@@ -26,7 +26,7 @@ from blocks.github import GitHubConnection
 from blocks.policy import OperationPolicy
 from blocks.postgres import PgVectorStore
 from flows.operate import OperateRequest, run_operation
-from tasks.audit import read_audit, verify_audit
+from tasks.audit import audit_key, read_audit, verify_audit
 from tasks.operation_log import get_operation_row
 from tasks.ops.base import Connections
 from tasks.ops.github import marker
@@ -47,8 +47,11 @@ from blocks.policy import OperationPolicy
 from blocks.settings import Settings
 from flows.operate import OperateRequest, run_operation
 from tasks.ops.base import Connections
+from blocks.audit_key import AuditKey
+from tasks.audit import use_audit_key
 
 spec = json.loads(sys.argv[1])
+use_audit_key(AuditKey.from_private_b64(spec["audit_key"]))  # the test's key, as the session's Secret block would be
 conns = Connections(github=GitHubConnection(base_url=spec["github_url"], token=spec["token"], timeout=120,
                                             seconds_between_requests=0, seconds_between_writes=0))
 request = OperateRequest(**spec["request"])
@@ -98,7 +101,10 @@ def _request(tenant: str, key: str) -> OperateRequest:
 
 def _kill_mid_create(fake: HoldingGitHub, settings, tenant: str, key: str) -> None:
     """Start the child, wait until the fake holds its create, SIGKILL it, then let the fake's thread go."""
+    from tasks.audit import audit_key
+
     spec = {"github_url": fake.url, "token": TOKEN, "policy": POLICY.model_dump(mode="json"),
+            "audit_key": audit_key().private_b64(),
             "request": _request(tenant, key).model_dump(mode="json"),
             "database_url": PgVectorStore.from_settings(settings).resolve_url()}
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEVMESH_")}
@@ -160,7 +166,7 @@ def test_rerun_after_kill_completes_the_operation_once(settings, pool, tenant, m
     records = read_audit(pool, operation_id=str(op_id))
     assert [r["status"] for r in records] == ["succeeded"]
     assert records[0]["result"]["number"] == issues[0]["number"]
-    report = verify_audit(pool)
+    report = verify_audit(pool, audit_key())  # the child's record is signed with the session's key too
     assert report.ok, report.problem
 
     # and a third run with the same key acts not again: it replays the recorded result

@@ -28,16 +28,18 @@ from deployments.stack import status
 from tasks.audit import append_audit
 from tasks.claims import mint_invite
 from tasks.webhook_events import Routes
-from tests.deployments.test_api import API, PASSWORD, ROOT, assert_error, make_app
+from tests.deployments.test_api import API, PASSWORD, ROOT, admitting, assert_error, make_app
 from tests.reliability.hostile import table_counts
 from tests.reliability.test_tenant_isolation import serve
 
 runner = CliRunner()
-UNLIMITED = (10**6, 10**6)  # registrations per minute and burst: these tests try many slugs from one address
+def unlimited(settings):
+    """Registrations without a rate limit: these tests try many slugs from one address."""
+    return admitting(settings, register_rate_per_minute=10**6, register_burst=10**6)
 
 
 def app_of(settings, **state):
-    return make_app(settings, register_rate=UNLIMITED, **state)
+    return make_app(unlimited(settings), **state)
 
 
 def body(slug: str, **extra) -> dict:
@@ -81,8 +83,8 @@ def test_the_operators_own_tenant_cannot_be_claimed(pool, settings, monkeypatch)
 def test_tenants_the_webhook_block_routes_to_cannot_be_claimed(pool, settings):
     hook = GitHubWebhook(secrets=[SecretStr("claims-webhook-secret-01")], default_tenant="hooks-in",
                          repo_tenants={"acme/*": "acme-private"})
-    app = create_app(settings, webhook=hook, emit=_no_emit, routes=Routes.from_prefect_yaml(ROOT / "prefect.yaml"))
-    app.state.devmesh["register_rate"] = UNLIMITED
+    app = create_app(unlimited(settings), webhook=hook, emit=_no_emit,
+                     routes=Routes.from_prefect_yaml(ROOT / "prefect.yaml"))
     with TestClient(app) as client:
         for slug in ("acme-private", "hooks-in"):
             refused_and_nothing_stored(pool, client, slug, 409, "slug_taken")

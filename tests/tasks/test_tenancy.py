@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from blocks.errors import AuthFailed, InputError
-from tasks.ratelimit import AuthLockout, RateLimiter
+from blocks.settings import AdmissionSettings
+from tasks.ratelimit import Admission, Verdict
 from tasks.tenancy import OrganizationCreate, authenticate, create_key, list_keys, register_organization, revoke_key, \
     rotate_key
 
@@ -57,19 +58,23 @@ def test_scopes_revoke_rotate(tenancy):
             authenticate(tenancy, bad)
 
 
-def test_token_bucket_and_lockout():
-    now = [0.0]
-    limiter = RateLimiter(rate_per_minute=60, burst=3, clock=lambda: now[0])
-    assert [limiter.take("k") for _ in range(3)] == [0, 0, 0]
-    wait = limiter.take("k")
+def test_token_bucket_and_lockout_in_the_database(pool):
+    now = [1000.0]
+    admission = Admission(lambda: pool, AdmissionSettings(rate_per_minute=60, burst=3, max_failures=3,
+                                                          failure_window_s=60, lockout_s=300), clock=lambda: now[0])
+    assert [admission.take("k") for _ in range(3)] == [0, 0, 0]
+    wait = admission.take("k")
     assert 0.9 < wait <= 1.0
     now[0] += 1.0
-    assert limiter.take("k") == 0
-    assert limiter.take("other") == 0  # buckets are per key
-    lock = AuthLockout(max_failures=3, window_s=60, lock_s=300, clock=lambda: now[0])
-    for _ in range(3):
-        assert lock.locked_for("1.2.3.4") == 0
-        lock.failed("1.2.3.4")
-    assert lock.locked_for("1.2.3.4") == 300
+    assert admission.take("k") == 0
+    assert admission.take("other") == 0  # buckets are per key
+    for _ in range(3):  # three failures in quick succession: the third locks (answered 401 itself)
+        assert admission.failed("1.2.3.4") == 0
+    assert admission.failed("1.2.3.4") == 300  # already locked
+    assert admission.admit("1.2.3.4", "never-seen-here") == Verdict(locked_for=300)
     now[0] += 301
-    assert lock.locked_for("1.2.3.4") == 0
+    assert admission.admit("1.2.3.4", "never-seen-here") == Verdict()
+    for _ in range(3):  # spread over more than the window, failures decay and lock nothing
+        now[0] += 30
+        assert admission.failed("5.6.7.8") == 0
+    assert admission.admit("5.6.7.8", "k2") == Verdict()
