@@ -182,11 +182,12 @@ def count(home: Path, sql: str = "SELECT count(*) FROM chunks") -> int | None:
         return None
 
 
-def wait_answering(home: Path, timeout: float = 60.0) -> int:
-    """Poll until the server answers; the chunk count. RuntimeError naming the home after `timeout` s."""
+def wait_answering(home: Path, timeout: float = 60.0, sql: str = "SELECT count(*) FROM chunks") -> int:
+    """Poll until the server answers `sql` (by default: the chunk count); its number. RuntimeError naming the home
+    after `timeout` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        n = count(home)
+        n = count(home, sql)
         if n is not None:
             return n
         time.sleep(0.05)
@@ -217,9 +218,10 @@ def unmount(path: Path) -> None:
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
-def start_on_volume(home: Path, free_bytes: int) -> tuple:
-    """The store of `home` (on a tmpfs) started with its schema and checkpointed, then the tmpfs shrunk to leave
-    `free_bytes`; (store, bytes the empty database uses, tmpfs size)."""
+def start_on_volume(home: Path, free_bytes: int, schema: bool = True) -> tuple:
+    """The store of `home` (on a tmpfs) started with its schema (`schema`: else none, not even the migrations
+    table) and checkpointed, then the tmpfs shrunk to leave `free_bytes`; (store, bytes the database uses, tmpfs
+    size)."""
     from blocks.postgres import PgVectorStore
     from tasks.migrate import ensure_schema
 
@@ -233,13 +235,36 @@ def start_on_volume(home: Path, free_bytes: int) -> tuple:
         for setting in ("wal_init_zero = off", "wal_recycle = off"):
             conn.execute(f"ALTER SYSTEM SET {setting}")
         conn.execute("SELECT pg_reload_conf()")
-    ensure_schema(pool)
+    if schema:
+        ensure_schema(pool)
     with psycopg.connect(url(home), autocommit=True) as conn:
         conn.execute("SELECT pg_switch_wal()")
         conn.execute("CHECKPOINT")
     used = used_bytes(home.parent)
     resize_tmpfs(home.parent, used + free_bytes)
     return store, used, used + free_bytes
+
+
+def half_applied_migrations(conninfo: str) -> dict:
+    """What migrations the database records, and any table that contradicts it: a table created by a migration the
+    database does not record (a migration applied in part), or missing although its migration is recorded."""
+    import re
+
+    from tasks.migrate import migrations
+
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
+        recorded = ({r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+                    if "schema_migrations" in tables else set())
+    created: dict[str, int] = {}  # table -> the migration that creates it first
+    for version, _, sql in migrations():
+        for name in re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", sql, flags=re.IGNORECASE):
+            created.setdefault(name, version)
+    return {
+        "recorded": sorted(recorded),
+        "unrecorded_tables": sorted(t for t, v in created.items() if t in tables and v not in recorded),
+        "missing_tables": sorted(t for t, v in created.items() if t not in tables and v in recorded),
+    }
 
 
 def integrity(conninfo: str, tenant: str = TENANT) -> dict:

@@ -25,7 +25,7 @@ from blocks import postgres
 from blocks.postgres import PgVectorStore, start_embedded
 from flows.ingest import run_ingest
 from flows.search import search_now
-from tasks.migrate import ensure_schema
+from tasks.migrate import ensure_schema, migrations
 from tasks.search import SearchRequest
 from tests.reliability import pgfaults as pf
 
@@ -46,9 +46,9 @@ def own_home(tmp_path):
         pf.stop_server(home)
 
 
-def _wait_answering(home: Path, timeout: float = 60.0) -> int:
+def _wait_answering(home: Path, timeout: float = 60.0, sql: str = "SELECT count(*) FROM chunks") -> int:
     try:
-        return pf.wait_answering(home, timeout)
+        return pf.wait_answering(home, timeout, sql)
     except RuntimeError as exc:
         raise AssertionError(str(exc)) from None
 
@@ -169,6 +169,47 @@ def test_disk_full_fails_with_a_clear_error_and_the_rerun_completes_when_space_r
         _assert_nothing_half_written(after)
         assert after["chunks"] == TOTAL and after["documents"] == DOCS
         _assert_search_finds(settings, DOCS - 1, 5)
+    finally:
+        pf.forget(home)
+        pf.stop_server(home)
+        pf.unmount(mount)
+
+
+def test_a_migration_cut_short_by_a_full_disk_leaves_the_previous_schema_and_says_so_again(tmp_path):
+    mount = tmp_path / "volume"
+    if (cannot := pf.mount_tmpfs(mount)) is not None:
+        pytest.skip(cannot)
+    home = mount / "home"
+    try:
+        # A fresh database (no schema at all) on a volume that has 512 kB left: the schema takes about 2.6 MB, so
+        # its migrations stop part of the way through. Before the second call the volume is shrunk again to what
+        # is used plus 512 kB (the crash recovery after a PANIC removes WAL, which would give the space back).
+        store, used, _ = pf.start_on_volume(home, 512 * 2**10, schema=False)
+        pf.register_embedder()
+        settings = pf.settings_for(home)
+        versions = [v for v, _, _ in migrations()]
+        for attempt in (1, 2):  # the second call meets the same full disk, and says so the same way
+            if attempt == 2:
+                pf.resize_tmpfs(mount, pf.used_bytes(mount) + 512 * 2**10)
+            with pytest.raises(StoreUnavailable) as failed:
+                run_ingest(pf.request(1, 3), settings)
+            message = str(failed.value)
+            assert "ran out of disk space" in message and "No space left on device" in message, (attempt, message)
+            assert "does not exist" not in message, (attempt, message)
+            store.pool()  # starts the server again if the full disk made it PANIC
+            _wait_answering(home, sql="SELECT 1")
+            state = pf.half_applied_migrations(pf.url(home))
+            assert state["unrecorded_tables"] == [] and state["missing_tables"] == [], (attempt, state)
+            assert state["recorded"] == versions[: len(state["recorded"])], (attempt, state)  # whole ones, in order
+        assert len(state["recorded"]) < len(versions), state  # the disk did cut the migrations short
+
+        pf.resize_tmpfs(mount, used + 256 * 2**20)
+        summary = run_ingest(pf.request(1, 3), settings)
+        assert summary["errors"] == [] and summary["chunks_inserted"] == 3, summary
+        state = pf.half_applied_migrations(pf.url(home))
+        assert state["recorded"] == versions, state
+        assert state["unrecorded_tables"] == [] and state["missing_tables"] == [], state
+        _assert_search_finds(settings, 0, 1)
     finally:
         pf.forget(home)
         pf.stop_server(home)
