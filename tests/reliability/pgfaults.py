@@ -258,7 +258,7 @@ def half_applied_migrations(conninfo: str) -> dict:
                     if "schema_migrations" in tables else set())
     created: dict[str, int] = {}  # table -> the migration that creates it first
     for version, _, sql in migrations():
-        for name in re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", sql, flags=re.IGNORECASE):
+        for name in re.findall(r"CREATE (?:UNLOGGED )?TABLE (?:IF NOT EXISTS )?(\w+)", sql, flags=re.IGNORECASE):
             created.setdefault(name, version)
     return {
         "recorded": sorted(recorded),
