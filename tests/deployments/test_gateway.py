@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from blocks.webhooks import GitHubWebhook
-from deployments.gateway import create_app
+from deployments.gateway import Outbox, create_app
 from tasks.webhook_events import Routes, event_id
 from tasks.webhooks import get_delivery
 from tests.conftest import shared_testdata
@@ -36,6 +36,13 @@ class Emitter:
         self.events: list[dict] = []
         self.down = False
         self.calls = 0
+        self.passes = 0  # outbox passes completed (each reads the pending deliveries once), counted by the fixture
+
+    def wait_passes(self, n: int = 2, timeout: float = 5.0) -> None:
+        """Wait until the outbox has looked at the pending deliveries `n` more times: what it has not emitted by
+        then it does not emit (the condition that proves a negative, instead of a fixed sleep)."""
+        start = self.passes
+        assert wait_for(lambda: self.passes >= start + n, timeout), f"the outbox made no {n} passes in {timeout} s"
 
     async def __call__(self, events):
         self.calls += 1
@@ -51,6 +58,15 @@ def gateway(settings, monkeypatch):
     from blocks.settings import Settings
 
     emitter = Emitter()
+    flush_once = Outbox.flush_once
+
+    async def counted(self):
+        try:
+            return await flush_once(self)
+        finally:
+            emitter.passes += 1
+
+    monkeypatch.setattr(Outbox, "flush_once", counted)
     hook = GitHubWebhook(secrets=[SecretStr(SECRET), SecretStr(OLD_SECRET)], repo_tenants={"acme/*": "acme"},
                          max_body_bytes=64 * 1024)
     app = create_app(Settings(home=settings.home, embedder="fake"), webhook=hook, emit=emitter,
@@ -97,7 +113,7 @@ def test_real_issue_delivery_is_accepted_persisted_and_emitted_once(gateway, poo
     again = post(client, body, delivery=delivery)
     assert again.status_code == 200 and again.json()["status"] == "duplicate"
     assert wait_for(lambda: len(emitter.events) == 1)
-    time.sleep(0.2)
+    emitter.wait_passes()
     assert len(emitter.events) == 1
     event = emitter.events[0]
     payload = json.loads(body)
@@ -153,7 +169,7 @@ def test_ping_and_unknown_events(gateway, pool):
     assert release.status_code == 202 and release.json()["status"] == "ignored"
     row = get_delivery(pool, delivery)
     assert row["status"] == "ignored" and row["route"] is None
-    time.sleep(0.2)
+    emitter.wait_passes()
     assert emitter.events == []
 
 
@@ -168,7 +184,7 @@ def test_prefect_down_keeps_deliveries_and_emits_each_once_after(gateway, pool):
     assert get_delivery(pool, deliveries[0])["attempts"] >= 1
     emitter.down = False
     assert wait_for(lambda: len(emitter.events) == 5)
-    time.sleep(0.3)
+    emitter.wait_passes()
     assert sorted(e["payload"]["delivery_id"] for e in emitter.events) == sorted(deliveries)
     assert all(get_delivery(pool, d)["status"] == "emitted" for d in deliveries)
 
