@@ -15,6 +15,8 @@ from tasks.migrate import ensure_schema
 from tests.cleanup import clear, cleared_tables
 from tests.factories import FakeEmbedder
 
+pytest_plugins = ["tests.fakes.fixtures"]  # the fake GitHub/Kubernetes fixtures, the recorded retry sleeps
+
 SHARED_TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
 
 

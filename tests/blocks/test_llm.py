@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import pytest
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
-from blocks import retry as retry_module
 from blocks.errors import AuthFailed, InvalidRequest, ProviderTimeout
 from blocks.llm import AnthropicChat, ChatBlock, ChatMessage, OpenAIChat, ToolCall, clear_clients, wire_tool_name
 from tasks.tools import list_tools, to_anthropic, to_openai, tool_name_from_provider
@@ -41,11 +40,7 @@ class Case:
         return body.get("system")
 
 
-@pytest.fixture(autouse=True)
-def slept(monkeypatch):
-    sleeps: list[float] = []
-    monkeypatch.setattr(retry_module, "sleep", sleeps.append)
-    return sleeps
+pytestmark = pytest.mark.usefixtures("slept")  # the retry loop's sleeps recorded, not slept (tests.fakes.fixtures)
 
 
 @pytest.fixture(scope="module")

@@ -62,12 +62,7 @@ class Case:
         return len(texts) if self.per_text else 1
 
 
-@pytest.fixture(autouse=True)
-def slept(monkeypatch):
-    """The retry loop's sleeps, recorded instead of slept."""
-    sleeps: list[float] = []
-    monkeypatch.setattr(retry_module, "sleep", sleeps.append)
-    return sleeps
+pytestmark = pytest.mark.usefixtures("slept")  # the retry loop's sleeps recorded, not slept (tests.fakes.fixtures)
 
 
 @pytest.fixture(scope="module")

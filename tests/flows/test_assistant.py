@@ -11,9 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from blocks import retry as retry_module
 from blocks.errors import AuthFailed, InputError
-from blocks.github import GitHubConnection
 from blocks.llm import AnthropicChat, OpenAIChat, clear_clients
 from blocks.policy import OperationPolicy
 from blocks.postgres import PgVectorStore
@@ -27,7 +25,8 @@ from tasks.grants import set_grant
 from tasks.llm_usage import llm_usage_summary
 from tasks.operation_log import get_operation_row
 from tasks.ops.base import Connections
-from tests.fakes import FakeAnthropic, FakeGitHub, FakeOpenAIChat, Fault
+from tests.fakes import FakeAnthropic, FakeOpenAIChat, Fault
+from tests.fakes.fixtures import github_connection, github_connections
 
 GH_TOKEN = "ghp_CANARYassistant0123456789abcdefgh"
 POLICY = OperationPolicy(operations=["github.*"], github_repos=["octo/*"], require_approval=["github.comment_issue"])
@@ -53,11 +52,7 @@ class Chat:
                 for b in m["content"] if b["type"] == "tool_result"]
 
 
-@pytest.fixture(autouse=True)
-def slept(monkeypatch):
-    sleeps: list[float] = []
-    monkeypatch.setattr(retry_module, "sleep", sleeps.append)
-    return sleeps
+pytestmark = pytest.mark.usefixtures("slept")  # the retry loop's sleeps recorded, not slept (tests.fakes.fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -80,17 +75,19 @@ def chat(request, chat_fakes) -> Chat:
 
 
 @pytest.fixture
-def github():
-    with FakeGitHub(token=GH_TOKEN) as fake:
-        fake.add_repo("octo/app")
-        fake.add_repo("evil/app")
-        fake.add_issue("octo/app", "Payments pods OOMKilled", "the payments deployment restarts with OOMKilled")
-        yield fake
+def github_token() -> str:
+    return GH_TOKEN
+
+
+@pytest.fixture
+def github(github):
+    """The shared fake GitHub (tests.fakes.fixtures) with an issue in octo/app."""
+    github.add_issue("octo/app", "Payments pods OOMKilled", "the payments deployment restarts with OOMKilled")
+    return github
 
 
 def conns(github) -> Connections:
-    return Connections(github=GitHubConnection(base_url=github.url, token=GH_TOKEN, timeout=2,
-                                               seconds_between_requests=0, seconds_between_writes=0))
+    return github_connections(github)
 
 
 def ask(settings, chat, github, tenant, message="What broke?", **options):
@@ -308,8 +305,7 @@ def test_the_flow_run_does_not_pause_for_an_approval(prefect_harness, settings, 
     api.reset()
     OpenAIChat(api_key=api.api_key, base_url=f"{api.url}/v1", model="gpt-test", timeout=5).save(
         "assistant-test", overwrite=True)
-    GitHubConnection(base_url=github.url, token=GH_TOKEN, timeout=2, seconds_between_requests=0,
-                     seconds_between_writes=0).save("devmesh-github", overwrite=True)
+    github_connection(github).save("devmesh-github", overwrite=True)
     POLICY.save("devmesh-policy", overwrite=True)
     set_grant(pool_of(settings), tenant, actor={"via": "pytest"}, policy_block="devmesh-policy",
               github_block="devmesh-github")  # the assistant's tenant operates with what the operator granted it

@@ -9,27 +9,27 @@ import pytest
 from blocks.errors import InputError, OperationDenied
 from flows.operate import OperateRequest, run_operation
 from tasks.audit import read_audit
-from tests.fakes import FakeGitHub
-from tests.flows.test_operate_github import CANARY, POLICY, conns, settings_pool
+from blocks.policy import OperationPolicy
+from blocks.postgres import PgVectorStore
+from tests.fakes.fixtures import github_connections
 
 
 @pytest.fixture
-def github():
-    with FakeGitHub(token=CANARY) as fake:
-        fake.add_repo("octo/app")
-        fake.add_repo("evil/app")
-        fake.add_file("octo/app", "src/main.py", "# TODO: retry the payments call\nprint('hi')\n")
-        fake.add_file("evil/app", "steal.py", "# TODO: exfiltrate\n")
-        yield fake
+def github(github):
+    """The shared fake GitHub with a file in each repository."""
+    github.add_file("octo/app", "src/main.py", "# TODO: retry the payments call\nprint('hi')\n")
+    github.add_file("evil/app", "steal.py", "# TODO: exfiltrate\n")
+    return github
 
 
-READS_JUDGED = POLICY.model_copy(update={"allow_read_only": False})
+READS_JUDGED = OperationPolicy(operations=["github.*"], github_repos=["octo/*"], max_issues_per_hour=3,
+                               allow_read_only=False)
 
 
 def run(settings, fake, tenant, operation, arguments):
     request = OperateRequest(operation=operation, arguments=arguments, tenant=tenant, dry_run=False,
                              actor={"agent": "guide"})
-    return run_operation(request, settings, connections=conns(fake), policy=READS_JUDGED)
+    return run_operation(request, settings, connections=github_connections(fake), policy=READS_JUDGED)
 
 
 def test_code_search_as_q_with_qualifiers_is_scoped_and_judged_by_the_named_repo(settings, github, tenant):
@@ -42,7 +42,7 @@ def test_code_search_as_q_with_qualifiers_is_scoped_and_judged_by_the_named_repo
     assert "repo%3Aocto%2Fapp" in sent and "language%3Apython" in sent
     with pytest.raises(OperationDenied, match="github_repos: repository 'evil/app'"):
         run(settings, github, tenant, "github.search_code", {"q": "TODO repo:evil/app"})
-    assert [r["target"] for r in read_audit(settings_pool(settings), tenant=tenant)][-1] == "github:evil/app"
+    assert [r["target"] for r in read_audit(PgVectorStore.from_settings(settings).pool(), tenant=tenant)][-1] == "github:evil/app"
     assert not [r for r in github.requests if "evil" in r.path and r.path.startswith("/search")]
 
 

@@ -8,12 +8,10 @@ import logging
 import pytest
 
 from blocks.errors import OperationDenied, RolledBack
-from blocks.kubernetes import KubernetesConnection
 from blocks.policy import OperationPolicy
 from flows.operate import OperateRequest, run_operation
 from tasks.audit import read_audit
-from tasks.ops.base import Connections
-from tests.fakes import FakeKubernetes
+from tests.fakes.fixtures import kubernetes_connections
 
 POLICY = OperationPolicy(operations=["kubernetes.*"], kubernetes_namespaces=["default"],
                          kubernetes_kinds=["Deployment"], images=["ghcr.io/acme/*"], max_replicas=6, max_scale_step=2)
@@ -28,14 +26,14 @@ def deployment(image="ghcr.io/acme/web:1.0", replicas=2):
 
 
 @pytest.fixture
-def cluster():
-    with FakeKubernetes() as fake:
-        fake.token = "k8s-CANARY-token-0123456789abcdef"
-        yield fake
+def cluster(cluster):
+    """The shared fake Kubernetes (tests.fakes.fixtures) with a canary token."""
+    cluster.token = "k8s-CANARY-token-0123456789abcdef"
+    return cluster
 
 
 def run(settings, fake, tenant, operation, arguments, dry_run=False):
-    conns = Connections(kubernetes=KubernetesConnection(kubeconfig=fake.kubeconfig(), request_timeout=5))
+    conns = kubernetes_connections(fake)
     request = OperateRequest(operation=operation, arguments=arguments, tenant=tenant, dry_run=dry_run,
                              actor={"agent": "pytest"})
     return run_operation(request, settings, connections=conns, policy=POLICY)

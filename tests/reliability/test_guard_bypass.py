@@ -20,16 +20,15 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from typer.testing import CliRunner
 
 from blocks.errors import GuardError, OperationDenied
-from blocks.github import GitHubConnection
 from blocks.policy import OperationPolicy
 from deployments.cli import app as cli_app
 from deployments.client import Mesh
 from flows.operate import OperateRequest, operate, run_operation
 from tasks.grants import set_grant
 from tasks.guard import execute_step, guarded, plan_step, verify_step
-from tasks.ops.base import Connections, get_operation, parse_input
+from tasks.ops.base import get_operation, parse_input
 from tests.deployments.test_api import API, register
-from tests.fakes import FakeGitHub
+from tests.fakes.fixtures import github_connection, github_connections
 from tests.reliability.test_tenant_isolation import gateway, serve
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,16 +38,11 @@ EVIL = {"repo": "evil/app", "title": "exfiltrate", "body": "outside the policy"}
 
 
 @pytest.fixture
-def github():
-    with FakeGitHub(token=TOKEN) as fake:
-        fake.add_repo("octo/app")
-        fake.add_repo("evil/app")
-        yield fake
+def github_token() -> str:
+    return TOKEN  # the shared fake GitHub (tests.fakes.fixtures) with this module's token
 
 
-def conns(fake) -> Connections:
-    return Connections(github=GitHubConnection(base_url=fake.url, token=TOKEN, timeout=2,
-                                               seconds_between_requests=0, seconds_between_writes=0))
+conns = github_connections
 
 
 def denied_rows(pool, tenant: str) -> list[dict]:
@@ -202,8 +196,7 @@ def test_only_the_guard_runs_operations_and_no_surface_takes_credentials():
 def test_operate_flow_and_cli_deny_audit_and_reach_nothing(prefect_harness, settings, pool, tenant, github):
     """The operate flow (what the `operate/operate` deployment runs) and `devmesh op run`, with the policy and the
     credentials loaded from the blocks the operator granted the tenant, as in production."""
-    GitHubConnection(base_url=github.url, token=TOKEN, timeout=2, seconds_between_requests=0,
-                     seconds_between_writes=0).save("guard-bypass-github", overwrite=True)
+    github_connection(github).save("guard-bypass-github", overwrite=True)
     POLICY.save("guard-bypass-policy", overwrite=True)
     set_grant(pool, tenant, actor={"via": "pytest"}, policy_block="guard-bypass-policy",
               github_block="guard-bypass-github")

@@ -20,14 +20,12 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from prefect_aws import AwsClientParameters, AwsCredentials
 
 from blocks.errors import OperationDenied
-from blocks.github import GitHubConnection
-from blocks.kubernetes import KubernetesConnection
 from blocks.policy import OperationPolicy
 from deployments.client import Mesh
 from flows.operate import OperateRequest, run_operation
 from tasks.ops.base import Connections, get_operation, operations, parse_input
 from tests.deployments.test_api import API, register
-from tests.fakes import FakeGitHub, FakeKubernetes
+from tests.fakes.fixtures import github_connections, kubernetes_connections
 from tests.reliability.hostile import table_counts
 from tests.reliability.test_tenant_isolation import gateway, serve
 
@@ -40,17 +38,18 @@ EVIL_ISSUE = {"repo": "evil/app", "title": "exfiltrate", "body": "outside the po
 
 
 @pytest.fixture
-def github():
-    with FakeGitHub(token=TOKEN) as fake:
-        fake.add_repo("octo/app")
-        fake.add_repo("evil/app")
-        fake.add_issue("evil/app", "an issue", "of someone else")
-        yield fake
+def github_token() -> str:
+    return TOKEN
 
 
-def gh(fake) -> Connections:
-    return Connections(github=GitHubConnection(base_url=fake.url, token=TOKEN, timeout=2,
-                                               seconds_between_requests=0, seconds_between_writes=0))
+@pytest.fixture
+def github(github):
+    """The shared fake GitHub (tests.fakes.fixtures) with this module's token and an issue in evil/app."""
+    github.add_issue("evil/app", "an issue", "of someone else")
+    return github
+
+
+gh = github_connections
 
 
 def run(settings, tenant, conns, operation, arguments, dry_run=True):
@@ -122,15 +121,14 @@ def deployment(namespace="staging", image="ghcr.io/octo/web:1", replicas=2, kind
 
 
 @pytest.fixture
-def cluster():
-    with FakeKubernetes() as fake:
-        fake.load({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "staging"}})
-        fake.requests.clear()
-        yield fake
+def cluster(cluster):
+    """The shared fake Kubernetes (tests.fakes.fixtures) with the staging namespace."""
+    cluster.load({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "staging"}})
+    cluster.requests.clear()
+    return cluster
 
 
-def kube(fake) -> Connections:
-    return Connections(kubernetes=KubernetesConnection(kubeconfig=fake.kubeconfig(), request_timeout=5))
+kube = kubernetes_connections
 
 
 @pytest.mark.parametrize("operation, arguments, rule", [
