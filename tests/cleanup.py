@@ -1,9 +1,10 @@
-"""Which tables the `pool` fixture empties before each test: all of the schema's, read from the catalog, but a
-few kept on purpose (each with its reason), so that a table a new migration adds is never missed."""
+"""The tables of the schema, read from the catalog: which ones the `pool` fixture empties before each test (all but
+a few kept on purpose, each with its reason, so that a table a new migration adds is never missed), and every row of
+every table as text (for tests that look for a secret or another tenant's data anywhere)."""
 
 from __future__ import annotations
 
-__all__ = ["KEPT_TABLES", "cleared_tables", "clear"]
+__all__ = ["KEPT_TABLES", "cleared_tables", "clear", "dump_all"]
 
 KEPT_TABLES = {
     "schema_migrations": "which migrations the schema has",
@@ -24,3 +25,12 @@ def clear(pool, tables: list[str]) -> None:
     """Empty `tables` (those cleared_tables named) in one TRUNCATE."""
     with pool.connection() as conn:
         conn.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE")
+
+
+def dump_all(pool) -> str:
+    """Every row of every table of the schema as text."""
+    with pool.connection() as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename")]
+        return "\n".join(conn.execute(f"SELECT coalesce(string_agg(t::text, '\n'), '') FROM \"{table}\" t")
+                         .fetchone()[0] for table in tables)

@@ -52,3 +52,29 @@ def paragraphs(n: int, topic: str = "deploy") -> str:
         f"Paragraph {i} about {topic}: the service {topic}-{i} runs on node {i * 7 % 13} and logs to bucket b{i}."
         for i in range(n)
     )
+
+
+def locomo_sample(sample_id="conv-x"):
+    """A small LoCoMo conversation in the dataset's format, with its quirks (mended evidence ids, a session date
+    without a session, an empty turn) and one question of each kind."""
+    return {
+        "sample_id": sample_id,
+        "conversation": {
+            "speaker_a": "Ana", "speaker_b": "Ben",
+            "session_1_date_time": "1:56 pm on 8 May, 2023",
+            "session_1": [
+                {"speaker": "Ana", "dia_id": "D1:1", "text": "I adopted a puppy yesterday!"},
+                {"speaker": "Ben", "dia_id": "D1:2", "text": "Lovely, what breed?", "blip_caption": "a dog"},
+            ],
+            "session_2_date_time": "10:00 am on 1 June, 2023",  # a date without a session, as in the data
+            "session_3_date_time": "9:15 am on 2 June, 2023",
+            "session_3": [{"speaker": "Ana", "dia_id": "D3:1", "text": "The puppy is a beagle."},
+                          {"speaker": "Ben", "dia_id": "D3:2", "text": ""}],
+        },
+        "qa": [
+            {"question": "What breed is Ana's puppy?", "answer": "beagle", "evidence": ["D1:1; D3:01"], "category": 1},
+            {"question": "When did Ana adopt?", "answer": "7 May 2023", "evidence": ["D:1:1", "D9:9", "D"], "category": 2},
+            {"question": "Unanswerable?", "adversarial_answer": "x", "evidence": ["D1:2"], "category": 5},
+            {"question": "No evidence at all?", "answer": "x", "evidence": ["D7:1"], "category": 4},
+        ],
+    }

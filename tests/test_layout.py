@@ -24,6 +24,29 @@ def test_no_module_imports_from_a_higher_layer():
     assert offences == []
 
 
+def _test_module_imports(path: Path) -> list[str]:
+    """The test modules (tests/**/test_*.py) that `path` imports from (conftest's shared_testdata is meant to be
+    imported: the brief names it)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            modules = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            modules = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        out += [m for m in modules if m.startswith("tests.") and m.split(".")[-1].startswith("test_")]
+    return out
+
+
+def test_no_module_imports_a_test_module():
+    """Shared test helpers live in modules that are not tests (tests/fakes, tests/factories.py, tests/serving.py,
+    tests/rest.py, ...): a test module imported by another runs its imports, and its fixtures, twice."""
+    offences = [f"{path.relative_to(ROOT)} imports {m}" for folder in ("tests", "bench")
+                for path in (ROOT / folder).rglob("*.py") for m in _test_module_imports(path)]
+    assert offences == []
+
+
 def test_required_top_level_files_exist():
     for name in ["flows", "tasks", "blocks", "deployments", "tests", "prefect.yaml", "pyproject.toml",
                  "README.md", "Makefile", ".ci/run", "requirements.lock"]:

@@ -1,95 +1,15 @@
 """The REST API mounted in the gateway: registration, keys, scopes, limits, lockout, error shapes, contexts,
 embeddings and search. Tools/operations: test_api_tools.py; tenant isolation: test_api_isolation.py; schema
-fuzzing: test_api_fuzz.py. The helpers and fixtures here are imported by those modules."""
+fuzzing: test_api_fuzz.py. Their shared helpers and fixtures are in tests/rest.py."""
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
-from pydantic import SecretStr
 
-from blocks.webhooks import GitHubWebhook
-from deployments.gateway import create_app
-from tasks.webhook_events import Routes
 from tests.factories import FakeEmbedder
-
-ROOT = Path(__file__).resolve().parents[2]
-API = "/api/v1"
-PASSWORD = "correct horse battery staple"
-
-
-async def _no_emit(events):  # the gateway's outbox has nothing to send in these tests
-    pass
-
-
-def admitting(settings, **limits):
-    """`settings` with these admission limits (AdmissionSettings fields)."""
-    return settings.model_copy(update={"admission": settings.admission.model_copy(update=limits)})
-
-
-def make_app(settings, **state):
-    """The gateway app (REST API included) with a webhook block given in code; `state` entries override the
-    API's shared objects (admission, ops_policy, ops_connections)."""
-    app = create_app(settings, webhook=GitHubWebhook(secrets=[SecretStr("api-test-webhook-secret")]),
-                     emit=_no_emit, routes=Routes.from_prefect_yaml(ROOT / "prefect.yaml"))
-    app.state.devmesh.update(state)
-    return app
-
-
-@dataclass
-class Org:
-    slug: str
-    key: str
-    key_id: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
-
-
-def register(client: TestClient, slug: str) -> Org:
-    r = client.post(f"{API}/auth/register/organization", json={
-        "name": f"Org {slug}", "slug": slug, "admin_email": f"admin@{slug}.example", "admin_name": "Ana",
-        "password": PASSWORD})
-    assert r.status_code == 201, r.text
-    body = r.json()
-    return Org(slug, body["api_key"], body["key"]["id"])
-
-
-def new_key(client: TestClient, org: Org, scopes: list[str], **limits) -> Org:
-    r = client.post(f"{API}/keys", json={"name": "-".join(scopes), "scopes": scopes, **limits}, headers=org.headers)
-    assert r.status_code == 201, r.text
-    return Org(org.slug, r.json()["api_key"], r.json()["key"]["id"])
-
-
-def assert_error(response, status: int, code: str | None = None) -> dict:
-    """The one error shape, with the request id of the response header."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert {"code", "message", "item", "request_id"} <= set(error), error
-    assert error["request_id"] == response.headers["x-request-id"]
-    assert "Traceback" not in response.text and "devmesh_" not in error["message"]
-    if code:
-        assert error["code"] == code, error
-    return error
-
-
-@pytest.fixture
-def client(settings):
-    with TestClient(make_app(settings)) as c:
-        yield c
-
-
-@pytest.fixture
-def org(client, tenant) -> Org:
-    return register(client, tenant)
-
+from tests.rest import API, PASSWORD, Org, admitting, assert_error, client, make_app, new_key, org, register
 
 # -- registration, keys, scopes ----------------------------------------------------------------------------------
 

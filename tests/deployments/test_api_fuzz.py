@@ -23,7 +23,7 @@ from blocks.policy import OperationPolicy
 from blocks.settings import Settings
 from deployments.api import mount_api
 from deployments.api.state import ApiState
-from tests.deployments.test_api import API, register
+from tests.rest import API, register
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from blocks.settings import Settings
-from tests.deployments.test_api import (  # noqa: F401 - client and org are fixtures
+from tests.rest import (  # noqa: F401 - client and org are fixtures
     API, PASSWORD, assert_error, client, make_app, org, register,
 )
 

@@ -14,8 +14,8 @@ from moto import mock_aws
 from prefect_aws import AwsCredentials
 
 from tasks.ops.base import Connections
-from tests.deployments.test_api import API, assert_error, make_app, new_key, register
-from tests.deployments.test_api_tools import POLICY, PUT, REGION
+from tests.rest import API, assert_error, make_app, new_key, register
+from tests.rest import POLICY, PUT, REGION
 
 INJECTIONS = ["' OR '1'='1", "1; DROP TABLE contexts; --", "x' UNION SELECT key_hash FROM api_keys --",
               "%' OR tenant_id LIKE '%", "\\'; SELECT pg_sleep(5); --"]

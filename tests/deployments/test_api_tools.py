@@ -17,12 +17,9 @@ from prefect_aws import AwsCredentials
 from blocks.policy import OperationPolicy
 from tasks.operation_log import update_operation
 from tasks.ops.base import Connections
-from tests.deployments.test_api import API, Org, assert_error, make_app, new_key, register
+from tests.rest import API, POLICY, PUT, REGION, Org, assert_error, make_app, new_key, register
 
-REGION = "eu-west-1"
 SECRET = "moto-secret-value-0000000001"
-PUT = {"bucket": "acme-data", "key": "reports/today.txt", "body": "all green"}
-POLICY = OperationPolicy(operations=["aws.*"], aws_regions=[REGION], aws_buckets=["acme-*"])
 NEEDS_APPROVAL = OperationPolicy(operations=["aws.*"], aws_regions=[REGION], aws_buckets=["acme-*"],
                                  require_approval=["aws.s3_put_object"])
 

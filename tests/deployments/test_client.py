@@ -6,13 +6,11 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 import time
 import uuid
 
 import httpx
 import pytest
-import uvicorn
 from moto import mock_aws
 from prefect_aws import AwsCredentials
 from pydantic import SecretStr
@@ -27,8 +25,8 @@ from deployments.client_models import Context, SearchHits, Tool, Tools
 from tasks.ops.base import Connections
 from blocks.postgres import PgVectorStore
 from tasks.ratelimit import Admission
-from tests.deployments.test_api import PASSWORD, make_app
-from tests.deployments.test_api_tools import POLICY, PUT, REGION
+from tests.rest import PASSWORD, POLICY, PUT, REGION, make_app
+from tests.serving import serve
 
 OPENAI_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 AWS_SECRET = "moto-client-secret-000000001"
@@ -58,26 +56,13 @@ def server(settings, clock, tenant):
     admission = Admission(PgVectorStore.from_settings(settings).pool, settings.admission, clock=clock)
     app = make_app(settings, admission=admission, ops_policy={tenant: POLICY},
                    ops_connections={tenant: Connections(aws=creds)})
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, log_level="warning",
-                            access_log=False, lifespan="on")
-    served = uvicorn.Server(config)
     with mock_aws():
         import boto3
 
         boto3.client("s3", region_name=REGION).create_bucket(
             Bucket="acme-data", CreateBucketConfiguration={"LocationConstraint": REGION})
-        thread = threading.Thread(target=served.run, name="devmesh-test-uvicorn", daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while not served.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        port = served.servers[0].sockets[0].getsockname()[1]
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            served.should_exit = True
-            thread.join(15)
+        with serve(app) as url:
+            yield url
 
 
 def register(base_url: str, slug: str, **options) -> tuple:

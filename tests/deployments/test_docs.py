@@ -7,7 +7,7 @@ import re
 
 from fastapi.testclient import TestClient
 
-from tests.deployments.test_api import make_app
+from tests.rest import make_app
 
 
 def test_docs_are_served_from_the_gateway_with_summaries(settings):

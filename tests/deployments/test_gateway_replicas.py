@@ -27,7 +27,7 @@ import pytest
 from pydantic import SecretStr
 
 from blocks.webhooks import GitHubWebhook
-from tests.deployments.test_api import API, new_key, register
+from tests.rest import API, new_key, register
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "replica-webhook-secret-0001"

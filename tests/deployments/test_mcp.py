@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -26,7 +24,9 @@ from deployments.memory import Memory
 from deployments.mcp_server import _stdio_resolver, build_server, mcp_http_app, mount
 from tasks.audit import read_audit
 from tasks.ops.base import Connections, operations
-from tasks.tenancy import OrganizationCreate, authenticate, create_key, register_organization, revoke_key
+from tasks.tenancy import authenticate, create_key, revoke_key
+from tests.mcp_clients import client, org, text
+from tests.serving import serve
 
 ROOT = Path(__file__).resolve().parents[2]
 REGION = "eu-west-1"
@@ -36,29 +36,12 @@ OOM = [{"role": "user", "content": "The payments deploy failed with OOMKilled"},
        {"role": "assistant", "content": "Raise the payments pod memory limit to 1Gi"}]
 
 
-def org(pool, slug: str) -> str:
-    """A new organization; returns its admin key."""
-    _, key = register_organization(pool, OrganizationCreate(name=slug, slug=slug, admin_email=f"ops@{slug}.test",
-                                                             admin_name="Ops", password="correct horse battery"))
-    return key
-
-
-def client(settings, pool, key: str, mode: str = "auto", **kw) -> Client:
-    """An in-process client as the key's principal ("legacy": over the SDK's in-memory JSON-RPC streams)."""
-    principal = authenticate(pool, key)
-    return Client(build_server(lambda ctx: principal, settings, **kw), mode=mode)
-
-
 def leaves(exc: BaseException) -> list[BaseException]:
     """The exceptions inside (nested) exception groups, their causes and contexts."""
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for e in exc.exceptions for leaf in leaves(e)]
     chained = exc.__cause__ or exc.__context__
     return [exc] + (leaves(chained) if chained is not None else [])
-
-
-def text(result) -> str:
-    return result.content[0].text
 
 
 async def register_key(pool, tenant: str) -> str:
@@ -240,19 +223,8 @@ def http_server(settings):
     """The test-only mount: a FastAPI app with the MCP endpoint at /mcp, served by uvicorn on loopback."""
     app = FastAPI()
     mount(app, mcp_http_app(settings))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    with serve(app) as url:
+        yield f"{url}/mcp"
 
 
 async def test_streamable_http_with_and_without_key(settings, pool, acme, http_server):

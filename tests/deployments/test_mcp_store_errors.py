@@ -6,7 +6,7 @@ import logging
 
 from blocks.errors import StoreUnavailable
 from deployments import mcp_server
-from tests.deployments.test_mcp import client, org, text
+from tests.mcp_clients import client, org, text
 
 DETAIL = ("lost the connection to the database (server closed the connection unexpectedly; the server then "
           "PANICked: could not write to file \"pg_wal/xlogtemp.123\"); embedded PostgreSQL, data in /srv/secret/pgdata")

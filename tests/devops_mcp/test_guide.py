@@ -19,7 +19,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import types
 import time
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from blocks.embedders import register_embedder
 from blocks.embedders.openai import OpenAIEmbedder
@@ -37,8 +35,9 @@ from blocks.kubernetes import KubernetesConnection
 from blocks.policy import OperationPolicy
 from blocks.settings import Settings
 from tasks.ops.base import Connections
-from tests.deployments.test_api import make_app
+from tests.rest import make_app
 from tests.fakes import FakeGitHub, FakeKubernetes, FakeOpenAI, FakeOpenAIChat
+from tests.serving import serve
 
 SEED = Path(__file__).resolve().parents[2].parent / "shared" / "seeds" / "000_e7d112de7863c184.txt"
 PORT = 8081  # the guide's own URLs: http://localhost:8081/api/v1
@@ -167,22 +166,11 @@ def stack(pg_home, pool, tenant, monkeypatch):
         app = make_app(settings, ops_policy={CURL_SLUG: policy, tenant: policy},
                        ops_connections={CURL_SLUG: connections, tenant: connections})
         _wait_for_port(PORT)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=PORT, log_config=None,
-                                               log_level="warning", access_log=False, lifespan="on"))
-        thread = threading.Thread(target=server.run, name="guide-gateway", daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, f"the gateway did not start on port {PORT}"
-            time.sleep(0.02)
         for name, value in {"MCP_BASE_URL": BASE, "VECTOR_API_URL": BASE, "OPENAI_BASE_URL": f"{chat.url}/v1",
                             "OPENAI_API_KEY": chat.api_key}.items():
             monkeypatch.setenv(name, value)
-        try:
+        with serve(app, port=PORT):
             yield Stack(chat, embeddings, github, cluster, settings)
-        finally:
-            server.should_exit = True
-            thread.join(15)
 
 
 def register(blocks, monkeypatch, slug: str) -> str:

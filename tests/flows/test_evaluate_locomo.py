@@ -12,12 +12,12 @@ from deployments.cli import app
 from flows.evaluate_locomo import LocomoEvalRequest, evaluate_locomo, run_locomo_eval
 from tasks.embed import EmbedStats
 from tests.conftest import shared_testdata
-from tests.tasks.test_locomo import sample
+from tests.factories import locomo_sample
 
 
 def _file(tmp_path, name="locomo-tiny.json"):
     path = tmp_path / name
-    path.write_text(json.dumps([sample("conv-a"), sample("conv-b")]))
+    path.write_text(json.dumps([locomo_sample("conv-a"), locomo_sample("conv-b")]))
     return path
 
 

@@ -10,9 +10,7 @@ import time
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-from tests.flows.test_operate_approval import (  # noqa: F401 - guarded is the fixture
-    _awaiting, _start, guarded, resume_without_decision,
-)
+from tests.approvals import awaiting, guarded, resume_without_decision, start  # noqa: F401 - guarded is the fixture
 
 
 def _read_input(flow_run_id, key: str):
@@ -21,8 +19,8 @@ def _read_input(flow_run_id, key: str):
 
 
 def test_the_resume_form_explains_and_a_resume_without_decision_is_a_rejected_run(guarded, pool, tenant):
-    executor, future = _start(tenant)
-    row = _awaiting(pool, tenant)
+    executor, future = start(tenant)
+    row = awaiting(pool, tenant)
     deadline = time.monotonic() + 30
     while True:  # the row is marked a moment before the run pauses and saves its form
         try:

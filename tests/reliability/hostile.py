@@ -1179,31 +1179,17 @@ def _stream(port: int, path: str, headers: dict[str, str], total: int, *, declar
 @contextlib.contextmanager
 def serve_gateway(settings):
     """The gateway app (production webhook limits: 25 MiB) under uvicorn on a loopback port, in a thread."""
-    import uvicorn
     from pydantic import SecretStr
 
     from blocks.webhooks import GitHubWebhook
     from deployments.gateway import create_app
     from tasks.webhook_events import Routes
+    from tests.serving import serve
 
     app = create_app(settings, webhook=GitHubWebhook(secrets=[SecretStr(SECRET)]), emit=_no_emit,
                      routes=Routes.from_prefect_yaml(ROOT / "prefect.yaml"))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if not server.started:
-        raise RuntimeError("the gateway did not start within 30 s")
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
+    with serve(app) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 def measure_oversize(settings, key: str, total: int = 100 * 1024 * 1024) -> list[dict[str, Any]]:

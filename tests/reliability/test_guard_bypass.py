@@ -27,9 +27,10 @@ from flows.operate import OperateRequest, operate, run_operation
 from tasks.grants import set_grant
 from tasks.guard import execute_step, guarded, plan_step, verify_step
 from tasks.ops.base import get_operation, parse_input
-from tests.deployments.test_api import API, register
+from tests.rest import API, register
 from tests.fakes.fixtures import github_connection, github_connections
-from tests.reliability.test_tenant_isolation import gateway, serve
+from tests.rest import gateway
+from tests.serving import serve
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "ghp_GUARDBYPASS0123456789abcdefghij"
@@ -67,7 +68,7 @@ def assert_denied_and_audited(pool, tenant: str, github, count: int) -> None:
 
 def test_rest_mcp_client_deny_audit_and_reach_nothing(settings, pool, tenant, github):
     app, _ = gateway(settings, ops_policy={tenant: POLICY}, ops_connections={tenant: conns(github)})
-    for url in serve(app):
+    with serve(app) as url:
         with httpx.Client(base_url=url, timeout=60) as http:
             org = register(http, tenant)
             n = 0

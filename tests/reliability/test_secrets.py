@@ -38,8 +38,10 @@ import blocks
 from blocks.policy import OperationPolicy
 from flows.operate import OperateRequest, run_operation
 from tasks.ops.base import Connections
-from tests.deployments.test_api import API, register
-from tests.reliability.test_tenant_isolation import _dump_all, gateway, serve
+from tests.rest import API, register
+from tests.cleanup import dump_all
+from tests.rest import gateway
+from tests.serving import serve
 
 CANARY = "CANARY" + uuid.uuid4().hex[:12]
 
@@ -206,7 +208,7 @@ def test_every_block_secret_reaches_no_sink(settings, pool, tenant, echo, caplog
     http_tenant = tenant + "-http"
     app, _ = gateway(settings, cases[GitHubWebhook], ops_policy={http_tenant: policy},
                      ops_connections={http_tenant: Connections(github=cases[GitHubConnection])})
-    for url in serve(app):
+    with serve(app) as url:
         with httpx.Client(base_url=url, timeout=60) as http:
             org = register(http, http_tenant)
             for body in ({"arguments": {"repo": "octo/app", "title": "x"}},
@@ -240,7 +242,7 @@ def test_every_block_secret_reaches_no_sink(settings, pool, tenant, echo, caplog
             responses.append(audit.text)
             assert "failed" in audit.text or "denied" in audit.text
 
-    rows = _dump_all(pool)
+    rows = dump_all(pool)
     assert "failed" in rows  # the failures were recorded, so the rows were a real sink
     sinks = {"logs": caplog.text + "\n".join(r.getMessage() for r in caplog.records), "errors": "\n".join(errors),
              "database": rows, "http": "\n".join(responses)}

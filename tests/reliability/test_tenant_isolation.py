@@ -16,8 +16,6 @@ import hashlib
 import hmac
 import inspect
 import json
-import socket
-import threading
 import time
 import uuid
 from decimal import Decimal
@@ -26,7 +24,6 @@ import anyio
 import boto3
 import httpx
 import pytest
-import uvicorn
 from fastapi.routing import APIRoute
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -34,7 +31,6 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from moto import mock_aws
 from prefect_aws import AwsCredentials
 from prefect.blocks.system import Secret
-from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from blocks.embedders.pricing import Usage
@@ -43,8 +39,6 @@ from blocks.llm import ChatTurn, TokenUsage
 from blocks.webhooks import GitHubWebhook
 from deployments.cli import app as cli_app
 from deployments.client import Mesh
-from deployments.gateway import create_app
-from deployments.mcp_server import _scope_principal, build_server
 from flows.sync_repository import _save_cursor
 from tasks.approvals import add_approver
 from tasks.grants import set_grant
@@ -57,11 +51,12 @@ from tasks.ratelimit import Admission
 from tasks.search import resolve_model
 from tasks.tenancy import authenticate
 from tasks.usage import record_usage
-from tasks.webhook_events import Routes
-from tests.deployments.test_api import API, PASSWORD, ROOT, new_key, register
-from tests.deployments.test_api_tools import POLICY, PUT, REGION
+from tests.cleanup import dump_all
+from tests.rest import API, GATEWAY_WEBHOOK_SECRET, PASSWORD, gateway, new_key, register
+from tests.serving import serve
+from tests.rest import POLICY, PUT, REGION
 
-WEBHOOK_SECRET = "isolation-webhook-secret-0001"
+WEBHOOK_SECRET = GATEWAY_WEBHOOK_SECRET  # what the operator's webhook block of `gateway` holds
 A_WEBHOOK_SECRET = "isolation-webhook-secret-of-a"  # A's own binding (tasks.webhook_bindings)
 MARK = "zebraquokka"  # a word only tenant A's data holds
 A_USER = "ana-of-a"
@@ -141,56 +136,6 @@ def _digest(pool, tenant: str) -> dict[str, tuple[int, str]]:
     return out
 
 
-def _dump_all(pool) -> str:
-    """Every row of every table as text."""
-    with pool.connection() as conn:
-        return "\n".join(conn.execute(f"SELECT coalesce(string_agg(t::text, '\n'), '') FROM {table} t").fetchone()[0]
-                         for table in _tables(pool))
-
-
-# -- a served gateway --------------------------------------------------------------------------------------------
-
-def serve(app, config: uvicorn.Config | None = None):
-    """Run `app` under uvicorn on 127.0.0.1 (lifespan on; `config`: its own uvicorn Config); yields the base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(config or uvicorn.Config(app, log_config=None, log_level="warning", access_log=False,
-                                                     lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
-
-
-def gateway(settings, hook: GitHubWebhook | None = None, **state):
-    """The gateway app with the operator's webhook block `hook` (default: one with WEBHOOK_SECRET) and `state`
-    overriding the API's shared objects (ops_policy, ops_connections: mappings per tenant)."""
-    hook = hook or GitHubWebhook(secrets=[SecretStr(WEBHOOK_SECRET)])
-    app = create_app(settings, webhook=hook, emit=_no_emit, routes=Routes.from_prefect_yaml(ROOT / "prefect.yaml"))
-    app.state.devmesh.update(state)
-    if "ops_policy" in state:  # the gateway's MCP endpoint takes the same policy and connections as REST
-        mcp = mcp_endpoint(app)
-        mcp.server = build_server(_scope_principal, settings, state.get("ops_connections"), state["ops_policy"])
-    return app, hook
-
-
-def mcp_endpoint(app):
-    """The McpHttpApp routed at /mcp of a gateway app."""
-    return next(r.endpoint for r in app.router.routes if getattr(r, "path", None) == "/mcp")
-
-
-async def _no_emit(events):
-    pass
-
-
 def _sign(body: bytes, secret: str = WEBHOOK_SECRET) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
@@ -218,7 +163,7 @@ def world(prefect_harness, settings, pool, tenant):
         slug_a, slug_b = f"{tenant}-a", f"{tenant}-b"
         app, hook = gateway(settings, ops_policy={slug_a: POLICY, slug_b: POLICY},
                             ops_connections={slug_a: Connections(aws=creds), slug_b: Connections(aws=creds)})
-        for url in serve(app):
+        with serve(app) as url:
             with httpx.Client(base_url=url, timeout=60) as http:
                 a, b = register(http, slug_a), register(http, slug_b)
                 ids = _populate_a(http, pool, a)
@@ -654,7 +599,7 @@ def test_no_table_holds_a_plaintext_key_token_or_password(world):
     rotated = w.http.post(f"{API}/keys/{w.ids['reader_key_id']}/rotate", headers=w.a.headers).json()["api_key"]
     extra = new_key(w.http, w.b, ["operate", "read"])
     secrets = [w.a.key, w.b.key, rotated, extra.key, w.ids["approver_token"], PASSWORD]
-    dumped = _dump_all(w.pool)
+    dumped = dump_all(w.pool)
     for secret in secrets:
         assert secret not in dumped
         tail = secret.split("_", 1)[-1]
@@ -706,7 +651,7 @@ def test_brute_force_lockout_rest_and_mcp(settings, pool, tenant):
         settings.admission.model_copy(update={"max_failures": 3, "failure_window_s": 60, "lockout_s": 30}), clock)
     accept = {"Accept": "application/json, text/event-stream"}
     bad = {"Authorization": "Bearer devmesh_" + "x" * 43}
-    for url in serve(app):
+    with serve(app) as url:
         one = httpx.Client(base_url=url, timeout=30, transport=httpx.HTTPTransport(local_address="127.0.0.1"))
         two = httpx.Client(base_url=url, timeout=30, transport=httpx.HTTPTransport(local_address="127.0.0.2"))
         with one, two:

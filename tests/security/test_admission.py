@@ -19,9 +19,9 @@ import httpx
 import pytest
 
 from deployments.gateway import create_app
-from tests.deployments.test_api import API, _no_emit, new_key, register
+from tests.rest import API, no_emit, new_key, register
 from tests.reliability.hostile import table_counts
-from tests.reliability.test_tenant_isolation import serve
+from tests.serving import serve
 
 ACCEPT = {"Accept": "application/json, text/event-stream"}
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
@@ -40,9 +40,9 @@ def gateway(settings):
 
     from blocks.webhooks import GitHubWebhook
 
-    app = create_app(settings, webhook=GitHubWebhook(secrets=[SecretStr("admission-test-secret-01")]), emit=_no_emit)
+    app = create_app(settings, webhook=GitHubWebhook(secrets=[SecretStr("admission-test-secret-01")]), emit=no_emit)
     clients: list[httpx.Client] = []
-    for url in serve(app):
+    with serve(app) as url:
         def client(n: int = 1) -> httpx.Client:
             c = httpx.Client(base_url=url, timeout=30,
                              transport=httpx.HTTPTransport(local_address=f"127.0.0.{n}"))

@@ -16,8 +16,8 @@ from pydantic import SecretStr
 
 from blocks.webhooks import GitHubWebhook
 from deployments.gateway import create_app
-from tests.deployments.test_api import API, _no_emit, assert_error, new_key, register
-from tests.reliability.test_tenant_isolation import serve
+from tests.rest import API, no_emit, assert_error, new_key, register
+from tests.serving import serve
 
 SECRET = "error-bodies-webhook-secret"
 ACCEPT = {"Accept": "application/json, text/event-stream"}
@@ -33,8 +33,8 @@ def test_every_refusal_has_the_one_error_body(settings, tenant):
     guarded = settings.model_copy(update={"gateway": settings.gateway.model_copy(update={"metrics_token": SecretStr(
         "scrape-token-1234")})})
     hook = GitHubWebhook(secrets=[SecretStr(SECRET)], max_body_bytes=2048)
-    app = create_app(guarded, webhook=hook, emit=_no_emit)
-    for url in serve(app):
+    app = create_app(guarded, webhook=hook, emit=no_emit)
+    with serve(app) as url:
         with httpx.Client(base_url=url, timeout=30) as http:
             org = register(http, tenant)
             tiny = new_key(http, org, ["read"], rate_per_minute=1, burst=1)

@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 from deployments.mcp_server import transport_security
-from tests.deployments.test_api import register
+from tests.rest import register
 from tests.reliability.hostile import table_counts
-from tests.security.test_slow_clients import served
+from tests.serving import served
 
 ACCEPT = {"Accept": "application/json, text/event-stream"}
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {

@@ -24,11 +24,12 @@ from tasks.approvals import add_approver
 from tasks.audit import read_audit
 from tasks.grants import override_for
 from tasks.operation_log import update_operation
-from tests.deployments.test_api import API, new_key, register
+from tests.rest import API, new_key, register
 from tests.fakes import FakeGitHub
 from tests.reliability.hostile import table_counts
-from tests.reliability.test_tenant_isolation import gateway, serve
-from tests.security.test_policy_first import mcp_call
+from tests.rest import gateway
+from tests.serving import serve
+from tests.mcp_clients import mcp_call
 
 OPERATOR_TOKEN = "ghp_OPERATOR0123456789abcdefghijklmn"
 ACME_TOKEN = "ghp_ACMEORG0123456789abcdefghijklmno"
@@ -63,7 +64,7 @@ def denied_rows(pool, tenant: str) -> list[dict]:
 def test_a_strangers_organization_operates_nothing_with_the_operators_blocks(settings, pool, tenant,
                                                                              operator_github):
     app, _ = gateway(settings)  # no overrides: the guard loads blocks as in production
-    for url in serve(app):
+    with serve(app) as url:
         with httpx.Client(base_url=url, timeout=60) as http:
             org = register(http, tenant)
             for body in ({"arguments": COMMENT}, {"arguments": COMMENT, "dry_run": False}):
@@ -101,7 +102,7 @@ def test_a_grant_gives_a_tenant_its_own_credentials_and_policy_and_revoking_take
         OperationPolicy(operations=["github.comment_issue"], github_repos=["acme-org/*"]).save(
             "sec-acme-policy", overwrite=True)
         app, _ = gateway(settings)
-        for url in serve(app):
+        with serve(app) as url:
             with httpx.Client(base_url=url, timeout=60) as http:
                 org = register(http, tenant)
                 granted = runner.invoke(cli_app, ["tenants", "grant", tenant, "--github-block", "sec-acme-github",
@@ -154,7 +155,7 @@ def test_an_override_for_the_operator_is_never_lent_to_an_organization(settings,
 
     app, _ = gateway(settings, ops_policy=operator,
                      ops_connections=Connections(github=connection(operator_github, OPERATOR_TOKEN)))
-    for url in serve(app):
+    with serve(app) as url:
         with httpx.Client(base_url=url, timeout=60) as http:
             org = register(http, tenant)
             r = http.post(f"{API}/tools/github.comment_issue/execute", json={"arguments": COMMENT, "dry_run": False},
@@ -182,7 +183,7 @@ def two_orgs(settings, tenant, operator_github):
     conns = Connections(github=connection(operator_github, OPERATOR_TOKEN))
     policy = OperationPolicy(operations=["github.*"], github_repos=["acme/*"])
     app, _ = gateway(settings, ops_policy=dict.fromkeys(slugs, policy), ops_connections=dict.fromkeys(slugs, conns))
-    for url in serve(app):
+    with serve(app) as url:
         with httpx.Client(base_url=url, timeout=60) as http:
             yield http, register(http, slugs[0]), register(http, slugs[1])
 

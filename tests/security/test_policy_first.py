@@ -11,12 +11,9 @@ from __future__ import annotations
 import socket
 import threading
 
-import anyio
 import httpx
 import pytest
 from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 from prefect_aws import AwsClientParameters, AwsCredentials
 
 from blocks.errors import OperationDenied
@@ -24,10 +21,12 @@ from blocks.policy import OperationPolicy
 from deployments.client import Mesh
 from flows.operate import OperateRequest, run_operation
 from tasks.ops.base import Connections, get_operation, operations, parse_input
-from tests.deployments.test_api import API, register
+from tests.rest import API, register
 from tests.fakes.fixtures import github_connections, kubernetes_connections
 from tests.reliability.hostile import table_counts
-from tests.reliability.test_tenant_isolation import gateway, serve
+from tests.rest import gateway
+from tests.mcp_clients import mcp_call
+from tests.serving import serve
 
 TOKEN = "ghp_POLICYFIRST0123456789abcdefghijk"
 POLICY = OperationPolicy(operations=["github.*", "kubernetes.*", "aws.*"], github_repos=["octo/*"],
@@ -58,18 +57,6 @@ def run(settings, tenant, conns, operation, arguments, dry_run=True):
     return run_operation(request, settings, connections=conns, policy=POLICY)
 
 
-def mcp_call(url: str, key: str, tool: str, arguments: dict):
-    """One MCP tool call over streamable HTTP at `url`/mcp with `key`; its result."""
-
-    async def call():
-        headers = {"Authorization": f"Bearer {key}"}
-        async with Client(streamable_http_client(f"{url}/mcp", http_client=create_mcp_http_client(headers=headers))) \
-                as client:
-            return await client.call_tool(tool, arguments)
-
-    return anyio.run(call)
-
-
 def audited_denials(pool, tenant) -> list[tuple[str, str, str]]:
     with pool.connection() as conn:
         return conn.execute("SELECT operation, target, error FROM audit_log WHERE tenant_id = %s AND status = "
@@ -98,7 +85,7 @@ def test_what_the_policy_allows_is_planned_with_the_credential(settings, tenant,
 
 def test_rest_mcp_and_the_client_reach_no_provider_for_a_denied_target(settings, pool, tenant, github):
     app, _ = gateway(settings, ops_policy={tenant: POLICY}, ops_connections={tenant: gh(github)})
-    for url in serve(app):
+    with serve(app) as url:
         with httpx.Client(base_url=url, timeout=60) as http:
             org = register(http, tenant)
             r = http.post(f"{API}/tools/github.create_issue/execute", json={"arguments": EVIL_ISSUE},

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
 import threading
@@ -18,17 +17,13 @@ import time
 
 import httpx
 import numpy as np
-from pydantic import SecretStr
 
 from blocks.embedders import register_embedder
 from blocks.settings import Settings
-from blocks.webhooks import GitHubWebhook
-from deployments.gateway import create_app
-from deployments.gateway_server import uvicorn_config
-from tests.deployments.test_api import API, _no_emit, register
+from tests.rest import API, register
 from tests.factories import FakeEmbedder
 from tests.reliability.hostile import table_counts
-from tests.reliability.test_tenant_isolation import serve
+from tests.serving import served
 
 HELD = threading.Event()  # the held embedder waits for it
 
@@ -45,16 +40,6 @@ class HeldEmbedder(FakeEmbedder):
 
 def limited(settings: Settings, **gateway) -> Settings:
     return settings.model_copy(update={"gateway": settings.gateway.model_copy(update=gateway)})
-
-
-@contextlib.contextmanager
-def served(settings: Settings):
-    """The gateway under uvicorn with the gateway server's config; yields (host, port)."""
-    app = create_app(settings, webhook=GitHubWebhook(secrets=[SecretStr("slow-client-test-secret")]), emit=_no_emit)
-    config = uvicorn_config(settings, app=app, host="127.0.0.1", log_config=None, log_level="warning")
-    for url in serve(app, config):
-        host, _, port = url.removeprefix("http://").partition(":")
-        yield host, int(port)
 
 
 def read_until_closed(conn: socket.socket, within: float) -> tuple[bytes, float]:

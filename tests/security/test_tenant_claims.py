@@ -28,9 +28,9 @@ from deployments.stack import status
 from tasks.audit import append_audit
 from tasks.claims import mint_invite
 from tasks.webhook_events import Routes
-from tests.deployments.test_api import API, PASSWORD, ROOT, admitting, assert_error, make_app
+from tests.rest import API, PASSWORD, ROOT, admitting, assert_error, make_app
 from tests.reliability.hostile import table_counts
-from tests.reliability.test_tenant_isolation import serve
+from tests.serving import serve
 
 runner = CliRunner()
 def unlimited(settings):
@@ -83,14 +83,14 @@ def test_the_operators_own_tenant_cannot_be_claimed(pool, settings, monkeypatch)
 def test_tenants_the_webhook_block_routes_to_cannot_be_claimed(pool, settings):
     hook = GitHubWebhook(secrets=[SecretStr("claims-webhook-secret-01")], default_tenant="hooks-in",
                          repo_tenants={"acme/*": "acme-private"})
-    app = create_app(unlimited(settings), webhook=hook, emit=_no_emit,
+    app = create_app(unlimited(settings), webhook=hook, emit=no_emit,
                      routes=Routes.from_prefect_yaml(ROOT / "prefect.yaml"))
     with TestClient(app) as client:
         for slug in ("acme-private", "hooks-in"):
             refused_and_nothing_stored(pool, client, slug, 409, "slug_taken")
 
 
-async def _no_emit(events):
+async def no_emit(events):
     pass
 
 
@@ -189,7 +189,7 @@ def test_one_invite_registers_one_organization_under_concurrency(pool, settings,
     invite_only = Settings(home=settings.home, embedder="fake", tenancy={"registration": "invite"})
     app = app_of(invite_only)
     statuses: list[int] = []
-    for url in serve(app):
+    with serve(app) as url:
         import httpx
 
         def register(n: int) -> None:
@@ -217,7 +217,7 @@ def test_an_invite_for_a_slug_hands_over_a_provisioned_tenant_but_never_the_oper
 
 
 def test_the_python_client_gets_the_same_refusals(pool, settings, tenant):
-    for url in serve(app_of(settings)):
+    with serve(app_of(settings)) as url:
         before = table_counts(pool)
         for slug in ("default", "аcme"):
             with pytest.raises(AppError) as caught:

@@ -25,7 +25,7 @@ from deployments.cli import app as cli_app
 from deployments.gateway import create_app
 from tasks.audit import read_audit
 from tasks.webhook_events import Routes
-from tests.deployments.test_api import API, PASSWORD
+from tests.rest import API, PASSWORD
 from tests.reliability.hostile import table_counts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,7 +71,7 @@ def eventually(predicate, timeout: float = 15.0):
 STORED = ("received", "emitted")  # stored for its tenant; the outbox may have emitted it already (every 0.5 s)
 
 
-async def _no_emit(events):
+async def no_emit(events):
     pass
 
 
@@ -87,7 +87,7 @@ def stack(prefect_harness, settings, pool, monkeypatch):
     monkeypatch.setenv("DEVMESH_ADMISSION__REGISTER_RATE_PER_MINUTE", "1000000")
     monkeypatch.setenv("DEVMESH_ADMISSION__REGISTER_BURST", "1000000")
     gateway_settings = Settings()
-    app = create_app(gateway_settings, emit=_no_emit, routes=Routes.from_prefect_yaml(ROOT / "prefect.yaml"))
+    app = create_app(gateway_settings, emit=no_emit, routes=Routes.from_prefect_yaml(ROOT / "prefect.yaml"))
     with TestClient(app) as client:
         yield client
 

@@ -9,30 +9,7 @@ import pytest
 
 from blocks.errors import InputError
 from tasks.locomo import evidence_ids, expand_turns, load_locomo, score_question, session_time, summarise
-
-
-def sample(sample_id="conv-x"):
-    return {
-        "sample_id": sample_id,
-        "conversation": {
-            "speaker_a": "Ana", "speaker_b": "Ben",
-            "session_1_date_time": "1:56 pm on 8 May, 2023",
-            "session_1": [
-                {"speaker": "Ana", "dia_id": "D1:1", "text": "I adopted a puppy yesterday!"},
-                {"speaker": "Ben", "dia_id": "D1:2", "text": "Lovely, what breed?", "blip_caption": "a dog"},
-            ],
-            "session_2_date_time": "10:00 am on 1 June, 2023",  # a date without a session, as in the data
-            "session_3_date_time": "9:15 am on 2 June, 2023",
-            "session_3": [{"speaker": "Ana", "dia_id": "D3:1", "text": "The puppy is a beagle."},
-                          {"speaker": "Ben", "dia_id": "D3:2", "text": ""}],
-        },
-        "qa": [
-            {"question": "What breed is Ana's puppy?", "answer": "beagle", "evidence": ["D1:1; D3:01"], "category": 1},
-            {"question": "When did Ana adopt?", "answer": "7 May 2023", "evidence": ["D:1:1", "D9:9", "D"], "category": 2},
-            {"question": "Unanswerable?", "adversarial_answer": "x", "evidence": ["D1:2"], "category": 5},
-            {"question": "No evidence at all?", "answer": "x", "evidence": ["D7:1"], "category": 4},
-        ],
-    }
+from tests.factories import locomo_sample
 
 
 def test_evidence_ids_are_split_and_mended():
@@ -47,7 +24,7 @@ def test_session_time_reads_the_dataset_format():
 
 def test_load_keeps_askable_questions_and_positions(tmp_path):
     path = tmp_path / "locomo-tiny.json"
-    path.write_text(json.dumps([sample()]))
+    path.write_text(json.dumps([locomo_sample()]))
     [conv] = load_locomo(tmp_path)
     assert conv.speakers == ("Ana", "Ben")
     assert [t.dia_id for t in conv.turns] == ["D1:1", "D1:2", "D3:1"]  # the empty turn is no message
