@@ -181,31 +181,39 @@ def test_a_migration_cut_short_by_a_full_disk_leaves_the_previous_schema_and_say
         pytest.skip(cannot)
     home = mount / "home"
     try:
-        # A fresh database (no schema at all) on a volume that has 512 kB left: the schema takes about 2.6 MB, so
-        # its migrations stop part of the way through. Before the second call the volume is shrunk again to what
-        # is used plus 512 kB (the crash recovery after a PANIC removes WAL, which would give the space back).
-        store, used, _ = pf.start_on_volume(home, 512 * 2**10, schema=False)
+        # A fresh database (no schema at all) on a volume that has 320 kB left: the schema writes about 600 kB of
+        # WAL and 2.6 MB of files, so its migrations stop early. Before the second call the volume is shrunk again
+        # to what is used plus 320 kB (the crash recovery after a PANIC removes WAL, which would give space back).
+        store, used, _ = pf.start_on_volume(home, 320 * 2**10, schema=False)
         pf.register_embedder()
         settings = pf.settings_for(home)
         versions = [v for v, _, _ in migrations()]
-        for attempt in (1, 2):  # the second call meets the same full disk, and says so the same way
+        for attempt in (1, 2):
+            # The second call meets a disk as full again (what the first one applied stays; the rest may or may not
+            # fit, depending on where the first stopped): it either fails the same way, or completes the schema —
+            # never an error of a half-built one (the defect: UndefinedTable).
             if attempt == 2:
-                pf.resize_tmpfs(mount, pf.used_bytes(mount) + 512 * 2**10)
-            with pytest.raises(StoreUnavailable) as failed:
+                pf.resize_tmpfs(mount, pf.used_bytes(mount) + 320 * 2**10)
+            try:
                 run_ingest(pf.request(1, 3), settings)
-            message = str(failed.value)
-            assert "ran out of disk space" in message and "No space left on device" in message, (attempt, message)
-            assert "does not exist" not in message, (attempt, message)
+            except StoreUnavailable as failed:
+                message = str(failed)
+                assert "ran out of disk space" in message and "No space left on device" in message, (attempt, message)
+                assert "does not exist" not in message, (attempt, message)
+            else:
+                assert attempt == 2, "the whole schema fitted in 320 kB: this test no longer cuts it short"
             store.pool()  # starts the server again if the full disk made it PANIC
             _wait_answering(home, sql="SELECT 1")
             state = pf.half_applied_migrations(pf.url(home))
             assert state["unrecorded_tables"] == [] and state["missing_tables"] == [], (attempt, state)
             assert state["recorded"] == versions[: len(state["recorded"])], (attempt, state)  # whole ones, in order
-        assert len(state["recorded"]) < len(versions), state  # the disk did cut the migrations short
+            if attempt == 1:
+                assert len(state["recorded"]) < len(versions), state  # the disk did cut the migrations short
 
         pf.resize_tmpfs(mount, used + 256 * 2**20)
         summary = run_ingest(pf.request(1, 3), settings)
-        assert summary["errors"] == [] and summary["chunks_inserted"] == 3, summary
+        assert summary["errors"] == [], summary
+        assert pf.integrity(pf.url(home))["chunks"] == 3
         state = pf.half_applied_migrations(pf.url(home))
         assert state["recorded"] == versions, state
         assert state["unrecorded_tables"] == [] and state["missing_tables"] == [], state
