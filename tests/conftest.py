@@ -72,7 +72,7 @@ def pool(session_pool):
         conn.execute("TRUNCATE embedding_usage, tenant_models, model_switches, documents, chunks, embeddings, term_stats, tenant_stats,"
                      " contexts, context_messages, operations, approvals, approvers, webhook_deliveries, repository_sync,"
                      " organizations, api_keys, registration_invites, tenant_grants, webhook_bindings, admission_buckets,"
-                     " admission_failures, admission_seen CASCADE")
+                     " admission_failures, admission_seen, embedding_claims CASCADE")
     return session_pool
 
 

@@ -92,6 +92,7 @@ TENANT_TABLES = {
     "llm_usage": "tenant_id = %(tenant)s",
     "tenant_grants": "tenant_id = %(tenant)s",
     "webhook_bindings": "tenant_id = %(tenant)s",
+    "embedding_claims": "tenant_id = %(tenant)s",
 }
 GLOBAL_TABLES = {
     "admission_buckets": "token buckets of the admission gate, named by API key id or client address (tasks/"
