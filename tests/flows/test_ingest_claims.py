@@ -107,3 +107,70 @@ def test_an_expired_claim_is_taken_over_and_a_published_vector_is_used(recording
                               " WHERE c.tenant_id = %s AND c.content_hash = %s", [tenant, first.content_hash]
                               ).fetchone()[0]
     assert np.allclose(np.asarray(vector), published)
+
+
+WORKER = """
+import json, sys, time
+from pathlib import Path
+import flows.ingest as ingest_flow
+from blocks.embedders import register_embedder
+from blocks.embedders.openai import OpenAIEmbedder
+from blocks.settings import Settings
+from flows.ingest import DocumentSpec, IngestRequest, run_ingest
+from tests.factories import paragraphs
+
+url, tenant, prefix, marks = sys.argv[1:5]
+register_embedder("openai-workers", OpenAIEmbedder(api_key="sk-test-workers", base_url=url,
+                                                   model="text-embedding-3-small", output_dimensions=64))
+real = ingest_flow.hashes_needing_embedding
+
+def planned_together(*args):  # both processes decide what they need before either embeds
+    needed = real(*args)
+    Path(marks, prefix).touch()
+    deadline = time.monotonic() + 120
+    while len(list(Path(marks).iterdir())) < 2:
+        if time.monotonic() > deadline:
+            raise SystemExit("the other worker never planned")
+        time.sleep(0.05)
+    return needed
+
+ingest_flow.hashes_needing_embedding = planned_together
+docs = [DocumentSpec(document_id=f"{prefix}{i}", text=paragraphs(6, f"svc{i}")) for i in range(12)]
+summary = run_ingest(IngestRequest(tenant=tenant, documents=docs, embedder="openai-workers", chunk_size=30,
+                                   chunk_overlap=0), Settings())
+print(json.dumps({"texts_embedded": summary["texts_embedded"], "errors": summary["errors"]}))
+"""
+
+
+def test_two_worker_processes_send_each_text_to_the_provider_once(settings, pool, pg_home, tenant, tmp_path):
+    """Two processes (as two workers on one work pool would run them) ingest the same texts at once against the
+    real OpenAI SDK and the loopback fake: the fake's requests show each text sent once, in all."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.deployments.test_api import ROOT
+    from tests.fakes import FakeOpenAI
+
+    marks = tmp_path / "planned"
+    marks.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEVMESH_")}
+    env |= {"DEVMESH_HOME": str(pg_home), "DEVMESH_INGEST__EMBED_BATCH": "8"}
+    with FakeOpenAI(api_key="sk-test-workers") as api:
+        workers = [subprocess.Popen([sys.executable, "-c", WORKER, f"{api.url}/v1", tenant, prefix, str(marks)],
+                                    cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                   for prefix in ("a-", "b-")]
+        outputs = [w.communicate(timeout=600) for w in workers]
+        sent = Counter(text for request in api.requests for text in request.body["input"])
+    for worker, (out, err) in zip(workers, outputs):
+        assert worker.returncode == 0, err[-3000:]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert all(r["errors"] == [] for r in results), results
+    with pool.connection() as conn:
+        unique_texts, chunks, with_vectors = conn.execute(
+            "SELECT count(DISTINCT c.content_hash), count(*), count(e.chunk_id) FROM chunks c"
+            " LEFT JOIN embeddings e ON e.chunk_id = c.id WHERE c.tenant_id = %s", [tenant]).fetchone()
+    assert max(sent.values()) == 1, [t for t, n in sent.items() if n > 1][:3]
+    assert len(sent) == unique_texts == sum(r["texts_embedded"] for r in results)
+    assert chunks == with_vectors == 2 * unique_texts
