@@ -22,7 +22,7 @@ from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from blocks.storable import StorableModel
 from tasks.embed import embed_batch
-from tasks.embedding_claims import claim, collect, publish, release
+from tasks.embedding_claims import LEASE_S, claim, collect, publish, release
 from tasks.migrate import ensure_schema
 from tasks.models import set_embedder_name, tenant_model
 from tasks.prepare import prepare_batch, source_hash
@@ -242,8 +242,14 @@ def _embed_and_write(store, pool, embedder, model_id, tenant, todo, needed, sett
             done_chunks += sum(len(d.chunks) for d in batch)
         if pending is not None:
             _settle(pending, total, errors)
-    finally:
-        release(pool, owner)
+    except BaseException as exc:
+        try:  # other runs may claim these texts now; a failure here must not hide the ingest's own error
+            release(pool, owner)
+        except Exception as release_error:  # noqa: BLE001
+            exc.add_note(f"its embedding claims were not released ({release_error}): they expire in "
+                         f"{LEASE_S:.0f} s")
+        raise
+    release(pool, owner)
     report("store", done_chunks, total_chunks)
     return calls, embedded
 
