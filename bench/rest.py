@@ -6,6 +6,10 @@
 2. `clients` concurrent keep-alive connections in closed loops for `seconds`, vector then hybrid: throughput,
    latency and errors (which must be 0). The key has a limit high enough that the limiter never answers 429.
 
+What the shared limiter (rate limits and lockouts in PostgreSQL, issue 17) adds to each of these requests is measured
+beside this section by bench/admission.py (`--only admission`): the same gateway with the shared state and with an
+in-memory one, alternating requests, p50 and p99.
+
 The load generator speaks HTTP/1.1 itself, as bench/gateway.py does (httpx's async client tops out near
 110 requests/s on 2 cores and would measure itself).
 """

@@ -52,7 +52,7 @@ def _database(settings: Settings) -> list[Check]:
     except Exception as exc:  # noqa: BLE001 - any failure to connect is the finding
         return [Check("database", "fail", f"{store.describe()}: {exc}",
                       "start PostgreSQL or fix DEVMESH_DATABASE_URL (unset it for the embedded server)")]
-    checks = [Check("database", "ok", f"{store.describe()}, PostgreSQL {version}")]
+    checks = [Check("database", "ok", f"{store.describe()}, PostgreSQL {version}"), _privileges(pool)]
     pgv = row[0] if row else (available[0] if available else None)
     if pgv is None:
         checks.append(Check("pgvector", "fail", "the vector extension is not available",
@@ -77,6 +77,24 @@ def _database(settings: Settings) -> list[Check]:
         checks.append(_indexes(pool))
         checks.append(_tenancy(pool, settings))
     return checks
+
+
+def _privileges(pool) -> Check:
+    """What the database role lacks (tasks/privileges.py), each with the GRANT an admin runs to give it."""
+    from tasks.privileges import missing_privileges
+
+    try:
+        with pool.connection() as conn:
+            role = conn.execute("SELECT current_user").fetchone()[0]
+            missing = missing_privileges(conn)
+    except Exception as exc:  # noqa: BLE001
+        return Check("privileges", "warn", f"could not be checked: {exc}", "run `devmesh doctor` again")
+    if not missing:
+        return Check("privileges", "ok", f"role {role} has every privilege devmesh needs")
+    status = "fail" if any(m.required for m in missing) else "warn"
+    detail = "; ".join(f"{m.privilege} (for {m.needed_for})" + ("" if m.required else ", optional") for m in missing)
+    return Check("privileges", status, f"role {role} lacks: {detail}",
+                 "as an admin role run: " + "; ".join(m.grant for m in missing))
 
 
 def _tenancy(pool, settings: Settings) -> Check:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Literal
@@ -21,6 +22,7 @@ from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from blocks.storable import StorableModel
 from tasks.embed import embed_batch
+from tasks.embedding_claims import LEASE_S, claim, collect, publish, release
 from tasks.migrate import ensure_schema
 from tasks.models import set_embedder_name, tenant_model
 from tasks.prepare import prepare_batch, source_hash
@@ -181,6 +183,9 @@ def _embed_and_write(store, pool, embedder, model_id, tenant, todo, needed, sett
                      report) -> tuple[int, int]:
     """Documents go in batches of about store_batch chunks: embed batch i+1 while batch i is written.
 
+    Each embedding step claims its texts first (tasks/embedding_claims.py): a text another ingest of the tenant is
+    embedding at the same time is not embedded again; its vector is taken once that ingest publishes it.
+
     Returns (provider calls, texts embedded) of this ingest alone.
     """
     batches, current, size = [], [], 0
@@ -196,25 +201,55 @@ def _embed_and_write(store, pool, embedder, model_id, tenant, todo, needed, sett
     pending = None
     done_chunks, total_chunks, to_embed = 0, sum(len(d.chunks) for d in todo), len(needed)
     step = settings.ingest.embed_batch  # one embedding task run, one tick of the progress bar
+    owner = uuid.uuid4()  # this ingest's embedding claims (tasks/embedding_claims.py)
     report("embed", 0, to_embed)
-    for i, batch in enumerate(batches):
-        texts = {c.content_hash: c.text for d in batch for c in d.chunks if c.content_hash in needed}
-        vectors = {}
-        hashes = list(texts)
-        for j in range(0, len(hashes), step):
-            part = hashes[j : j + step]
-            vectors.update(zip(part, call(embed_batch, embedder, [texts[h] for h in part], label=f"{i}-{j // step}")))
-            calls += -(-len(part) // embedder.max_batch)  # embed_texts calls the provider per max_batch texts
-            embedded += len(part)
-            report("embed", embedded, to_embed)
-        needed -= set(hashes)  # a hash shared by later batches is stored by then
+
+    def embed_mine(hashes: list[str], texts: dict[str, str], vectors: dict, label: str) -> None:
+        nonlocal calls, embedded
+        if not hashes:
+            return
+        got = dict(zip(hashes, call(embed_batch, embedder, [texts[h] for h in hashes], label=label)))
+        publish(pool, tenant, model_id, owner, got)
+        vectors.update(got)
+        calls += -(-len(hashes) // embedder.max_batch)  # embed_texts calls the provider per max_batch texts
+        embedded += len(hashes)
+        report("embed", embedded, to_embed)
+
+    try:
+        for i, batch in enumerate(batches):
+            texts = {c.content_hash: c.text for d in batch for c in d.chunks if c.content_hash in needed}
+            vectors: dict = {}
+            hashes = list(texts)
+            theirs: set[str] = set()
+            for j in range(0, len(hashes), step):
+                part = hashes[j : j + step]
+                mine = claim(pool, tenant, model_id, part, owner)
+                theirs |= set(part) - mine
+                embed_mine([h for h in part if h in mine], texts, vectors, f"{i}-{j // step}")
+            waits = 0
+            while theirs:  # texts another ingest is embedding: its vectors, or its claim once expired
+                got, taken, theirs = collect(pool, tenant, model_id, sorted(theirs), owner)
+                vectors.update(got)
+                embed_mine(sorted(taken), texts, vectors, f"{i}-taken-{waits}")
+                if theirs:
+                    waits += 1
+                    time.sleep(min(0.05 * waits, 1.0))
+            needed -= set(hashes)  # a hash shared by later batches is stored by then
+            if pending is not None:
+                _settle(pending, total, errors)
+                report("store", done_chunks, total_chunks)
+            pending = _submit_write(store, tenant, model_id, embedder.dimensions, batch, vectors, f"{i}")
+            done_chunks += sum(len(d.chunks) for d in batch)
         if pending is not None:
             _settle(pending, total, errors)
-            report("store", done_chunks, total_chunks)
-        pending = _submit_write(store, tenant, model_id, embedder.dimensions, batch, vectors, f"{i}")
-        done_chunks += sum(len(d.chunks) for d in batch)
-    if pending is not None:
-        _settle(pending, total, errors)
+    except BaseException as exc:
+        try:  # other runs may claim these texts now; a failure here must not hide the ingest's own error
+            release(pool, owner)
+        except Exception as release_error:  # noqa: BLE001
+            exc.add_note(f"its embedding claims were not released ({release_error}): they expire in "
+                         f"{LEASE_S:.0f} s")
+        raise
+    release(pool, owner)
     report("store", done_chunks, total_chunks)
     return calls, embedded
 

@@ -14,7 +14,7 @@ runner = CliRunner()
 
 def test_healthy_installation(settings):
     checks = {c.name: c for c in run_checks(settings)}
-    for name in ("settings", "database", "pgvector", "migrations", "local model"):
+    for name in ("settings", "database", "privileges", "pgvector", "migrations", "local model"):
         assert checks[name].status == "ok", checks[name]
     assert "current" in checks["migrations"].detail
 

@@ -21,6 +21,7 @@ import uuid
 from decimal import Decimal
 
 import anyio
+import numpy as np
 import boto3
 import httpx
 import pytest
@@ -41,6 +42,7 @@ from deployments.cli import app as cli_app
 from deployments.client import Mesh
 from flows.sync_repository import _save_cursor
 from tasks.approvals import add_approver
+from tasks.embedding_claims import claim, publish
 from tasks.grants import set_grant
 from tasks.webhook_bindings import bind_repository
 from tasks.llm_usage import record_llm_usage
@@ -87,6 +89,7 @@ TENANT_TABLES = {
     "llm_usage": "tenant_id = %(tenant)s",
     "tenant_grants": "tenant_id = %(tenant)s",
     "webhook_bindings": "tenant_id = %(tenant)s",
+    "embedding_claims": "tenant_id = %(tenant)s",
 }
 GLOBAL_TABLES = {
     "admission_buckets": "token buckets of the admission gate, named by API key id or client address (tasks/"
@@ -230,6 +233,9 @@ def _populate_a(http, pool, a) -> dict:
     switch_id, _ = start_switch(pool, a.slug, model_id)
     assert finish_switch(pool, a.slug, model_id, switch_id)
     _save_cursor(pool, a.slug, "acme-a/app", ref="main", sha="0" * 40)
+    owner = uuid.uuid4()  # an ingest of A's in flight: its claim on a text, the vector already published
+    assert claim(pool, a.slug, model_id, ["0" * 64], owner) == {"0" * 64}
+    publish(pool, a.slug, model_id, owner, {"0" * 64: np.ones(64, dtype=np.float32)})
     empty = [t for t, (n, _) in _digest(pool, a.slug).items() if n == 0]
     assert not empty, f"the set-up made no row of tenant A in {empty}"
     return ids
