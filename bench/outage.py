@@ -12,8 +12,10 @@ SIGKILL gives the server no chance to, and loses its in-memory event queue. The 
 killed, so the figure is about what arrives while it is down.
 
 Reported: deliveries sent / accepted (202) / duplicates (200, redeliveries of ids already accepted), deliveries
-pending at the gateway during the outage, time from restart to the last accepted delivery processed, flow runs per
-delivery (min / max), lost (accepted, no completed run), doubled (more than one run).
+pending at the gateway during the outage, time from restart to the last accepted delivery processed, how often each
+delivery was handled (min / max of its `handled` count: a handler run claims deliveries in batches, so one run
+serves many), lost (accepted, never handled), doubled (handled more than once), and the handler runs (completed;
+cancelled at once by the deployment's concurrency limit while another drained).
 
     .venv/bin/python -m bench.outage          # 30 s outage, 40 deliveries + 10 redeliveries
 """
@@ -268,12 +270,16 @@ class OutageStack:
         from psycopg.rows import dict_row
 
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            cur.execute("SELECT delivery_id, status, attempts, last_error, flow_run_id, emitted_at, processed_at"
+            cur.execute("SELECT delivery_id, status, attempts, last_error, flow_run_id, emitted_at, processed_at,"
+                        " received_at, handled"
                         " FROM webhook_deliveries WHERE delivery_id = ANY(%s)", [ids])
             return {r["delivery_id"]: r for r in cur.fetchall()}
 
     def flow_runs(self) -> list[dict[str, Any]]:
-        """Every flow run of the webhook-routed deployments (id, delivery_id parameter, state type)."""
+        """Every flow run of the webhook-routed deployments that is due (id, route parameter, state type, start);
+        runs the scheduler created for a later time are left out."""
+        from datetime import datetime, timezone
+
         deployments = httpx.post(f"{self.api}/deployments/filter", auth=self.auth, timeout=10, json={
             "deployments": {"name": {"any_": list(ROUTED)}}}).json()
         ids = [d["id"] for d in deployments]
@@ -281,8 +287,11 @@ class OutageStack:
         while True:
             page = httpx.post(f"{self.api}/flow_runs/filter", auth=self.auth, timeout=30, json={
                 "flow_runs": {"deployment_id": {"any_": ids}}, "limit": 200, "offset": offset}).json()
-            runs += [{"id": r["id"], "delivery_id": (r.get("parameters") or {}).get("delivery_id"),
-                      "state": r.get("state_type")} for r in page]
+            now = datetime.now(timezone.utc)
+            runs += [{"id": r["id"], "route": (r.get("parameters") or {}).get("route"), "state": r.get("state_type"),
+                      "state_name": r.get("state_name"), "start_time": r.get("start_time")} for r in page
+                     if r.get("state_type") != "SCHEDULED" or not r.get("expected_start_time")
+                     or datetime.fromisoformat(r["expected_start_time"]) <= now]
             if len(page) < 200:
                 return runs
             offset += 200
@@ -344,26 +353,25 @@ def outage(stack: OutageStack, *, deliveries: int, redeliveries: int, downtime_s
     with httpx.Client(timeout=10) as client:
         late = Counter(stack.post(client, bodies[ids.index(i)][0], i, bodies[ids.index(i)][1]) for i in accepted)
     runs = [r for r in stack.flow_runs() if r["id"] not in before]
-    per_delivery = Counter(r["delivery_id"] for r in runs)
-    completed = Counter(r["delivery_id"] for r in runs if r["state"] == "COMPLETED")
-    counts = [per_delivery.get(i, 0) for i in accepted]
+    by_id = {r["id"]: r for r in runs}
+    counts = [rows[i]["handled"] if i in rows else 0 for i in accepted]
     figures = {
         "deliveries_sent": deliveries + redeliveries, "unique_deliveries": deliveries,
         "accepted": len(accepted), "duplicates": duplicates, "statuses": {str(k): v for k, v in statuses.items()},
         "send_seconds": round(sent_s, 2), "downtime_seconds": round(downtime, 2),
         "pending_at_gateway_while_down": pending_down, "emit_failed_while_down": failed_attempts,
         "server_restart_seconds": round(restart_s, 2), "drain_seconds_after_restart": round(drain_s, 2),
-        "flow_runs": len(runs), "flow_runs_per_delivery_min": min(counts) if counts else 0,
-        "flow_runs_per_delivery_max": max(counts) if counts else 0,
-        "lost": sum(1 for i in accepted if per_delivery.get(i, 0) == 0),
-        "failed": sum(1 for i in accepted if per_delivery.get(i, 0) and (completed.get(i, 0) == 0
-                                                                         or rows[i]["status"] != "processed")),
+        "flow_runs": len(runs), "flow_runs_completed": sum(r["state"] == "COMPLETED" for r in runs),
+        "flow_runs_cancelled": sum(r["state"] == "CANCELLED" for r in runs),
+        "handled_per_delivery_min": min(counts) if counts else 0,
+        "handled_per_delivery_max": max(counts) if counts else 0,
+        "lost": sum(1 for c in counts if c == 0),
+        "failed": sum(1 for i in accepted if rows.get(i, {}).get("status") == "failed"),
         "doubled": sum(1 for c in counts if c > 1),
-        "stray_runs": sum(1 for r in runs if r["delivery_id"] not in set(accepted)),
         "late_redeliveries": {str(k): v for k, v in late.items()},
         "delivery_status": dict(Counter(r["status"] for r in rows.values())),
-        "run_ids_match_rows": all(str(rows[i]["flow_run_id"]) == next(r["id"] for r in runs if r["delivery_id"] == i)
-                                  for i in accepted if per_delivery.get(i) == 1),
+        "run_ids_match_rows": all(by_id.get(str(rows[i]["flow_run_id"]), {}).get("state") == "COMPLETED"
+                                  for i in accepted if i in rows),
     }
     log(json.dumps(figures))
     return {"figures": figures, "accepted_ids": accepted, "rows": rows, "runs": runs}
