@@ -86,10 +86,12 @@ class OutageStack:
 
     def __init__(self, home: Path, *, embedder: str = "local", runner_poll_s: int | None = None,
                  retry_interval_s: float | None = None, webhook_deployments_only: bool = False, lean_server: bool = False,
-                 log=print):
+                 runner_per_queue: bool = False, extra_env: dict[str, str] | None = None, log=print):
         """webhook_deployments_only: serve only the deployments with event triggers (github-discussions,
         github-push) instead of all of prefect.yaml; lean_server: no UI and no scheduler service on the Prefect
-        server. Both only shorten start-up (the test's budget); triggers, events and runs are the same."""
+        server. Both only shorten start-up (the test's budget); triggers, events and runs are the same.
+        runner_per_queue: one runner per work queue, as `devmesh up` (default: one runner for every deployment)."""
+        self.runner_per_queue = runner_per_queue
         self.home = Path(home).resolve()
         self.home.mkdir(parents=True, exist_ok=True)
         self.log = log
@@ -114,6 +116,7 @@ class OutageStack:
             "PREFECT_LOGGING_LEVEL": "INFO", "PROMETHEUS_MULTIPROC_DIR": str(self.home / "metrics"),
             "PYTHONUNBUFFERED": "1",
         })
+        env.update(extra_env or {})
         if runner_poll_s is not None:
             env["PREFECT_RUNNER_POLL_FREQUENCY"] = str(runner_poll_s)
         if retry_interval_s is not None:
@@ -168,7 +171,14 @@ class OutageStack:
         self.start_server()
         self.log(f"prefect server up in {time.monotonic() - started:.1f} s")
         self._webhook_block()
-        self._spawn("serve", [sys.executable, "-m", "deployments.serve", str(self.spec)])
+        if self.runner_per_queue:
+            from deployments.stack import SERVE_QUEUES
+
+            for queue in SERVE_QUEUES:
+                self._spawn(f"serve-{queue}", [sys.executable, "-m", "deployments.serve", "--queue", queue,
+                                               str(self.spec)])
+        else:
+            self._spawn("serve", [sys.executable, "-m", "deployments.serve", str(self.spec)])
         self._spawn("gateway", [sys.executable, "-m", "deployments.gateway_server", "--host", "127.0.0.1",
                                 "--port", str(self.gateway_port)])
         self._wait_deployments(180)
@@ -196,7 +206,8 @@ class OutageStack:
         """SIGINT (as Ctrl-C in `devmesh up`) to gateway, serve, server in that order; SIGKILL what lingers; then
         the embedded PostgreSQL of this home (children killed with SIGKILL stay on its list of users, so the last
         process to exit would not stop it)."""
-        for name in ("gateway", "serve", "prefect-server"):
+        runners = [name for name in self.procs if name.startswith("serve")]
+        for name in ("gateway", *runners, "prefect-server"):
             proc = self.procs.get(name)
             if proc is not None and proc.poll() is None:
                 try:
@@ -243,7 +254,8 @@ class OutageStack:
         """Until the served deployments and their trigger automations exist (as `devmesh up` waits)."""
         from deployments.stack import wait_for_deployments
 
-        wait_for_deployments(self.procs["serve"], self.api, self.auth, timeout, spec=self.spec,
+        wait_for_deployments([p for n, p in self.procs.items() if n.startswith("serve")], self.api, self.auth,
+                             timeout, spec=self.spec,
                              hint=f"; see {self.home / 'logs'}")
 
     def _webhook_block(self) -> None:
