@@ -436,7 +436,8 @@ def measure_burst(workdir: Path, *, deliveries: int = 1000, seconds: float = 60.
         with FakeGitHubRepo() as fake:
             for repo in REPOS:
                 fake.add_repo(repo)
-            with OutageStack(workdir / "home", runner_per_queue=True, log=log) as stack:
+            # as `devmesh up` runs it: a runner per queue, runners polling every 2 s (deployments.stack)
+            with OutageStack(workdir / "home", runner_per_queue=True, runner_poll_s=2, log=log) as stack:
                 log(f"stack up in {time.monotonic() - started:.1f} s")
                 result = burst(stack, fake, deliveries=deliveries, seconds=seconds,
                                drain_timeout_s=drain_timeout_s, ops=ops, log=log)

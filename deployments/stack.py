@@ -80,6 +80,9 @@ def prefect_environment(settings: Settings, port: int = PREFECT_PORT) -> dict[st
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "INFO"),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics),
+        # runners look for due runs every 2 s instead of 10: a webhook's handler run or an approval's operate run
+        # starts seconds after it is created (a poll is one cheap API call)
+        "PREFECT_RUNNER_POLL_FREQUENCY": os.environ.get("PREFECT_RUNNER_POLL_FREQUENCY", "2"),
     }
 
 
