@@ -8,16 +8,17 @@ verify of a real one; never while waiting for an approval). The slots are a Pref
 the UI (Concurrency → Global); it is created on first use with the setting's value, and set to it again when a
 process finds another value (the setting is the source of truth). Without a Prefect server (PREFECT_API_URL unset:
 tests, a library embedded in a script) there is nothing shared to hold the slots, and a process-wide semaphore of
-the same size caps that process alone.
+the same size caps that process alone. When the Prefect API cannot grant a slot (it failed or is overloaded), the
+step does not run: a TransientError says so (the cap is never bypassed).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
-from blocks.errors import ConfigError
+from blocks.errors import ConfigError, TransientError
 
 __all__ = ["LIMIT_NAME", "ensure_tool_limit", "tool_slot"]
 
@@ -77,5 +78,11 @@ def tool_slot(limit: int) -> Iterator[None]:
                                       f"{LIMIT_NAME!r}, {limit} slots) on the Prefect API at {api}: "
                                       f"{type(exc).__name__}: {str(exc)[:200]}") from None
                 _ensured[api] = limit
-    with concurrency(LIMIT_NAME, occupy=1, strict=True):
+    with ExitStack() as held:
+        try:
+            held.enter_context(concurrency(LIMIT_NAME, occupy=1, strict=True))
+        except Exception as exc:  # the Prefect API refused or failed: no slot, so no execution (the cap holds)
+            raise TransientError(f"no tool-execution slot: the Prefect API at {api} could not grant one of "
+                                 f"{LIMIT_NAME!r} ({type(exc).__name__}: {str(exc)[:200]}); nothing was executed, "
+                                 "try again", provider="prefect", operation="concurrency") from None
         yield

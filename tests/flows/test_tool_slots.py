@@ -127,3 +127,23 @@ def test_without_a_prefect_server_a_process_semaphore_caps_the_process(monkeypat
 
     _start_at_once(10, hold)
     assert 2 <= peak[0] <= 3
+
+
+def test_when_the_prefect_api_cannot_grant_a_slot_nothing_executes(prefect_harness, settings, tenant, probe,
+                                                                   monkeypatch):
+    """An overloaded Prefect server answering 503 to the slot request: the step does not run (the cap is never
+    bypassed), and the error says what happened."""
+    import prefect.concurrency.sync as prefect_concurrency
+    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+
+    from blocks.errors import TransientError
+
+    def refusing(*args, **kwargs):
+        raise ConcurrencySlotAcquisitionError(f"Unable to acquire concurrency slots on {args[0]!r}: 503")
+
+    monkeypatch.setattr(prefect_concurrency, "concurrency", refusing)
+    request = OperateRequest(operation="github.slot_probe", arguments={"n": 1}, tenant=tenant,
+                             actor={"via": "pytest"}, dry_run=True)
+    with pytest.raises(TransientError, match="no tool-execution slot.*503.*nothing was executed"):
+        run_operation(request, settings, connections=Connections(github=object()), policy=POLICY)
+    assert probe.calls == 0
