@@ -158,6 +158,12 @@ def _in_stack(stack: OutageStack, argv: list[str], timeout: float = 180) -> subp
     return subprocess.run(argv, cwd=ROOT, env=stack.env, capture_output=True, text=True, timeout=timeout)
 
 
+def _error(stderr: str) -> str:
+    """The end of a failed command's stderr, without rich's traceback boxes."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip() and not any(c in line for c in "│╭╰")]
+    return " ".join(lines)[-240:]
+
+
 def _devmesh(stack: OutageStack, *args: str, timeout: float = 180) -> tuple[float, subprocess.CompletedProcess]:
     started = time.monotonic()
     out = _in_stack(stack, [sys.executable, "-m", "deployments.cli", *args], timeout=timeout)
@@ -215,13 +221,13 @@ def operations_during_burst(stack: OutageStack, token: str, log=print) -> dict[s
     args = json.dumps({"repo": OPS_REPO, "title": "Burst check", "body": "Opened during the webhook burst."})
     seconds, dry = _devmesh(stack, "op", "run", "github.create_issue", "--args", args, "--tenant", TENANT)
     out["dry_run_cli_seconds"] = round(seconds, 2)
-    out["dry_run_status"] = json.loads(dry.stdout).get("status") if dry.returncode == 0 else dry.stderr[-300:]
+    out["dry_run_status"] = json.loads(dry.stdout).get("status") if dry.returncode == 0 else _error(dry.stderr)
     log(f"  op run (dry run): {seconds:.2f} s, {out['dry_run_status']}")
     seconds, done = _devmesh(stack, "op", "run", "github.create_issue", "--args", args, "--tenant", TENANT,
                              "--execute", "--key", f"burst-{uuid.uuid4().hex[:8]}")
     out["execute_no_approval_cli_seconds"] = round(seconds, 2)
     out["execute_no_approval_status"] = json.loads(done.stdout).get("status") if done.returncode == 0 \
-        else done.stderr[-300:]
+        else _error(done.stderr)
     log(f"  op run --execute (no approval): {seconds:.2f} s, {out['execute_no_approval_status']}")
     # needs approval: submitted as the REST API and MCP submit it; the operate deployment's run pauses
     code = ("import json\n"
