@@ -12,8 +12,10 @@ SIGKILL gives the server no chance to, and loses its in-memory event queue. The 
 killed, so the figure is about what arrives while it is down.
 
 Reported: deliveries sent / accepted (202) / duplicates (200, redeliveries of ids already accepted), deliveries
-pending at the gateway during the outage, time from restart to the last accepted delivery processed, flow runs per
-delivery (min / max), lost (accepted, no completed run), doubled (more than one run).
+pending at the gateway during the outage, time from restart to the last accepted delivery processed, how often each
+delivery was handled (min / max of its `handled` count: a handler run claims deliveries in batches, so one run
+serves many), lost (accepted, never handled), doubled (handled more than once), and the handler runs (completed;
+cancelled at once by the deployment's concurrency limit while another drained).
 
     .venv/bin/python -m bench.outage          # 30 s outage, 40 deliveries + 10 redeliveries
 """
@@ -84,10 +86,12 @@ class OutageStack:
 
     def __init__(self, home: Path, *, embedder: str = "local", runner_poll_s: int | None = None,
                  retry_interval_s: float | None = None, webhook_deployments_only: bool = False, lean_server: bool = False,
-                 log=print):
+                 runner_per_queue: bool = False, extra_env: dict[str, str] | None = None, log=print):
         """webhook_deployments_only: serve only the deployments with event triggers (github-discussions,
         github-push) instead of all of prefect.yaml; lean_server: no UI and no scheduler service on the Prefect
-        server. Both only shorten start-up (the test's budget); triggers, events and runs are the same."""
+        server. Both only shorten start-up (the test's budget); triggers, events and runs are the same.
+        runner_per_queue: one runner per work queue, as `devmesh up` (default: one runner for every deployment)."""
+        self.runner_per_queue = runner_per_queue
         self.home = Path(home).resolve()
         self.home.mkdir(parents=True, exist_ok=True)
         self.log = log
@@ -112,6 +116,7 @@ class OutageStack:
             "PREFECT_LOGGING_LEVEL": "INFO", "PROMETHEUS_MULTIPROC_DIR": str(self.home / "metrics"),
             "PYTHONUNBUFFERED": "1",
         })
+        env.update(extra_env or {})
         if runner_poll_s is not None:
             env["PREFECT_RUNNER_POLL_FREQUENCY"] = str(runner_poll_s)
         if retry_interval_s is not None:
@@ -166,7 +171,14 @@ class OutageStack:
         self.start_server()
         self.log(f"prefect server up in {time.monotonic() - started:.1f} s")
         self._webhook_block()
-        self._spawn("serve", [sys.executable, "-m", "deployments.serve", str(self.spec)])
+        if self.runner_per_queue:
+            from deployments.stack import SERVE_QUEUES
+
+            for queue in SERVE_QUEUES:
+                self._spawn(f"serve-{queue}", [sys.executable, "-m", "deployments.serve", "--queue", queue,
+                                               str(self.spec)])
+        else:
+            self._spawn("serve", [sys.executable, "-m", "deployments.serve", str(self.spec)])
         self._spawn("gateway", [sys.executable, "-m", "deployments.gateway_server", "--host", "127.0.0.1",
                                 "--port", str(self.gateway_port)])
         self._wait_deployments(180)
@@ -194,7 +206,8 @@ class OutageStack:
         """SIGINT (as Ctrl-C in `devmesh up`) to gateway, serve, server in that order; SIGKILL what lingers; then
         the embedded PostgreSQL of this home (children killed with SIGKILL stay on its list of users, so the last
         process to exit would not stop it)."""
-        for name in ("gateway", "serve", "prefect-server"):
+        runners = [name for name in self.procs if name.startswith("serve")]
+        for name in ("gateway", *runners, "prefect-server"):
             proc = self.procs.get(name)
             if proc is not None and proc.poll() is None:
                 try:
@@ -241,7 +254,8 @@ class OutageStack:
         """Until the served deployments and their trigger automations exist (as `devmesh up` waits)."""
         from deployments.stack import wait_for_deployments
 
-        wait_for_deployments(self.procs["serve"], self.api, self.auth, timeout, spec=self.spec,
+        wait_for_deployments([p for n, p in self.procs.items() if n.startswith("serve")], self.api, self.auth,
+                             timeout, spec=self.spec,
                              hint=f"; see {self.home / 'logs'}")
 
     def _webhook_block(self) -> None:
@@ -268,12 +282,16 @@ class OutageStack:
         from psycopg.rows import dict_row
 
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            cur.execute("SELECT delivery_id, status, attempts, last_error, flow_run_id, emitted_at, processed_at"
+            cur.execute("SELECT delivery_id, status, attempts, last_error, flow_run_id, emitted_at, processed_at,"
+                        " received_at, handled"
                         " FROM webhook_deliveries WHERE delivery_id = ANY(%s)", [ids])
             return {r["delivery_id"]: r for r in cur.fetchall()}
 
     def flow_runs(self) -> list[dict[str, Any]]:
-        """Every flow run of the webhook-routed deployments (id, delivery_id parameter, state type)."""
+        """Every flow run of the webhook-routed deployments that is due (id, route parameter, state type, start);
+        runs the scheduler created for a later time are left out."""
+        from datetime import datetime, timezone
+
         deployments = httpx.post(f"{self.api}/deployments/filter", auth=self.auth, timeout=10, json={
             "deployments": {"name": {"any_": list(ROUTED)}}}).json()
         ids = [d["id"] for d in deployments]
@@ -281,8 +299,11 @@ class OutageStack:
         while True:
             page = httpx.post(f"{self.api}/flow_runs/filter", auth=self.auth, timeout=30, json={
                 "flow_runs": {"deployment_id": {"any_": ids}}, "limit": 200, "offset": offset}).json()
-            runs += [{"id": r["id"], "delivery_id": (r.get("parameters") or {}).get("delivery_id"),
-                      "state": r.get("state_type")} for r in page]
+            now = datetime.now(timezone.utc)
+            runs += [{"id": r["id"], "route": (r.get("parameters") or {}).get("route"), "state": r.get("state_type"),
+                      "state_name": r.get("state_name"), "start_time": r.get("start_time")} for r in page
+                     if r.get("state_type") != "SCHEDULED" or not r.get("expected_start_time")
+                     or datetime.fromisoformat(r["expected_start_time"]) <= now]
             if len(page) < 200:
                 return runs
             offset += 200
@@ -344,26 +365,25 @@ def outage(stack: OutageStack, *, deliveries: int, redeliveries: int, downtime_s
     with httpx.Client(timeout=10) as client:
         late = Counter(stack.post(client, bodies[ids.index(i)][0], i, bodies[ids.index(i)][1]) for i in accepted)
     runs = [r for r in stack.flow_runs() if r["id"] not in before]
-    per_delivery = Counter(r["delivery_id"] for r in runs)
-    completed = Counter(r["delivery_id"] for r in runs if r["state"] == "COMPLETED")
-    counts = [per_delivery.get(i, 0) for i in accepted]
+    by_id = {r["id"]: r for r in runs}
+    counts = [rows[i]["handled"] if i in rows else 0 for i in accepted]
     figures = {
         "deliveries_sent": deliveries + redeliveries, "unique_deliveries": deliveries,
         "accepted": len(accepted), "duplicates": duplicates, "statuses": {str(k): v for k, v in statuses.items()},
         "send_seconds": round(sent_s, 2), "downtime_seconds": round(downtime, 2),
         "pending_at_gateway_while_down": pending_down, "emit_failed_while_down": failed_attempts,
         "server_restart_seconds": round(restart_s, 2), "drain_seconds_after_restart": round(drain_s, 2),
-        "flow_runs": len(runs), "flow_runs_per_delivery_min": min(counts) if counts else 0,
-        "flow_runs_per_delivery_max": max(counts) if counts else 0,
-        "lost": sum(1 for i in accepted if per_delivery.get(i, 0) == 0),
-        "failed": sum(1 for i in accepted if per_delivery.get(i, 0) and (completed.get(i, 0) == 0
-                                                                         or rows[i]["status"] != "processed")),
+        "flow_runs": len(runs), "flow_runs_completed": sum(r["state"] == "COMPLETED" for r in runs),
+        "flow_runs_cancelled": sum(r["state"] == "CANCELLED" for r in runs),
+        "handled_per_delivery_min": min(counts) if counts else 0,
+        "handled_per_delivery_max": max(counts) if counts else 0,
+        "lost": sum(1 for c in counts if c == 0),
+        "failed": sum(1 for i in accepted if rows.get(i, {}).get("status") == "failed"),
         "doubled": sum(1 for c in counts if c > 1),
-        "stray_runs": sum(1 for r in runs if r["delivery_id"] not in set(accepted)),
         "late_redeliveries": {str(k): v for k, v in late.items()},
         "delivery_status": dict(Counter(r["status"] for r in rows.values())),
-        "run_ids_match_rows": all(str(rows[i]["flow_run_id"]) == next(r["id"] for r in runs if r["delivery_id"] == i)
-                                  for i in accepted if per_delivery.get(i) == 1),
+        "run_ids_match_rows": all(by_id.get(str(rows[i]["flow_run_id"]), {}).get("state") == "COMPLETED"
+                                  for i in accepted if i in rows),
     }
     log(json.dumps(figures))
     return {"figures": figures, "accepted_ids": accepted, "rows": rows, "runs": runs}

@@ -7,13 +7,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("store", "search", "rest", "admission", "reingest", "embedder", "contexts", "backfill", "gateway", "quality",
-            "locomo")
+            "locomo", "burst")
 TITLES = {"store": "1. Store path", "search": "2. Search", "reingest": "3. Re-ingest of an unchanged corpus",
           "embedder": "4. Embedder throughput", "contexts": "5. Conversation appends",
           "backfill": "6. Model-switch backfill", "gateway": "7. Webhook gateway under load",
           "quality": "8. Retrieval quality: BEIR SciFact", "rest": "2b. REST search through the gateway",
           "locomo": "9. Conversation memory: LoCoMo evidence recall",
-          "admission": "2c. Shared rate limits and lockouts (PostgreSQL): what they add to a request"}
+          "admission": "2c. Shared rate limits and lockouts (PostgreSQL): what they add to a request",
+          "burst": "10. Webhooks and operations under burst"}
 
 
 def _n(x: float, digits: int = 0) -> str:
@@ -211,6 +212,10 @@ def _goals(results: dict) -> str:
         from bench.locomo import goal_rows
 
         rows += goal_rows(results["locomo"])
+    if isinstance(results.get("burst"), dict):
+        from bench.burst import goal_rows as burst_goals
+
+        rows += burst_goals(results["burst"])
     return "\n".join(["## Goals", "", _table(["goal", "measured", "met"], rows), ""]) if rows else ""
 
 
@@ -304,6 +309,12 @@ def _md_gateway(r: dict) -> str:
         _table(["", ""], rows), ""])
 
 
+def _md_burst(r: dict) -> str:
+    from bench.burst import markdown
+
+    return markdown(r)
+
+
 def render(results: dict, machine: dict, started: str, seconds: float, loads: dict, args) -> str:
     """The whole report as markdown."""
     pkgs = ", ".join(f"{k} {v}" for k, v in machine["packages"].items())
@@ -325,7 +336,7 @@ def render(results: dict, machine: dict, started: str, seconds: float, loads: di
     ]
     renderers = {"store": _md_store, "search": _md_search, "reingest": _md_reingest, "embedder": _md_embedder,
                  "contexts": _md_contexts, "backfill": _md_backfill, "gateway": _md_gateway, "quality": _md_quality,
-                 "rest": _md_rest, "locomo": _md_locomo, "admission": _md_admission}
+                 "rest": _md_rest, "locomo": _md_locomo, "admission": _md_admission, "burst": _md_burst}
     if isinstance(results.get("store"), dict) and "online" in results:
         results["store"]["online"] = results["online"]
     for name in SECTIONS:

@@ -253,6 +253,19 @@ def main(argv: list[str] | None = None) -> int:
         section("backfill", backfill)
     if "gateway" in chosen:
         section("gateway", gateway)
+
+    def burst():
+        from bench.burst import measure_burst
+
+        return measure_burst(DATA / "burst", log=_log)
+
+    if "burst" in chosen:
+        from bench.outage import WEBHOOKS
+
+        if (WEBHOOKS / "issues" / "opened.json").is_file():
+            section("burst", burst)
+        else:
+            results["burst"] = f"Skipped: {WEBHOOKS} is absent (it travels with CI, not with a clone)."
     if "quality" in chosen:
         if have_scifact:
             section("quality", quality)

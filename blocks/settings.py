@@ -81,7 +81,8 @@ class OpsSettings(BaseModel):
     github_block: str = Field("devmesh-github", description="Name of the GitHubConnection block.")
     kubernetes_block: str = Field("devmesh-kubernetes", description="Name of the KubernetesConnection block.")
     aws_block: str = Field("devmesh-aws", description="Name of the prefect-aws AwsCredentials block.")
-    approval_poll_s: int = Field(5, ge=1, le=300, description="How often a paused run checks for a decision.")
+    approval_poll_s: int = Field(1, ge=1, le=300, description="How often a paused run checks for a decision (a read "
+                                 "of its own state: cheap; an approved run resumes within about this).")
     max_retries: int = Field(4, ge=0, le=20, description="Retries of a transient provider failure.")
     max_concurrent_tools: int = Field(
         5, ge=1, le=1000, description="Most tool executions (guarded operations) running at once; the cap is a "

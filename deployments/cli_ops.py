@@ -76,8 +76,10 @@ def op_run(
     execute: bool = typer.Option(False, "--execute", help="Do it (default: dry run, plan and policy only)."),
     key: Optional[str] = typer.Option(None, help="Idempotency key: the same key never acts twice."),
     tenant: Optional[str] = typer.Option(None, help="Tenant id."),
-    as_flow: bool = typer.Option(True, "--flow/--direct",
-                                 help="Run as a Prefect flow run (needed for approvals) or in this process."),
+    as_flow: Optional[bool] = typer.Option(
+        None, "--flow/--direct", help="Run as a Prefect flow run (needed for approvals) or in this process. Default: "
+        "a dry run in this process (it answers in a few seconds: it never waits for an approval), --execute as a "
+        "flow run."),
 ) -> None:
     """Plan → policy → (approval) → execute → verify → audit; prints the summary as JSON."""
     from flows.operate import OperateRequest, operate, run_operation
@@ -91,6 +93,8 @@ def op_run(
         request = OperateRequest(operation=operation, arguments=arguments, tenant=tenant or settings.tenant,
                                  dry_run=not execute, idempotency_key=key,
                                  actor={"via": "cli", "user": os.environ.get("USER", "unknown")})
+        if as_flow is None:
+            as_flow = execute
         summary = operate(request) if as_flow else run_operation(request, settings)
         if summary.get("status") in REFUSED:  # the flow run ended Denied / Rejected: a refusal, not a failure
             _fail(summary["error"], REFUSED[summary["status"]])

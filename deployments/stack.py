@@ -2,7 +2,8 @@
 
 up starts, in order: the embedded PostgreSQL (unless DEVMESH_DATABASE_URL points elsewhere), a Prefect server
 (bound to loopback, basic auth on its API, PREFECT_SERVER_ENCRYPTION_KEY from the environment), the deployments
-of prefect.yaml served by one process (`deployments.serve`), and the gateway (uvicorn). Ctrl-C stops them in
+of prefect.yaml served by one runner per work queue (`deployments.serve --queue interactive|background`: operations
+and approvals never wait behind webhook ingestion), and the gateway (uvicorn). Ctrl-C stops them in
 reverse order. Data stays under DEVMESH_HOME, so running it again reuses it.
 """
 
@@ -28,6 +29,7 @@ from blocks.settings import Settings
 
 __all__ = ["Component", "prefect_environment", "status", "up"]
 
+SERVE_QUEUES = ("interactive", "background")  # deployments.serve.QUEUES: one runner each
 PREFECT_PORT = int(os.environ.get("DEVMESH_PREFECT_PORT", "4200"))
 STACK_FILE = "stack.json"
 
@@ -78,6 +80,9 @@ def prefect_environment(settings: Settings, port: int = PREFECT_PORT) -> dict[st
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "INFO"),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics),
+        # runners look for due runs every 2 s instead of 10: a webhook's handler run or an approval's operate run
+        # starts seconds after it is created (a poll is one cheap API call)
+        "PREFECT_RUNNER_POLL_FREQUENCY": os.environ.get("PREFECT_RUNNER_POLL_FREQUENCY", "2"),
     }
 
 
@@ -110,14 +115,17 @@ def expected_deployments(spec: Path | None = None) -> tuple[int, int]:
     return len(deployments), sum(len(d.get("triggers") or []) for d in deployments)
 
 
-def wait_for_deployments(serving: subprocess.Popen, api: str, auth: tuple[str, str], timeout: float,
-                         spec: Path | None = None, hint: str = "") -> None:
-    """Block until the deployments `serving` serves and their trigger automations exist on the Prefect server."""
+def wait_for_deployments(serving: subprocess.Popen | list[subprocess.Popen], api: str, auth: tuple[str, str],
+                         timeout: float, spec: Path | None = None, hint: str = "") -> None:
+    """Block until the deployments the `serving` processes serve and their trigger automations exist on the
+    Prefect server."""
     want_deployments, want_triggers = expected_deployments(spec)
+    processes = serving if isinstance(serving, list) else [serving]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if serving.poll() is not None:
-            raise RuntimeError(f"deployments exited with code {serving.returncode} while starting{hint}")
+        for process in processes:
+            if process.poll() is not None:
+                raise RuntimeError(f"deployments exited with code {process.returncode} while starting{hint}")
         try:
             deployments = httpx.post(f"{api}/deployments/count", json={}, auth=auth, timeout=5).json()
             automations = httpx.post(f"{api}/automations/count", json={}, auth=auth, timeout=5).json()
@@ -230,13 +238,15 @@ def up(settings: Settings | None = None, *, gateway_port: int | None = None, pre
         made, _, fingerprint = _ensure_audit_key(env, settings.audit.key_block).partition(" ")
         echo(f"audit key: Secret block {settings.audit.key_block!r} ({made}, {fingerprint}); `devmesh audit verify` "
              "checks the trail against its last checkpoint")
-        serving = Component("deployments", subprocess.Popen(
-            [python, "-m", "deployments.serve"], env=env, stdout=_log(home, "serve"), stderr=subprocess.STDOUT),
-            None)
-        components.append(serving)
+        runners = [Component(f"deployments ({queue})", subprocess.Popen(
+            [python, "-m", "deployments.serve", "--queue", queue], env=env, stdout=_log(home, f"serve-{queue}"),
+            stderr=subprocess.STDOUT), None) for queue in SERVE_QUEUES]
+        components += runners
         user, _, password = env["PREFECT_API_AUTH_STRING"].partition(":")
         # else an early delivery finds no trigger to run it
-        wait_for_deployments(serving.process, env["PREFECT_API_URL"], (user, password), timeout=180)
+        wait_for_deployments([r.process for r in runners], env["PREFECT_API_URL"], (user, password), timeout=180)
+        echo("runners: one per work queue (interactive: operate, assistant, search; background: webhooks, ingests, "
+             "housekeeping)")
         gateway = Component("gateway", subprocess.Popen(
             [python, "-m", "deployments.gateway_server", "--host", settings.gateway.host, "--port", str(gateway_port)],
             env=env, stdout=_log(home, "gateway"),

@@ -1,4 +1,15 @@
-"""The github-event flow: one stored webhook delivery (issues, issue_comment, pull_request, push) into the store.
+"""The github-events flows: stored webhook deliveries (issues, issue_comment, pull_request, push) into the store.
+
+`github-events` (what the webhook deployments run): a handler run claims its route's pending deliveries in batches
+(tasks.webhooks.claim_batch, oldest first, FOR UPDATE SKIP LOCKED) until none is left, lingering a few seconds for
+stragglers. The discussions of a batch (issues, comments, pull requests) are ingested together per tenant, so 100
+small deliveries cost one embedding call and one write instead of 100 flow runs; a push fetches its files alone. A
+delivery whose payload or documents fail is marked failed with the reason; the others of its batch are processed.
+The deployments run it with a concurrency limit of 1 that cancels new runs while one runs (prefect.yaml): the burst
+of events a burst of deliveries emits does not pile up runs, and a trailing schedule picks up what arrived just as
+a run finished.
+
+`github-event`: one delivery by id (a re-run of a failed one, the redrive).
 
 The delivery is read from `webhook_deliveries`, processed once (a delivery already processed returns
 {"status": "duplicate"}), and marked processed, or failed with the error text before the error is re-raised (the
@@ -12,21 +23,23 @@ the lease passed) raises ClaimLost before writing on, and marks nothing.
 
 from __future__ import annotations
 
+import uuid
+from collections import defaultdict
 from fnmatch import fnmatchcase
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from blocks.errors import InputError
+from blocks.errors import AppError, InputError
 from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from flows.sync_repository import DocumentSink, advance_code_cursor, github_client, stored_documents, sync_code
 from tasks.github_docs import comment_doc, comment_id, issue_doc, issue_id, pull_doc, repository_name, require
 from tasks.migrate import ensure_schema
-from tasks.webhooks import ClaimLost, Lease, claim_processing, get_delivery
+from tasks.webhooks import BatchLease, ClaimLost, Lease, claim_batch, claim_processing, get_delivery
 
-__all__ = ["github_event", "handle_delivery"]
+__all__ = ["drain_deliveries", "github_event", "github_events", "handle_batch", "handle_delivery"]
 
 ZERO_SHA = "0" * 40
 MAX_PUSH_COMMITS = 20  # a push payload lists at most 20 commits; a longer push is compared instead
@@ -144,6 +157,159 @@ def _pushed_paths(commits: list) -> tuple[set[str], set[str]]:
                 upserts.update(paths)
                 removed.difference_update(paths)
     return upserts, removed
+
+
+class _BatchSink(DocumentSink):
+    """A DocumentSink shared by the deliveries of a batch that remembers which delivery gave which document (to
+    fail exactly those whose documents were refused) and writes what is pending before a delete (an issue deleted
+    after a comment on it in the same batch takes the comment with it)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.current: str | None = None
+        self.owners: dict[str, set[str]] = defaultdict(set)
+
+    def add(self, doc) -> None:
+        self.owners[doc.document_id].add(self.current)
+        super().add(doc)
+
+    def delete(self, ids: list[str]) -> list[str]:
+        self.flush()
+        return super().delete(ids)
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except ClaimLost:
+            raise
+        except Exception as exc:  # the shared write: every delivery with documents in it is concerned
+            raise _SharedWriteFailed(_error_text(exc)) from exc
+
+
+class _SharedWriteFailed(Exception):
+    """Writing a batch's shared documents failed (the store, not one delivery's payload)."""
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:1000]
+
+
+def handle_batch(batch: BatchLease, settings: Settings, github: Any = None, branches: list[str] | None = None
+                 ) -> dict:
+    """Process the claimed deliveries of `batch`: per tenant, discussions into one shared sink (written together),
+    pushes one by one. Each delivery ends processed or failed (with its reason); returns the counts."""
+    totals: dict[str, Any] = defaultdict(int)
+    failed: dict[str, str] = {}
+    by_tenant: dict[str, list[dict]] = defaultdict(list)
+    for d in batch.deliveries:
+        by_tenant[d["tenant_id"]].append(d)
+    for tenant, deliveries in by_tenant.items():
+        sink = _BatchSink(settings, tenant, renew=batch.renew)
+        done: list[str] = []
+        try:
+            for d in deliveries:
+                try:
+                    if d["event"] == "push":  # fetches files: alone, so its failure is its own
+                        own = DocumentSink(settings, tenant, renew=batch.renew)
+                        _dispatch(d, own, settings, github, branches or [])
+                        own.finish()
+                        _add(totals, own.summary())
+                        batch.finish([d["delivery_id"]])
+                        totals["processed"] += 1
+                        continue
+                    sink.current = d["delivery_id"]
+                    _dispatch(d, sink, settings, github, branches or [])
+                    done.append(d["delivery_id"])
+                except (ClaimLost, _SharedWriteFailed):
+                    raise
+                except Exception as exc:  # this delivery's payload or push: the others go on
+                    failed[d["delivery_id"]] = _error_text(exc)
+                    batch.finish([d["delivery_id"]], error=failed[d["delivery_id"]])
+            sink.flush()
+        except ClaimLost:
+            raise
+        except _SharedWriteFailed as exc:  # none of the deliveries written together was stored: failed, saying why
+            if sink.current and sink.current not in done and sink.current not in failed:
+                done.append(sink.current)
+            for delivery_id in done:
+                failed[delivery_id] = str(exc)
+            batch.finish(done, error=str(exc))
+            batch.release([d["delivery_id"] for d in deliveries])  # the ones not reached yet: claimable again at once, by the next run
+            continue
+        refused: dict[str, str] = {}
+        for e in sink.errors:
+            for delivery_id in sink.owners.get(e["item"], ()):
+                refused.setdefault(delivery_id, f"IngestIncomplete: {e['item']}: {e['error']}"[:1000])
+        for delivery_id, error in refused.items():
+            if delivery_id in done:
+                batch.finish([delivery_id], error=error)
+                failed[delivery_id] = error
+        ok = [i for i in done if i not in refused]
+        batch.finish(ok)
+        totals["processed"] += len(ok)
+        _add(totals, sink.summary())
+    totals["failed"] = len(failed)
+    return {**totals, "failures": failed}
+
+
+def _add(totals: dict, summary: dict) -> None:
+    for key in ("documents_written", "documents_deleted", "texts_embedded", "embedding_calls"):
+        totals[key] += summary.get(key, 0)
+
+
+def drain_deliveries(route: str, settings: Settings | None = None, github: Any = None,
+                     branches: list[str] | None = None, batch_size: int = 100, linger_s: float = 0.0,
+                     claimer: str | None = None) -> dict:
+    """Claim and process `route`'s pending deliveries `batch_size` at a time until none is left and none arrived
+    for `linger_s` seconds; returns the counts and the failures (delivery id -> reason)."""
+    import time
+
+    if batch_size < 1:
+        raise InputError("batch_size must be at least 1", item="batch_size")
+    settings = settings or Settings()
+    pool = PgVectorStore.from_settings(settings).pool()
+    ensure_schema(pool)
+    claimer = claimer or _flow_run_id() or str(uuid.uuid4())
+    totals: dict[str, Any] = {"batches": 0, "processed": 0, "failed": 0, "documents_written": 0,
+                              "documents_deleted": 0, "texts_embedded": 0, "embedding_calls": 0}
+    failures: dict[str, str] = {}
+    idle_since = time.monotonic()
+    while True:
+        batch = claim_batch(pool, route, claimer, batch_size)
+        if batch is None:
+            if time.monotonic() - idle_since >= linger_s:
+                break
+            time.sleep(min(0.5, linger_s))
+            continue
+        result = handle_batch(batch, settings, github, branches)
+        failures.update(result.pop("failures"))
+        for key, value in result.items():
+            totals[key] = totals.get(key, 0) + value
+        totals["batches"] += 1
+        idle_since = time.monotonic()
+    totals["failed"] = len(failures)
+    return {**totals, "route": route, "failures": failures}
+
+
+class DeliveriesFailed(AppError):
+    """Some deliveries of a handler run failed; their rows say why (last_error), the others were processed."""
+
+
+@flow(name="github-events", flow_run_name="github-events-{route}",
+      task_runner=ThreadPoolTaskRunner(max_workers=2))
+def github_events(route: str = "github-discussions", batch_size: int = 100, linger_s: float = 5.0,
+                  branches: list[str] | None = None) -> dict:
+    """Process every pending webhook delivery of `route` (the deployment's name), in batches, until none is left;
+    the run fails naming the deliveries that failed, after processing all the others."""
+    summary = drain_deliveries(route, batch_size=batch_size, linger_s=linger_s, branches=branches)
+    get_run_logger().info("%s: %s deliveries processed in %s batches, %s failed (%s documents written, %s deleted, "
+                          "%s texts embedded)", route, summary["processed"], summary["batches"], summary["failed"],
+                          summary["documents_written"], summary["documents_deleted"], summary["texts_embedded"])
+    if summary["failures"]:
+        first = "; ".join(f"{k}: {v}" for k, v in list(summary["failures"].items())[:5])
+        raise DeliveriesFailed(f"{summary['failed']} of {summary['failed'] + summary['processed']} deliveries "
+                               f"failed (see webhook_deliveries.last_error): {first}")
+    return summary
 
 
 @flow(name="github-event", flow_run_name="github-event-{delivery_id}",

@@ -44,6 +44,7 @@ from tasks.migrate import ensure_schema
 from tasks.operation_log import arguments_hash, claim_operation, get_operation_row, recent_counts, update_operation
 from tasks.ops.base import Connections, Operation, Plan, get_operation, parse_input
 from tasks.runtime import call, in_flow_run
+from tasks.tool_slots import tool_slot
 
 __all__ = ["ApprovalInput", "OperateRequest", "approval_form", "decide", "decide_as", "operate", "run_operation",
            "submit_operation"]
@@ -173,7 +174,8 @@ def run_operation(request: OperateRequest, settings: Settings | None = None, *,
         first = policy.precheck(op.name, op.mutating, facts, recent=recent_counts(pool, request.tenant))
         if not first.allowed:  # judged on the input alone: nothing was planned, nothing was sent
             g.deny(f"denied by policy rule {first.rule}: {first.reason}", OperationDenied, "denied")
-        g.plan = call(plan_step, op.name, conns, inp, retries)
+        with tool_slot(settings.ops.max_concurrent_tools):  # the cap on tool executions (tasks.tool_slots)
+            g.plan = call(plan_step, op.name, conns, inp, retries)
         update_operation(pool, g.row["id"], plan=g.plan.model_dump(mode="json"), plan_hash=g.plan.digest(),
                          target=g.plan.target, flow_run_id=_flow_run_id())
         if in_flow_run():
@@ -193,7 +195,7 @@ def run_operation(request: OperateRequest, settings: Settings | None = None, *,
         if decision.needs_approval:
             _await_approval(g, policy, inp, conns, retries)
         update_operation(pool, g.row["id"], status="running")
-        with guarded(key):  # the only place the execute and verify steps may run
+        with tool_slot(settings.ops.max_concurrent_tools), guarded(key):  # the only place they may run
             result = call(execute_step, op.name, conns, inp, key, retries)
             verified = call(verify_step, op.name, conns, inp, result, retries)
         if verified:
@@ -257,7 +259,8 @@ def _await_approval(g: _Guard, policy: OperationPolicy, inp, conns: Connections,
         g.deny(f"rejected by {decision['approver_kind'] or 'approver'} {decision['approver']!r}", ApprovalRejected,
                "rejected")
     approved_hash = g.plan.digest()
-    g.plan = call(plan_step, g.request.operation, conns, inp, retries)
+    with tool_slot(g.settings.ops.max_concurrent_tools):
+        g.plan = call(plan_step, g.request.operation, conns, inp, retries)
     if decision["plan_hash"] != approved_hash or g.plan.digest() != decision["plan_hash"] \
             or g.plan.target != decision["target"]:
         g.deny("the plan changed since it was approved (target or live state differs); re-run to re-approve",

@@ -11,7 +11,8 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from blocks.errors import AppError
 
-__all__ = ["CLAIM_LEASE", "RETENTION", "ClaimLost", "Lease", "claim_processing", "delivery_ids", "get_delivery",
+__all__ = ["CLAIM_LEASE", "RETENTION", "BatchLease", "ClaimLost", "Lease", "claim_batch", "claim_processing",
+           "delivery_ids", "get_delivery",
            "mark_emitted", "mark_emit_failed", "pending_deliveries", "prune_deliveries", "stale_deliveries",
            "record_delivery"]
 
@@ -131,7 +132,7 @@ class Lease:
         marked, when another run holds it now."""
         with self.pool.connection() as conn:
             done = conn.execute(f"UPDATE webhook_deliveries SET status = %(status)s, processed_at = now(),"
-                                f" last_error = %(error)s, claimed_at = NULL WHERE {_FENCE}",
+                                f" last_error = %(error)s, claimed_at = NULL, handled = handled + 1 WHERE {_FENCE}",
                                 self._params(status="failed" if error else "processed", error=error)).rowcount
         if not done:
             raise self._lost()
@@ -142,6 +143,96 @@ class Lease:
         return ClaimLost(f"webhook delivery {self.delivery_id}: this run's claim passed to "
                          f"{f'flow run {holder}' if holder else 'another run'} (status {row.get('status')}) after "
                          f"more than {self.lease} without renewal; this run stopped writing")
+
+
+CLAIM_BATCH = """
+WITH batch AS (
+  SELECT delivery_id FROM webhook_deliveries
+  WHERE route = %(route)s AND status = 'emitted'
+    AND (claimed_at IS NULL OR claimed_at < now() - %(lease)s OR flow_run_id = %(run)s)
+  ORDER BY received_at, delivery_id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+UPDATE webhook_deliveries w SET flow_run_id = %(run)s, claimed_at = statement_timestamp()
+FROM batch WHERE w.delivery_id = batch.delivery_id RETURNING w.*"""
+
+
+def claim_batch(pool: ConnectionPool, route: str, claimer: str, limit: int = 100,
+                lease: timedelta = CLAIM_LEASE) -> "BatchLease | None":
+    """Up to `limit` deliveries of `route` nobody holds (emitted to Prefect, oldest first), claimed at once by
+    `claimer` (the flow run's id, or any uuid outside a flow run); None when there are none. Rows another run is
+    claiming right now are skipped (FOR UPDATE SKIP LOCKED), so concurrent handlers never share a delivery; a
+    claim whose lease passed without renewal (its run crashed) is taken over."""
+    with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(CLAIM_BATCH, {"route": route, "lease": lease, "limit": limit, "run": claimer}).fetchall()
+    if not rows:
+        return None
+    rows.sort(key=lambda r: (r["received_at"], r["delivery_id"]))
+    return BatchLease(pool, rows, claimer, rows[0]["claimed_at"], lease)
+
+
+_BATCH_FENCE = "delivery_id = ANY(%(ids)s) AND flow_run_id = %(run)s AND claimed_at = %(at)s"
+
+
+@dataclass
+class BatchLease:
+    """A handler run's claim on a batch of deliveries (claim_batch): renewed together; each delivery is finished
+    (processed or failed) once, fenced by the claim, so a run that lost its claim marks nothing."""
+
+    pool: ConnectionPool
+    deliveries: list[dict[str, Any]]
+    flow_run_id: Any
+    claimed_at: datetime
+    lease: timedelta = CLAIM_LEASE
+
+    @property
+    def ids(self) -> list[str]:
+        return [d["delivery_id"] for d in self.deliveries]
+
+    def _params(self, ids: list[str], **more) -> dict:
+        return {"ids": ids, "run": self.flow_run_id, "at": self.claimed_at, **more}
+
+    def renew(self) -> None:
+        """Restart the lease of the deliveries not yet finished; ClaimLost when any of them was taken over."""
+        ids = [d["delivery_id"] for d in self.deliveries if not d.get("_done")]
+        if not ids:
+            return
+        with self.pool.connection() as conn:
+            rows = conn.execute(f"UPDATE webhook_deliveries SET claimed_at = statement_timestamp() WHERE "
+                                f"{_BATCH_FENCE} RETURNING claimed_at", self._params(ids)).fetchall()
+        if len(rows) != len(ids):
+            raise ClaimLost(f"webhook deliveries: {len(ids) - len(rows)} of the {len(ids)} this run claimed passed "
+                            f"to another run after more than {self.lease} without renewal; this run stopped writing")
+        self.claimed_at = rows[0][0]
+
+    def finish(self, delivery_ids: list[str], error: str | None = None) -> None:
+        """Mark these deliveries processed (or failed with `error`) and release them; ClaimLost, with nothing
+        marked, when any of them is another run's now."""
+        if not delivery_ids:
+            return
+        with self.pool.connection() as conn, conn.transaction():
+            done = conn.execute(f"UPDATE webhook_deliveries SET status = %(status)s, processed_at = now(),"
+                                f" last_error = %(error)s, claimed_at = NULL, handled = handled + 1"
+                                f" WHERE {_BATCH_FENCE}",
+                                self._params(delivery_ids, status="failed" if error else "processed",
+                                             error=error)).rowcount
+            if done != len(set(delivery_ids)):
+                raise ClaimLost(f"webhook deliveries: {len(set(delivery_ids)) - done} of {len(delivery_ids)} passed "
+                                "to another run before this run finished them; none marked")
+        finishing = set(delivery_ids)
+        for d in self.deliveries:
+            if d["delivery_id"] in finishing:
+                d["_done"] = True
+
+    def release(self, delivery_ids: list[str]) -> None:
+        """Give up the claim on those of these deliveries not finished yet (nothing was done with them): the next
+        handler claims them at once instead of after the lease."""
+        wanted = set(delivery_ids)
+        ids = [d["delivery_id"] for d in self.deliveries if d["delivery_id"] in wanted and not d.get("_done")]
+        if ids:
+            with self.pool.connection() as conn:
+                conn.execute(f"UPDATE webhook_deliveries SET claimed_at = NULL WHERE {_BATCH_FENCE}", self._params(ids))
+            for d in self.deliveries:
+                if d["delivery_id"] in wanted:
+                    d["_done"] = True
 
 
 def stale_deliveries(pool: ConnectionPool, older_than: timedelta, limit: int = 500) -> list[str]:

@@ -142,9 +142,20 @@ def register(op: Operation) -> Operation:
     return op
 
 
+PROVIDERS = ("aws", "github", "kubernetes")  # tasks.ops.<provider> modules; each registers its operations on import
+
+
+def _load(providers: tuple[str, ...] = PROVIDERS) -> None:
+    """Import these provider modules (each once). Lazily, by provider: a GitHub operation does not pay for the
+    Kubernetes client's import (over a second), and nothing here loads an embedding model."""
+    import importlib
+
+    for provider in providers:
+        importlib.import_module(f"tasks.ops.{provider}")
+
+
 def _load_all() -> None:
-    # the provider modules register on import
-    from tasks.ops import aws, github, kubernetes  # noqa: F401
+    _load()
 
 
 def operations() -> list[Operation]:
@@ -153,10 +164,13 @@ def operations() -> list[Operation]:
 
 
 def get_operation(name: str) -> Operation:
-    _load_all()
+    if name not in REGISTRY:
+        provider = name.split(".", 1)[0] if isinstance(name, str) else ""
+        _load((provider,) if provider in PROVIDERS else PROVIDERS)
     try:
         return REGISTRY[name]
     except KeyError:
+        _load_all()  # the error lists every operation
         raise InputError(f"unknown operation; known: {', '.join(sorted(REGISTRY))}", item=name) from None
 
 

@@ -110,3 +110,34 @@ def test_args_file_for_kubernetes_apply_takes_a_plain_manifest(tmp_path):
     wrapped.write_text("manifest:\n  apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: c}\nwait: false\n")
     assert _arguments(None, wrapped, wraps_manifest=True)["wait"] is False
     assert _arguments(None, manifest)["kind"] == "Deployment"  # another operation's arguments stay as they are
+
+
+def test_a_dry_run_runs_in_this_process_by_default_and_an_execute_as_a_flow_run(aws_blocks, tenant):
+    """`devmesh op run` answers a dry run without a flow run (it never waits for an approval); --execute is a flow
+    run (it may have to pause for one)."""
+    args = json.dumps({"bucket": "acme-data", "key": "b.txt", "body": "hello"})
+    assert runner.invoke(app, ["tenants", "grant", tenant, "--policy", "devmesh-policy", "--aws-block",
+                               "devmesh-aws"]).exit_code == 0
+    dry = runner.invoke(app, ["op", "run", "aws.s3_put_object", "--args", args, "--tenant", tenant])
+    assert dry.exit_code == 0, dry.output
+    assert json.loads(dry.stdout)["status"] == "planned" and json.loads(dry.stdout)["flow_run_id"] is None
+    done = runner.invoke(app, ["op", "run", "aws.s3_put_object", "--args", args, "--tenant", tenant, "--execute",
+                               "--key", "cli-default-1"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["status"] == "succeeded" and json.loads(done.stdout)["flow_run_id"]
+
+
+def test_an_operation_loads_only_its_provider_and_no_embedding_model():
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from deployments.cli import app\n"
+            "from flows.operate import run_operation\n"
+            "from tasks.ops.base import get_operation\n"
+            "get_operation('github.create_issue')\n"
+            "print(sorted(m for m in ('onnxruntime', 'tokenizers', 'kubernetes', 'boto3', 'tasks.ops.github',"
+            " 'tasks.ops.kubernetes', 'tasks.ops.aws') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "['tasks.ops.github']"
