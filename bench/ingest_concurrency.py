@@ -102,10 +102,12 @@ def measure_concurrent_ingest(settings, rows: int = 4_000, counts: tuple[int, ..
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ingest_concurrency", description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=4_000, help="chunks each run writes in all")
+    parser.add_argument("--home", type=Path, default=Path(__file__).resolve().parent / ".data" / "concurrency",
+                        help="where its embedded server keeps its data")
     args = parser.parse_args(argv)
     from blocks.settings import Settings
 
-    home = Path(__file__).resolve().parent / ".data" / "concurrency"
+    home = args.home
     load = os.getloadavg()
     result = measure_concurrent_ingest(Settings(home=home, database_url=None, embedder="local"), rows=args.rows)
     result["load_avg"] = [round(load[0], 2), round(os.getloadavg()[0], 2)]
