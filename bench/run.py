@@ -235,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return measure_gateway(_settings(DATA / "gateway"), rate=500, seconds=30, log=_log)
 
+    def concurrency():
+        from bench.ingest_concurrency import measure_concurrent_ingest
+
+        return measure_concurrent_ingest(_settings(DATA / "concurrency"), log=_log)
+
     if "store" in chosen:
         section("store", store)
     if "search" in chosen:
@@ -245,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         section("admission", admission)
     if "store" in chosen and isinstance(results.get("store"), dict):
         section("online", online, label=f"store (online inserts of {ONLINE_ROWS:,} rows, index live)")
+    if "concurrency" in chosen:
+        section("concurrency", concurrency)
     if "reingest" in chosen:
         section("reingest", reingest)
     if "embedder" in chosen:
