@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help=f"comma-separated sections: {','.join(SECTIONS)}")
     parser.add_argument("--rows", type=int, default=100_000, help="rows for the store and search sections")
+    parser.add_argument("--json", action="store_true",
+                        help="print on the last line one JSON object of the search section's figures (issue 13)")
     parser.add_argument("--out", type=Path, default=None,
                         help="markdown output (default: docs/benchmarks.md, or bench/.data/benchmarks-partial.md with --only)")
     args = parser.parse_args(argv)
@@ -233,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return measure_gateway(_settings(DATA / "gateway"), rate=500, seconds=30, log=_log)
 
+    def concurrency():
+        from bench.ingest_concurrency import measure_concurrent_ingest
+
+        return measure_concurrent_ingest(_settings(DATA / "concurrency"), log=_log)
+
     if "store" in chosen:
         section("store", store)
     if "search" in chosen:
@@ -243,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         section("admission", admission)
     if "store" in chosen and isinstance(results.get("store"), dict):
         section("online", online, label=f"store (online inserts of {ONLINE_ROWS:,} rows, index live)")
+    if "concurrency" in chosen:
+        section("concurrency", concurrency)
     if "reingest" in chosen:
         section("reingest", reingest)
     if "embedder" in chosen:
@@ -297,7 +306,20 @@ def main(argv: list[str] | None = None) -> int:
     out_path.write_text(report, encoding="utf-8")
     print(report)
     _log(f"wrote {out_path} in {(time.perf_counter() - t0) / 60:.1f} min")
+    if args.json and isinstance(results.get("search"), dict):
+        print(json.dumps(search_summary(results["search"])))
     return 1 if failed else 0
+
+
+def search_summary(search: dict) -> dict:
+    """Issue 13's one-line figures of a search section: vector at the default ef_search, keyword, hybrid."""
+    from blocks.settings import SearchSettings
+
+    ef = SearchSettings().ef_search
+    vec = next((v for v in search["vector"] if v["ef_search"] == ef), search["vector"][-1])
+    pick = lambda r: {"p50_ms": round(r["p50_ms"], 2), "p99_ms": round(r["p99_ms"], 2)}  # noqa: E731
+    return {"rows": search["rows"], "vector": {**pick(vec), "recall_at_10": round(vec["recall@10"], 4)},
+            "keyword": pick(search["keyword"]), "hybrid": pick(search["hybrid"])}
 
 
 if __name__ == "__main__":

@@ -35,11 +35,13 @@ WITH nearest AS MATERIALIZED (
 SELECT chunk_id, 1 - distance FROM nearest ORDER BY distance, chunk_id"""
 # BM25 (Robertson/Sparck Jones idf with +1, as Lucene) over the english lexemes of each chunk; document
 # frequencies and lengths come from term_stats/tenant_stats, so only chunks matching a query term are read.
+# Both tables hold up to 16 shards per key (018_bm25_stats_shards.sql): the figures are their sums.
 QUERY_TERMS = """
-WITH q AS (SELECT DISTINCT lexeme FROM unnest(tsvector_to_array(to_tsvector('english', %(query)s))) AS lexeme)
-SELECT t.lexeme, t.df, s.n_chunks, s.total_len FROM term_stats t JOIN q USING (lexeme)
-JOIN tenant_stats s ON s.tenant_id = t.tenant_id
-WHERE t.tenant_id = %(tenant)s AND t.df > 0"""
+WITH q AS (SELECT DISTINCT lexeme FROM unnest(tsvector_to_array(to_tsvector('english', %(query)s))) AS lexeme),
+s AS (SELECT sum(n_chunks)::bigint AS n_chunks, sum(total_len)::bigint AS total_len FROM tenant_stats
+      WHERE tenant_id = %(tenant)s)
+SELECT t.lexeme, sum(t.df)::bigint, s.n_chunks, s.total_len FROM term_stats t JOIN q USING (lexeme) CROSS JOIN s
+WHERE t.tenant_id = %(tenant)s GROUP BY t.lexeme, s.n_chunks, s.total_len HAVING sum(t.df) > 0"""
 # setweight + ts_filter keep only the query's lexemes of a chunk's tsvector (weights mark them), so each
 # candidate yields a handful of rows instead of one per distinct lexeme.
 KEYWORD_RANKING = """

@@ -51,7 +51,7 @@ def test_expire_flow_deletes_expired_contexts_in_batches(flow_env, pool, tenant,
     with pool.connection() as conn:
         left = conn.execute("SELECT document_id FROM documents WHERE tenant_id = %s", [tenant]).fetchall()
         chunks = conn.execute("SELECT count(*) FROM chunks WHERE tenant_id = %s", [tenant]).fetchone()[0]
-        stats = conn.execute("SELECT n_chunks FROM tenant_stats WHERE tenant_id = %s", [tenant]).fetchone()[0]
+        stats = conn.execute("SELECT sum(n_chunks) FROM tenant_stats WHERE tenant_id = %s", [tenant]).fetchone()[0]
     assert {r[0] for r in left} == {C.document_id(made[2].id), C.document_id(keep.id)}
     assert stats == chunks
     assert {c.id for c in C.list_contexts(pool, tenant, {"include_expired": True}).items} == {made[2].id, keep.id}

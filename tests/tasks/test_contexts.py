@@ -344,10 +344,11 @@ def test_deleting_contexts_keeps_bm25_statistics_exact(pool, tenant, fake_embedd
         ids.append(ctx.id)
     C.delete_context(pool, tenant, ids[1])
     with pool.connection() as conn:
-        stats = conn.execute("SELECT n_chunks, total_len FROM tenant_stats WHERE tenant_id = %s", [tenant]).fetchone()
+        stats = conn.execute("SELECT sum(n_chunks), sum(total_len) FROM tenant_stats WHERE tenant_id = %s",
+                             [tenant]).fetchone()
         real = conn.execute("SELECT count(*), sum(token_count) FROM chunks WHERE tenant_id = %s", [tenant]).fetchone()
         wrong_df = conn.execute("""
-            SELECT count(*) FROM term_stats t FULL JOIN (
+            SELECT count(*) FROM (SELECT tenant_id, lexeme, sum(df) AS df FROM term_stats GROUP BY 1, 2) t FULL JOIN (
               SELECT l AS lexeme, count(*) AS df FROM chunks, unnest(tsvector_to_array(tsv)) AS l
               WHERE tenant_id = %(t)s GROUP BY l) r USING (lexeme)
             WHERE (t.tenant_id = %(t)s OR t.tenant_id IS NULL) AND coalesce(t.df, 0) <> coalesce(r.df, 0)""",

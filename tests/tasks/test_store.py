@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import psycopg
 import pytest
 
 from blocks.errors import ConfigError, InputError, StoreError
@@ -75,13 +76,48 @@ def test_bm25_statistics_follow_inserts_and_deletes(pool, tenant, settings):
     run_ingest(IngestRequest(tenant=tenant, documents=[DocumentSpec(document_id="a", text="kubernetes pods crash"),
                                                        DocumentSpec(document_id="b", text="kubernetes nodes")]), settings)
     with pool.connection() as conn:
-        df = dict(conn.execute("SELECT lexeme, df FROM term_stats WHERE tenant_id = %s", [tenant]).fetchall())
-        stats = conn.execute("SELECT n_chunks, total_len FROM tenant_stats WHERE tenant_id = %s", [tenant]).fetchone()
+        df = dict(conn.execute("SELECT lexeme, sum(df) FROM term_stats WHERE tenant_id = %s GROUP BY lexeme",
+                               [tenant]).fetchall())
+        stats = conn.execute("SELECT sum(n_chunks), sum(total_len) FROM tenant_stats WHERE tenant_id = %s",
+                             [tenant]).fetchone()
     assert df["kubernet"] == 2 and df["pod"] == 1 and stats == (2, 5)
     run_ingest(IngestRequest(tenant=tenant, documents=[DocumentSpec(document_id="a", text="kubernetes services")]), settings)
     with pool.connection() as conn:
-        df = dict(conn.execute("SELECT lexeme, df FROM term_stats WHERE tenant_id = %s", [tenant]).fetchall())
+        df = dict(conn.execute("SELECT lexeme, sum(df) FROM term_stats WHERE tenant_id = %s GROUP BY lexeme",
+                               [tenant]).fetchall())
     assert df["kubernet"] == 2 and df["pod"] == 0 and df["servic"] == 1
+
+
+def test_concurrent_writers_of_one_tenant_do_not_wait_on_bm25_statistics(pool, tenant):
+    """Two open transactions store and delete chunks sharing terms in one tenant: the second never waits for the
+    first's statistics rows (018: each writes its own shard; lock_timeout turns a wait into an error, which the
+    one-row-per-term schema before it raised here), and once both commit the sums are exact."""
+    model = ensure_model(pool, "test-model-3d", 3)
+    for doc_id in ("old-a", "old-b"):
+        doc = DocumentIn(document_id=doc_id, content_hash="h", chunks=[_chunk(0, "kubernetes pods restart")])
+        write_documents(pool, tenant, model, 3, [doc], {doc.chunks[0].content_hash: np.ones(3, np.float32)})
+    insert = """
+        WITH d AS (INSERT INTO documents (tenant_id, document_id, kind, content_hash) VALUES (%(t)s, %(d)s, 'text', 'h'))
+        INSERT INTO chunks (tenant_id, document_id, seq, content, content_hash, token_count)
+        VALUES (%(t)s, %(d)s, 0, %(text)s, 'h', 3)"""
+    with psycopg.connect(pool.conninfo) as first, psycopg.connect(pool.conninfo) as second:
+        second.execute("SET lock_timeout = '5s'")
+        first.execute(insert, {"t": tenant, "d": "w1", "text": "kubernetes pods crash"})
+        first.execute("DELETE FROM documents WHERE tenant_id = %s AND document_id = 'old-a'", [tenant])
+        second.execute(insert, {"t": tenant, "d": "w2", "text": "kubernetes nodes crash"})
+        second.execute("DELETE FROM documents WHERE tenant_id = %s AND document_id = 'old-b'", [tenant])
+        first.commit()
+        second.commit()
+    with pool.connection() as conn:
+        df = dict(conn.execute("SELECT lexeme, sum(df) FROM term_stats WHERE tenant_id = %s GROUP BY lexeme",
+                               [tenant]).fetchall())
+        stats = conn.execute("SELECT sum(n_chunks), sum(total_len), count(*) FROM tenant_stats WHERE tenant_id = %s",
+                             [tenant]).fetchone()
+    assert (df["kubernet"], df["crash"], df["pod"], df["node"], df["restart"]) == (2, 2, 1, 1, 0)
+    assert stats[:2] == (2, 6) and stats[2] >= 2  # two writers, two shards
+    hits = run_search(pool, SearchRequest(query="pods crash", tenant=tenant, mode="keyword"),
+                      settings=Settings().search)
+    assert [h.document_id for h in hits] == ["w1", "w2"]
 
 
 def test_database_url_points_at_another_server(tmp_path, monkeypatch, fake_embedder):
