@@ -13,7 +13,9 @@ import pytest
 from kubernetes.client import ApiClient, V1Job
 from prefect.workers.base import BaseJobConfiguration
 
-from tests.deployments.test_api import ROOT
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
 
 TEMPLATE = ROOT / "deploy" / "kubernetes" / "work-pool.json"
 IMAGE = "registry.example.com/devmesh:1.0.0"

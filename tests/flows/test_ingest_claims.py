@@ -150,7 +150,7 @@ def test_two_worker_processes_send_each_text_to_the_provider_once(settings, pool
     import subprocess
     import sys
 
-    from tests.deployments.test_api import ROOT
+    from tests.rest import ROOT
     from tests.fakes import FakeOpenAI
 
     marks = tmp_path / "planned"
