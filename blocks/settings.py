@@ -277,7 +277,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DEVMESH_", env_nested_delimiter="__", extra="ignore")
 
     database_url: str | None = Field(
-        None, description="PostgreSQL URL. Unset: an embedded PostgreSQL under home/pgdata."
+        None, repr=False, description="PostgreSQL URL. Unset: an embedded PostgreSQL under home/pgdata. Left out of "
+        "repr(): it may hold a password, and a failing assertion or a log line prints the settings."
     )
     home: Path = Field(Path(".devmesh"), description="Where embedded data lives.")
     tenant: str = Field("default", min_length=1, max_length=128, description="Default tenant id.")

@@ -117,3 +117,11 @@ def test_a_named_file_that_is_missing_is_an_error(monkeypatch, tmp_path):
     monkeypatch.setenv("DEVMESH_CONFIG", str(tmp_path / "nope.yaml"))
     with pytest.raises(ConfigError, match="no such file"):
         Settings()
+
+
+def test_the_settings_repr_never_shows_the_database_password():
+    from blocks.settings import Settings
+
+    settings = Settings(database_url="postgresql://app:s3cret-pw@db.example:5432/devmesh")
+    assert "s3cret-pw" not in repr(settings) and "s3cret-pw" not in str(settings)
+    assert settings.database_url.endswith("/devmesh")  # still there for the code that connects
