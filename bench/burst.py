@@ -543,8 +543,9 @@ def markdown(r: dict) -> str:
         "deployments have a concurrency limit of 1 (new runs cancelled while one drains) and a 60 s trailing "
         "schedule. Searchable = the delivery's `processed_at`, set after its documents were committed. During "
         f"the burst: guarded operations through the CLI and an approval. Load average at the start "
-        f"{p['load_average_at_start']} on {p['cores']} cores: **measured under load** (other work shared the "
-        "machine).", "",
+        f"{p['load_average_at_start']} on {p['cores']} cores: "
+        + ("**measured under load** (other work shared the machine)." if p['load_average_at_start'][0] > 1.5
+           else "the machine otherwise idle (the stack and the sender share its cores)."), "",
         _table(rows), ""])
 
 
