@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
-from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
 
 from blocks.errors import AppError
 from blocks.github import GitHubConnection
@@ -30,6 +28,7 @@ from tasks.github_docs import (
 )
 from tasks.migrate import ensure_schema
 from tasks.read import SourceDoc
+from tasks.repository_sync import advance_code_cursor, read_cursor, save_cursor, stored_documents
 from tasks.store import delete_documents
 
 if TYPE_CHECKING:
@@ -44,15 +43,6 @@ BATCH = 200  # documents per ingest call
 RENEW_EVERY = 60.0  # seconds between DocumentSink renewals while documents are only being added (fetched)
 OVERLAP = timedelta(minutes=2)  # `since` is read this much earlier: clocks and listing races lose nothing
 COMPARE_FILE_LIMIT = 300  # the compare API lists at most 300 files; more falls back to the whole tree
-CURSOR = "SELECT * FROM repository_sync WHERE tenant_id = %s AND repository = %s"
-SAVE_CURSOR = """
-INSERT INTO repository_sync (tenant_id, repository, issues_since, code_ref, code_sha)
-VALUES (%(tenant)s, %(repo)s, %(since)s, %(ref)s, %(sha)s)
-ON CONFLICT (tenant_id, repository) DO UPDATE SET
-  issues_since = coalesce(excluded.issues_since, repository_sync.issues_since),
-  code_ref = coalesce(excluded.code_ref, repository_sync.code_ref),
-  code_sha = coalesce(excluded.code_sha, repository_sync.code_sha), synced_at = now()"""
-STORED = "SELECT document_id, metadata->>'sha' FROM documents WHERE tenant_id = %s AND document_id LIKE %s"
 
 
 class IngestIncomplete(AppError):
@@ -64,22 +54,6 @@ def github_client(settings: Settings, github: Any = None) -> github.Github:
     if github is None:
         github = GitHubConnection.load(settings.ops.github_block)
     return github.client() if isinstance(github, GitHubConnection) else github
-
-
-def stored_documents(pool: ConnectionPool, tenant: str, prefix: str) -> dict[str, str | None]:
-    """Stored document ids starting with `prefix`, with their metadata `sha` (a file's blob sha)."""
-    with pool.connection() as conn:
-        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        return dict(conn.execute(STORED, [tenant, pattern]).fetchall())
-
-
-def advance_code_cursor(pool: ConnectionPool, tenant: str, repository: str, ref: str, before: str,
-                        after: str) -> bool:
-    """Move the code cursor from `before` to `after` (a push ingested exactly that step); False if it was elsewhere."""
-    with pool.connection() as conn:
-        return conn.execute("UPDATE repository_sync SET code_sha = %s, synced_at = now() WHERE tenant_id = %s"
-                            " AND repository = %s AND code_ref = %s AND code_sha = %s",
-                            [after, tenant, repository, ref, before]).rowcount == 1
 
 
 class DocumentSink:
@@ -296,8 +270,7 @@ def run_sync(repository: str, tenant: str = "default", ref: str | None = None, i
     repo = gh.get_repo(repository)
     name, default = repo.full_name, repo.default_branch
     sink = DocumentSink(settings, tenant)
-    with sink.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-        cursor = cur.execute(CURSOR, [tenant, name]).fetchone() or {}
+    cursor = read_cursor(sink.pool, tenant, name)
     result: dict[str, Any] = {"repository": name, "tenant": tenant}
     if include_code and (head := _head(repo, ref or default)) is None:
         result["code"] = {"mode": "empty", "from": cursor.get("code_sha"), "to": None, "fetched": 0, "removed": 0}
@@ -308,12 +281,12 @@ def run_sync(repository: str, tenant: str = "default", ref: str | None = None, i
                                    label=None if branch == default else branch, max_files=max_files,
                                    max_bytes=max_file_bytes)
         sink.finish()
-        _save_cursor(sink.pool, tenant, name, ref=branch, sha=head)
+        save_cursor(sink.pool, tenant, name, ref=branch, sha=head)
     if include_issues:
         result["issues"], newest = _sync_issues(gh, repo, sink, name, cursor.get("issues_since"))
         sink.finish()
         if newest is not None:
-            _save_cursor(sink.pool, tenant, name, since=newest)
+            save_cursor(sink.pool, tenant, name, since=newest)
     return {**result, **sink.summary()}
 
 
@@ -327,12 +300,6 @@ def _head(repo: Repository, ref: str) -> str | None:
         if exc.status == 409:
             return None
         raise
-
-
-def _save_cursor(pool: ConnectionPool, tenant: str, repo: str, *, since: datetime | None = None,
-                 ref: str | None = None, sha: str | None = None) -> None:
-    with pool.connection() as conn:
-        conn.execute(SAVE_CURSOR, {"tenant": tenant, "repo": repo, "since": since, "ref": ref, "sha": sha})
 
 
 @flow(name="sync-repository", flow_run_name="sync-{repository}", task_runner=ThreadPoolTaskRunner(max_workers=2))

@@ -40,7 +40,7 @@ from blocks.llm import ChatTurn, TokenUsage
 from blocks.webhooks import GitHubWebhook
 from deployments.cli import app as cli_app
 from deployments.client import Mesh
-from flows.sync_repository import _save_cursor
+from tasks.repository_sync import save_cursor
 from tasks.approvals import add_approver
 from tasks.embedding_claims import claim, publish
 from tasks.grants import set_grant
@@ -232,7 +232,7 @@ def _populate_a(http, pool, a) -> dict:
     model_id, _ = resolve_model(pool, "fake-words-64")
     switch_id, _ = start_switch(pool, a.slug, model_id)
     assert finish_switch(pool, a.slug, model_id, switch_id)
-    _save_cursor(pool, a.slug, "acme-a/app", ref="main", sha="0" * 40)
+    save_cursor(pool, a.slug, "acme-a/app", ref="main", sha="0" * 40)
     owner = uuid.uuid4()  # an ingest of A's in flight: its claim on a text, the vector already published
     assert claim(pool, a.slug, model_id, ["0" * 64], owner) == {"0" * 64}
     publish(pool, a.slug, model_id, owner, {"0" * 64: np.ones(64, dtype=np.float32)})
