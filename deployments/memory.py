@@ -21,8 +21,8 @@ from tasks.contexts import (
     user_scope,
 )
 from tasks.migrate import ensure_schema
-from tasks.models import tenant_model
-from tasks.search import SearchHit, SearchRequest, resolve_model
+from tasks.registry import resolve_model, tenant_model
+from tasks.search import SearchHit, SearchRequest
 
 __all__ = ["Memory"]
 

@@ -43,9 +43,8 @@ from tasks.context_index import append_messages
 from tasks.contexts import create_context, document_id, get_context, search_contexts, user_scope
 from tasks.llm_usage import record_llm_usage
 from tasks.migrate import ensure_schema
-from tasks.models import tenant_model
 from tasks.ops.base import Connections, get_operation
-from tasks.store import ensure_model
+from tasks.registry import ensure_model, tenant_model
 from tasks.tools import MemoryScope, Tool, is_memory_tool, list_tools, run_memory_tool
 
 __all__ = ["AssistantRequest", "assistant", "load_llm", "run_assistant"]

@@ -24,14 +24,14 @@ from blocks.storable import StorableModel
 from tasks.embed import embed_batch
 from tasks.embedding_claims import LEASE_S, claim, collect, publish, release
 from tasks.migrate import ensure_schema
-from tasks.models import set_embedder_name, tenant_model
 from tasks.prepare import prepare_batch, source_hash
 from tasks.read import ItemError, SourceDoc, read_sources
+from tasks.registry import ensure_model, set_embedder_name, tenant_model
 from tasks.runtime import call, in_flow_run
 from tasks.store import (
-    DocumentIn, StoreResult, bulk_load, ensure_model, hashes_needing_embedding, index_memory_cap_mb,
-    unchanged_documents, write_batch, write_documents,
+    DocumentIn, StoreResult, hashes_needing_embedding, unchanged_documents, write_batch, write_documents,
 )
+from tasks.indexes import bulk_load, index_memory_cap_mb
 from tasks.usage import record_usage
 
 __all__ = ["DocumentSpec", "IngestRequest", "PROGRESS_LISTENER", "RunProgress", "ingest", "run_ingest"]

@@ -14,8 +14,8 @@ from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from tasks.embed import embed_query
 from tasks.migrate import ensure_schema
-from tasks.models import search_model
-from tasks.search import SearchHit, SearchRequest, resolve_model, run_search
+from tasks.registry import resolve_model, search_model
+from tasks.search import SearchHit, SearchRequest, run_search
 
 __all__ = ["search", "search_now"]
 

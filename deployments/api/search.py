@@ -17,7 +17,8 @@ from deployments.api.state import ApiState, api_state
 from flows.search import search_now
 from tasks.context_texts import model_name
 from tasks.contexts import document_id
-from tasks.search import SearchHit, SearchRequest, resolve_model, run_search
+from tasks.registry import resolve_model
+from tasks.search import SearchHit, SearchRequest, run_search
 
 __all__ = ["check_model", "router", "text_search"]
 
