@@ -11,7 +11,7 @@ from tasks.indexes import build_model_index
 
 __all__ = [
     "ModelInfo", "register_model", "ensure_model", "resolve_model", "model_names", "stored_embedder",
-    "tenant_model", "set_embedder_name", "search_model",
+    "tenant_model", "set_embedder_name", "search_model", "tenant_has_vectors",
 ]
 
 GET_MODEL = "SELECT id, dimensions FROM embedding_models WHERE name = %(name)s"
@@ -25,6 +25,7 @@ SELECT m.id, m.name, m.dimensions, m.embedder FROM tenant_models t JOIN embeddin
 WHERE t.tenant_id = %(tenant)s"""
 SET_EMBEDDER = ("UPDATE embedding_models SET embedder = %(embedder)s WHERE id = %(model_id)s"
                 " AND embedder IS DISTINCT FROM %(embedder)s")
+HAS_VECTORS = "SELECT EXISTS (SELECT 1 FROM embeddings WHERE tenant_id = %(tenant)s)"
 # The model a search uses, in one round trip: the one named, else the tenant's default.
 SEARCH_MODEL = """
 SELECT m.id, m.name, m.dimensions, m.embedder FROM embedding_models m
@@ -103,3 +104,9 @@ def search_model(pool: ConnectionPool, tenant: str, name: str | None) -> ModelIn
     with pool.connection() as conn:
         row = conn.execute(SEARCH_MODEL, {"tenant": tenant, "name": name}).fetchone()
     return ModelInfo(row) if row else None
+
+
+def tenant_has_vectors(pool: ConnectionPool, tenant: str) -> bool:
+    """Whether the tenant has embedded anything yet, in any model."""
+    with pool.connection() as conn:
+        return conn.execute(HAS_VECTORS, {"tenant": tenant}).fetchone()[0]
