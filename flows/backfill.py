@@ -10,13 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.embedders import load_embedder
 from blocks.embedders.hosted import collect_usage
-from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
-from tasks.migrate import ensure_schema
 from tasks.registry import ensure_model, set_embedder_name, tenant_model
 from tasks.usage import record_usage
 from tasks.models import embed_missing_wave, fail_switch, finish_switch, start_switch
-from tasks.runtime import call, in_flow_run
+from tasks.runtime import Runtime, call, in_flow_run
 from tasks.indexes import (
     analyze, build_model_index, count_model_rows, drop_model_index, index_lock, index_memory_cap_mb, model_index_exists,
 )
@@ -37,9 +35,8 @@ class SwitchModelRequest(BaseModel):
 def run_switch(request: SwitchModelRequest, settings: Settings | None = None) -> dict:
     """Backfill the new model from the switch's cursor (resumable), then make it the default when complete."""
     settings = settings or Settings()
-    store = PgVectorStore.from_settings(settings)
-    pool = store.pool()
-    ensure_schema(pool)
+    runtime = Runtime(settings)
+    store, pool = runtime.store, runtime.pool()
     embedder = load_embedder(request.embedder)
     model_id = ensure_model(pool, embedder.model_id, embedder.dimensions)
     set_embedder_name(pool, model_id, request.embedder)

@@ -5,12 +5,10 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
-from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from tasks.context_models import ExpireResult
 from tasks.contexts import expire_batch
-from tasks.migrate import ensure_schema
-from tasks.runtime import call, in_flow_run
+from tasks.runtime import Runtime, call, in_flow_run
 
 __all__ = ["ExpireContextsRequest", "expire_contexts", "run_expire"]
 
@@ -27,8 +25,9 @@ class ExpireContextsRequest(BaseModel):
 def run_expire(request: ExpireContextsRequest, settings: Settings | None = None) -> dict:
     """Delete expired contexts batch by batch until none is left (or max_batches); returns the counts."""
     settings = settings or Settings()
-    store = PgVectorStore.from_settings(settings)
-    ensure_schema(store.pool())
+    runtime = Runtime(settings)
+    store = runtime.store
+    runtime.pool()  # the schema, before the first batch
     total, batches = ExpireResult(), 0
     while batches < request.max_batches:
         done = call(expire_batch, store, request.tenant, request.batch_size, label=str(batches))

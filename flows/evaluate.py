@@ -19,8 +19,7 @@ from blocks.settings import Settings
 from tasks.chunk import Chunk
 from tasks.embed import embed_batch, embed_query
 from tasks.evaluate import BeirDataset, PrecomputedVectors, document_text, evaluate_rankings, load_beir, load_precomputed
-from tasks.migrate import ensure_schema
-from tasks.runtime import call
+from tasks.runtime import Runtime, call
 from tasks.search import SearchRequest, run_search
 from tasks.store import (
     DocumentIn, StoreResult, document_hash, hashes_needing_embedding, unchanged_documents, write_batch,
@@ -121,9 +120,8 @@ def run_beir_eval(directory: Path, settings: Settings, use_precomputed: bool = T
     """Load a BEIR dataset (once; re-runs skip unchanged documents), then score vector, keyword and hybrid."""
     dataset = load_beir(Path(directory))
     tenant = tenant or f"beir-{dataset.name}"
-    store = PgVectorStore.from_settings(settings)
-    pool = store.pool()
-    ensure_schema(pool)
+    runtime = Runtime(settings)
+    store, pool = runtime.store, runtime.pool()
     embedder = load_embedder(settings.embedder)
     model_id = ensure_model(pool, embedder.model_id, embedder.dimensions)
     precomputed = None

@@ -14,7 +14,6 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.embedders import load_embedder
-from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from tasks.context_index import append_messages
 from tasks.contexts import (
@@ -22,8 +21,8 @@ from tasks.contexts import (
 )
 from tasks.embed import EmbedStats
 from tasks.locomo import KS, Conversation, load_locomo, score_question, summarise
-from tasks.migrate import ensure_schema
 from tasks.registry import ensure_model
+from tasks.runtime import Runtime
 
 __all__ = ["LocomoEvalRequest", "evaluate_locomo", "run_locomo_eval", "load_conversation", "markdown", "MODES"]
 
@@ -87,8 +86,7 @@ def run_locomo_eval(path: Path, settings: Settings, tenant: str | None = None, m
     conversations = load_locomo(path)
     source = path if path.is_file() else next(iter(sorted(path.glob("locomo*.json"))))
     tenant = tenant or f"locomo-{hashlib.sha256(source.read_bytes()).hexdigest()[:8]}"
-    pool = PgVectorStore.from_settings(settings).pool()
-    ensure_schema(pool)
+    pool = Runtime(settings).pool()
     embedder = load_embedder(settings.embedder)
     model_id = ensure_model(pool, embedder.model_id, embedder.dimensions)
 

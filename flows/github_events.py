@@ -32,12 +32,11 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks.errors import AppError, InputError
-from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from flows.sync_repository import DocumentSink, advance_code_cursor, github_client, stored_documents, sync_code
 from tasks.github_docs import comment_doc, comment_id, issue_doc, issue_id, pull_doc, repository_name, require
-from tasks.migrate import ensure_schema
 from tasks.webhooks import BatchLease, ClaimLost, Lease, claim_batch, claim_processing, get_delivery
+from tasks.runtime import Runtime
 
 __all__ = ["drain_deliveries", "github_event", "github_events", "handle_batch", "handle_delivery"]
 
@@ -56,8 +55,7 @@ def handle_delivery(delivery_id: str, settings: Settings | None = None, github: 
     """Process one delivery; `github` (a PyGithub client or a GitHubConnection) serves pushes, default: the
     settings' block. `branches`: glob patterns of branches besides the default one whose pushes are ingested."""
     settings = settings or Settings()
-    pool = PgVectorStore.from_settings(settings).pool()
-    ensure_schema(pool)
+    pool = Runtime(settings).pool()
     delivery = claim_processing(pool, delivery_id, _flow_run_id())
     if delivery is None:
         row = get_delivery(pool, delivery_id)
@@ -267,8 +265,7 @@ def drain_deliveries(route: str, settings: Settings | None = None, github: Any =
     if batch_size < 1:
         raise InputError("batch_size must be at least 1", item="batch_size")
     settings = settings or Settings()
-    pool = PgVectorStore.from_settings(settings).pool()
-    ensure_schema(pool)
+    pool = Runtime(settings).pool()
     claimer = claimer or _flow_run_id() or str(uuid.uuid4())
     totals: dict[str, Any] = {"batches": 0, "processed": 0, "failed": 0, "documents_written": 0,
                               "documents_deleted": 0, "texts_embedded": 0, "embedding_calls": 0}

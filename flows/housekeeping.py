@@ -6,12 +6,11 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from blocks.errors import AppError
-from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from tasks.audit import audit_key
 from tasks.audit_checkpoint import verify_against_checkpoint
-from tasks.migrate import ensure_schema
 from tasks.webhooks import prune_deliveries, stale_deliveries
+from tasks.runtime import Runtime
 
 __all__ = ["AuditBroken", "prune_webhook_deliveries", "redrive_webhook_deliveries", "verify_audit_trail"]
 
@@ -21,8 +20,7 @@ class AuditBroken(AppError):
 
 
 def _pool():
-    pool = PgVectorStore.from_settings(Settings()).pool()
-    ensure_schema(pool)
+    pool = Runtime(Settings()).pool()
     return pool
 
 

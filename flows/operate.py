@@ -33,17 +33,15 @@ from blocks import tracing
 from blocks.errors import ApprovalExpired, ApprovalRejected, GuardError, InputError, OperationDenied
 from blocks.metrics import TOOL_EXECUTIONS
 from blocks.policy import OperationPolicy
-from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from blocks.storable import StorableModel
 from tasks.approvals import Approver, authenticate_approver, read_decision, record_decision
 from tasks.audit import append_audit, audit_key
 from tasks.grants import load_policy, resolve_grant
 from tasks.guard import execute_step, guarded, idempotency_key, load_connections, plan_step, scrub_error, verify_step
-from tasks.migrate import ensure_schema
 from tasks.operation_log import arguments_hash, claim_operation, get_operation_row, recent_counts, update_operation
 from tasks.ops.base import Connections, Operation, Plan, get_operation, parse_input
-from tasks.runtime import call, in_flow_run
+from tasks.runtime import Runtime, call, in_flow_run
 from tasks.tool_slots import tool_slot
 
 __all__ = ["ApprovalInput", "OperateRequest", "approval_form", "decide", "decide_as", "operate", "run_operation",
@@ -151,9 +149,7 @@ def run_operation(request: OperateRequest, settings: Settings | None = None, *,
     tenants picks them with tasks.grants.override_for). `defer_approval`: when approval is needed, return status
     "approval_required" instead of pausing."""
     settings = settings or Settings()
-    store = PgVectorStore.from_settings(settings)
-    pool = store.pool()
-    ensure_schema(pool)
+    pool = Runtime(settings).pool()
     op = get_operation(request.operation)
     inp = parse_input(op, request.arguments)
     args = inp.model_dump(mode="json")
@@ -274,8 +270,7 @@ def decide(operation_id: str, token: str, decision: str, *, tenant: str = "defau
            settings: Settings | None = None) -> dict[str, Any]:
     """Approve or reject a paused operation as an approver authenticated by their token (`devmesh approve`)."""
     settings = settings or Settings()
-    pool = PgVectorStore.from_settings(settings).pool()
-    ensure_schema(pool)
+    pool = Runtime(settings).pool()
     approver = authenticate_approver(pool, tenant, token)
     return decide_as(approver, operation_id, decision, tenant=tenant, comment=comment, settings=settings)
 
@@ -286,8 +281,7 @@ def decide_as(approver: Approver, operation_id: str, decision: str, *, tenant: s
     the REST API by an admin API key), audit it naming the approver by kind, id and name, then resume the paused
     run, which re-checks everything. Only an operation of `tenant` can be decided."""
     settings = settings or Settings()
-    pool = PgVectorStore.from_settings(settings).pool()
-    ensure_schema(pool)
+    pool = Runtime(settings).pool()
     row = get_operation_row(pool, operation_id, tenant)
     if row is None:
         raise InputError("no such operation in this tenant", item=operation_id)

@@ -19,17 +19,16 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks.errors import AppError
 from blocks.github import GitHubConnection
-from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from flows.ingest import DocumentSpec, IngestRequest, run_ingest
 from tasks.github_docs import (
     MAX_FILE_BYTES, Skipped, code_doc, code_prefix, comment_doc, issue_doc, issue_number_from_url, require,
     skip_reason,
 )
-from tasks.migrate import ensure_schema
 from tasks.read import SourceDoc
 from tasks.repository_sync import advance_code_cursor, read_cursor, save_cursor, stored_documents
 from tasks.store import delete_documents
+from tasks.runtime import Runtime
 
 if TYPE_CHECKING:
     import github
@@ -66,8 +65,7 @@ class DocumentSink:
     def __init__(self, settings: Settings, tenant: str, renew: Callable[[], None] | None = None) -> None:
         self.settings, self.tenant = settings, tenant
         self._renew, self._renewed = renew, time.monotonic()
-        self.pool = PgVectorStore.from_settings(settings).pool()
-        ensure_schema(self.pool)
+        self.pool = Runtime(settings).pool()
         self.pending: dict[str, SourceDoc] = {}
         self.totals = dict.fromkeys(("documents_written", "documents_unchanged", "documents_deleted", "chunks",
                                      "chunks_inserted", "chunks_deleted", "embedding_calls", "texts_embedded"), 0)

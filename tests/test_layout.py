@@ -67,3 +67,16 @@ def test_every_prefect_yaml_entrypoint_loads_a_flow():
         assert flow.description, f"{deployment['name']}: flows carry a one-line docstring"
         for key in deployment.get("parameters", {}):
             assert key in flow.parameters.properties, f"{deployment['name']}: unknown parameter {key}"
+
+
+def test_only_the_runtime_builds_a_store_from_settings():
+    """One Runtime per process (tasks/runtime.py) holds the store and its pool; modules below deployments/ get it
+    passed down instead of building their own from Settings."""
+    offences = [f"{path.relative_to(ROOT)}:{node.lineno}" for layer in ("blocks", "tasks", "flows")
+                for path in (ROOT / layer).rglob("*.py") if path != ROOT / "tasks" / "runtime.py"
+                for node in ast.walk(ast.parse(path.read_text()))
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "from_settings" and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "PgVectorStore"]
+    assert offences == []
+
