@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Literal
@@ -15,25 +14,21 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.embedders import load_embedder
-from blocks.embedders.hosted import collect_usage
-from blocks.errors import InputError, StoreError
+from blocks.errors import InputError
 from blocks.metrics import CHUNKS_STORED
-from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from blocks.storable import StorableModel
-from tasks.embed import embed_batch
-from tasks.embedding_claims import LEASE_S, claim, collect, publish, release
+from tasks.ingest import IngestResult, store_documents
 from tasks.prepare import prepare_batch, source_hash
 from tasks.read import ItemError, SourceDoc, read_sources
 from tasks.registry import ensure_model, set_embedder_name
-from tasks.runtime import Runtime, call, in_flow_run
-from tasks.store import (
-    DocumentIn, StoreResult, hashes_needing_embedding, unchanged_documents, write_batch, write_documents,
-)
-from tasks.indexes import bulk_load, index_memory_cap_mb
-from tasks.usage import record_usage
+from tasks.runtime import Runtime, call
+from tasks.store import DocumentIn, unchanged_documents
 
-__all__ = ["DocumentSpec", "IngestRequest", "PROGRESS_LISTENER", "RunProgress", "ingest", "run_ingest"]
+__all__ = [
+    "DocumentSpec", "IngestRequest", "IngestResult", "PROGRESS_LISTENER", "RunProgress", "ingest", "ingest_documents",
+    "run_ingest",
+]
 
 Progress = Callable[[str, int, int], None]
 
@@ -69,6 +64,12 @@ def _batches(items: list, size: int) -> list[list]:
 
 def run_ingest(request: IngestRequest, runtime: Runtime | Settings | None = None,
                progress: Progress | None = None) -> dict:
+    """The pipeline behind the `ingest` flow, its summary as the flow returns it (IngestResult.summary)."""
+    return ingest_documents(request, runtime, progress).summary()
+
+
+def ingest_documents(request: IngestRequest, runtime: Runtime | Settings | None = None,
+                     progress: Progress | None = None) -> IngestResult:
     """The pipeline behind the `ingest` flow; inside a flow run its steps are task runs.
 
     Raises StoreUnavailable when the database as a whole fails (disk full, server gone): the message says what to
@@ -84,14 +85,13 @@ def run_ingest(request: IngestRequest, runtime: Runtime | Settings | None = None
         raise failure from exc
 
 
-def _run_ingest(request: IngestRequest, runtime: Runtime, progress: Progress | None) -> dict:
+def _run_ingest(request: IngestRequest, runtime: Runtime, progress: Progress | None) -> IngestResult:
     report = progress or (lambda stage, done, total: None)
     settings = runtime.settings
     size = request.chunk_size or settings.chunk.size
     overlap = request.chunk_overlap if request.chunk_overlap is not None else settings.chunk.overlap
     if overlap >= size:
         raise ValueError(f"chunk_overlap ({overlap}) must be smaller than chunk_size ({size})")
-    store = runtime.store
     pool = runtime.pool()
     embedder_name = runtime.embedder_name(request.tenant, request.embedder)
     embedder = load_embedder(embedder_name)
@@ -132,176 +132,20 @@ def _run_ingest(request: IngestRequest, runtime: Runtime, progress: Progress | N
         errors += batch_errors
         report("chunk", min((i + 1) * 200, len(sources)), len(sources))
 
-    needed = hashes_needing_embedding(pool, request.tenant, model_id, [c.content_hash for d in todo for c in d.chunks])
-    total = StoreResult()
-    cap = index_memory_cap_mb(store, settings.ingest.index_memory_mb)
-    with bulk_load(pool, model_id, embedder.dimensions, len(needed), memory_cap_mb=cap) as bulk, \
-            collect_usage() as usages:
-        try:
-            calls, embedded = _embed_and_write(store, pool, embedder, model_id, request.tenant, todo, needed,
-                                               settings, total, errors, report)
-        except BaseException as exc:
-            _record_usage_after(exc, pool, request.tenant, usages)
-            raise
-        record_usage(pool, request.tenant, usages)
-
-    summary = {
-        "tenant": request.tenant,
-        "model": embedder.model_id,
-        "documents": len(todo) + len(unchanged),
-        "documents_unchanged": len(unchanged),
-        "chunks": sum(len(d.chunks) for d in todo) + sum(unchanged.values()),
-        "chunks_inserted": total.chunks_inserted,
-        "chunks_kept": total.chunks_kept + sum(unchanged.values()),
-        "chunks_deleted": total.chunks_deleted,
-        "embedding_calls": calls,
-        "texts_embedded": embedded,
-        "bulk_index_rebuild": bulk,
-        "skipped": skipped,
-        "errors": [{"item": e.item, "error": e.error} for e in errors],
-        "where": store.describe(),
-    }
-    CHUNKS_STORED.labels(request.tenant).inc(total.chunks_inserted)
-    return summary
-
-
-def _record_usage_after(exc: BaseException, pool, tenant: str, usages: list) -> None:
-    """Record the hosted providers' tokens and cost of an ingest that failed with `exc`, without replacing it."""
-    if not usages:
-        return
-    if isinstance(exc, StoreError):  # the database is gone, full or refusing: the usage rows would wait 30 s, fail
-        exc.add_note(f"the usage of {len(usages)} embedding call(s) was not recorded: the database failed")
-        return
-    try:
-        record_usage(pool, tenant, usages)  # tokens and cost of hosted providers, even on failure
-    except Exception as usage_error:  # noqa: BLE001 - the first error is the one to report
-        exc.add_note(f"the usage of {len(usages)} embedding call(s) was not recorded ({usage_error})")
-
-
-def _embed_and_write(store, pool, embedder, model_id, tenant, todo, needed, settings, total, errors,
-                     report) -> tuple[int, int]:
-    """Documents go in batches of about store_batch chunks: embed batch i+1 while batch i is written.
-
-    Each embedding step claims its texts first (tasks/embedding_claims.py): a text another ingest of the tenant is
-    embedding at the same time is not embedded again; its vector is taken once that ingest publishes it.
-
-    Returns (provider calls, texts embedded) of this ingest alone.
-    """
-    batches, current, size = [], [], 0
-    for doc in todo:
-        current.append(doc)
-        size += len(doc.chunks)
-        if size >= settings.ingest.store_batch:
-            batches.append(current)
-            current, size = [], 0
-    if current:
-        batches.append(current)
-    calls = embedded = 0
-    pending = None
-    done_chunks, total_chunks, to_embed = 0, sum(len(d.chunks) for d in todo), len(needed)
-    step = settings.ingest.embed_batch  # one embedding task run, one tick of the progress bar
-    owner = uuid.uuid4()  # this ingest's embedding claims (tasks/embedding_claims.py)
-    report("embed", 0, to_embed)
-
-    def embed_mine(hashes: list[str], texts: dict[str, str], vectors: dict, label: str) -> None:
-        nonlocal calls, embedded
-        if not hashes:
-            return
-        got = dict(zip(hashes, call(embed_batch, embedder, [texts[h] for h in hashes], label=label)))
-        publish(pool, tenant, model_id, owner, got)
-        vectors.update(got)
-        calls += -(-len(hashes) // embedder.max_batch)  # embed_texts calls the provider per max_batch texts
-        embedded += len(hashes)
-        report("embed", embedded, to_embed)
-
-    try:
-        for i, batch in enumerate(batches):
-            texts = {c.content_hash: c.text for d in batch for c in d.chunks if c.content_hash in needed}
-            vectors: dict = {}
-            hashes = list(texts)
-            theirs: set[str] = set()
-            for j in range(0, len(hashes), step):
-                part = hashes[j : j + step]
-                mine = claim(pool, tenant, model_id, part, owner)
-                theirs |= set(part) - mine
-                embed_mine([h for h in part if h in mine], texts, vectors, f"{i}-{j // step}")
-            waits = 0
-            while theirs:  # texts another ingest is embedding: its vectors, or its claim once expired
-                got, taken, theirs = collect(pool, tenant, model_id, sorted(theirs), owner)
-                vectors.update(got)
-                embed_mine(sorted(taken), texts, vectors, f"{i}-taken-{waits}")
-                if theirs:
-                    waits += 1
-                    time.sleep(min(0.05 * waits, 1.0))
-            needed -= set(hashes)  # a hash shared by later batches is stored by then
-            if pending is not None:
-                _settle(pending, total, errors)
-                report("store", done_chunks, total_chunks)
-            pending = _submit_write(store, tenant, model_id, embedder.dimensions, batch, vectors, f"{i}")
-            done_chunks += sum(len(d.chunks) for d in batch)
-        if pending is not None:
-            _settle(pending, total, errors)
-    except BaseException as exc:
-        try:  # other runs may claim these texts now; a failure here must not hide the ingest's own error
-            release(pool, owner)
-        except Exception as release_error:  # noqa: BLE001
-            exc.add_note(f"its embedding claims were not released ({release_error}): they expire in "
-                         f"{LEASE_S:.0f} s")
-        raise
-    release(pool, owner)
-    report("store", done_chunks, total_chunks)
-    return calls, embedded
-
-
-def _submit_write(store, tenant, model_id, dims, batch, vectors, label) -> Callable[[], tuple[StoreResult, list]]:
-    """Start writing a batch; returns a function that waits for it and gives (result, item errors).
-
-    In a flow run the write is a task run in the bounded pool (the next batch embeds meanwhile); its future is
-    always awaited and its state checked. If the batch fails as a whole, its documents are written one by one
-    so that one bad item fails alone and the others land.
-    """
-    args = (store.pool(), tenant, model_id, dims)
-    if not in_flow_run():
-        try:
-            outcome = (write_documents(*args, batch, vectors), [])
-        except Exception as exc:  # noqa: BLE001 - retried item by item below
-            _raise_if_unavailable(exc, store)
-            outcome = _write_one_by_one(*args, batch, vectors, store)
-        return lambda: outcome
-    future = write_batch.submit(store, tenant, model_id, dims, batch, vectors, label=label)
-
-    def wait() -> tuple[StoreResult, list]:
-        try:
-            return future.result(), []
-        except Exception as exc:  # noqa: BLE001 - retried item by item below
-            _raise_if_unavailable(exc, store)
-            return _write_one_by_one(*args, batch, vectors, store)
-
-    return wait
-
-
-def _settle(pending, total: StoreResult, errors: list[ItemError]) -> None:
-    result, item_errors = pending()
-    total.add(result)
-    errors += item_errors
-
-
-def _raise_if_unavailable(exc: Exception, store: PgVectorStore) -> None:
-    """A full disk or a lost server fails every item alike: stop the ingest with what to do, retry nothing."""
-    failure = store.failure(exc)
-    if failure is not None:
-        raise failure from exc
-
-
-def _write_one_by_one(pool, tenant, model_id, dims, batch, vectors, store) -> tuple[StoreResult, list[ItemError]]:
-    result, errors = StoreResult(), []
-    for doc in batch:
-        try:
-            result.add(write_documents(pool, tenant, model_id, dims, [doc], vectors))
-        except Exception as exc:  # noqa: BLE001 - the error is reported per item, the others proceed
-            _raise_if_unavailable(exc, store)
-            errors.append(ItemError(doc.document_id, f"not stored: {exc}"))
-    return result, errors
+    stored = store_documents(runtime.store, pool, embedder, model_id, request.tenant, todo, settings.ingest, report)
+    errors += stored.errors
+    result = IngestResult(
+        tenant=request.tenant, model=embedder.model_id, documents=len(todo) + len(unchanged),
+        documents_unchanged=len(unchanged),
+        chunks=sum(len(d.chunks) for d in todo) + sum(unchanged.values()),
+        chunks_inserted=stored.writes.chunks_inserted, chunks_kept=stored.writes.chunks_kept + sum(unchanged.values()),
+        chunks_deleted=stored.writes.chunks_deleted, embedding_calls=stored.calls, texts_embedded=stored.embedded,
+        bulk_index_rebuild=stored.bulk, skipped=skipped, errors=errors, where=runtime.describe(),
+        document_chunks={**{d.document_id: len(d.chunks) for d in todo if d.document_id not in stored.failed},
+                         **unchanged},
+    )
+    CHUNKS_STORED.labels(request.tenant).inc(stored.writes.chunks_inserted)
+    return result
 
 
 class RunProgress:

@@ -97,3 +97,22 @@ def test_bulk_load_drops_and_rebuilds_both_indexes(settings, tenant, pool, monke
         indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename IN ('chunks', 'embeddings')")}
     assert "chunks_tsv" in indexes and any(name.startswith("embeddings_hnsw_m") for name in indexes)
     assert search_now(SearchRequest(query="chunk number 7 queues", tenant=tenant, mode="keyword"), settings)
+
+
+def test_the_typed_result_counts_each_documents_chunks_as_stored(settings, tenant, pool):
+    from flows.ingest import ingest_documents
+
+    docs = [DocumentSpec(document_id="long", text=paragraphs(12, "long")), DocumentSpec(document_id="short", text="one line"),
+            DocumentSpec(document_id="blank", text="   ")]
+    first = ingest_documents(IngestRequest(tenant=tenant, documents=docs, chunk_size=40, chunk_overlap=0), settings)
+    docs.append(DocumentSpec(document_id="new", text="a document added later"))
+    again = ingest_documents(IngestRequest(tenant=tenant, documents=docs, chunk_size=40, chunk_overlap=0), settings)
+    with pool.connection() as conn:
+        stored = dict(conn.execute("SELECT document_id, chunk_count FROM documents WHERE tenant_id = %s", [tenant]))
+    assert [e.item for e in first.errors] == ["blank"] and "blank" not in first.document_chunks
+    assert first.document_chunks == {"long": stored["long"], "short": 1} and stored["long"] > 3
+    assert again.documents_unchanged == 2 and again.document_chunks == stored  # unchanged ones counted too
+    assert list(again.summary()) == [
+        "tenant", "model", "documents", "documents_unchanged", "chunks", "chunks_inserted", "chunks_kept",
+        "chunks_deleted", "embedding_calls", "texts_embedded", "bulk_index_rebuild", "skipped", "errors", "where"]
+    assert again.summary()["errors"] == [{"item": "blank", "error": again.errors[0].error}]

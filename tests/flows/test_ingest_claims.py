@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-import flows.ingest as ingest_flow
+import tasks.ingest as ingest_tasks
 from blocks.embedders import register_embedder
 from flows.ingest import DocumentSpec, IngestRequest, run_ingest
 from tasks.registry import ensure_model
@@ -57,14 +57,14 @@ def _request(tenant: str, prefix: str) -> IngestRequest:
 def test_two_concurrent_ingests_of_one_tenant_embed_each_text_once(recording, pool, tenant, monkeypatch):
     embedder, settings = recording
     both_planned = threading.Barrier(2, timeout=120)
-    real = ingest_flow.hashes_needing_embedding
+    real = ingest_tasks.hashes_needing_embedding
 
     def planned_together(*args):  # both runs decide what they need before either embeds: the race of the issue
         needed = real(*args)
         both_planned.wait()
         return needed
 
-    monkeypatch.setattr(ingest_flow, "hashes_needing_embedding", planned_together)
+    monkeypatch.setattr(ingest_tasks, "hashes_needing_embedding", planned_together)
     with ThreadPoolExecutor(2) as runs:
         summaries = list(runs.map(lambda prefix: run_ingest(_request(tenant, prefix), settings), ["a-", "b-"]))
     assert all(s["errors"] == [] for s in summaries), summaries
@@ -112,7 +112,7 @@ def test_an_expired_claim_is_taken_over_and_a_published_vector_is_used(recording
 WORKER = """
 import json, sys, time
 from pathlib import Path
-import flows.ingest as ingest_flow
+import tasks.ingest as ingest_tasks
 from blocks.embedders import register_embedder
 from blocks.embedders.openai import OpenAIEmbedder
 from blocks.settings import Settings
@@ -122,7 +122,7 @@ from tests.factories import paragraphs
 url, tenant, prefix, marks = sys.argv[1:5]
 register_embedder("openai-workers", OpenAIEmbedder(api_key="sk-test-workers", base_url=url,
                                                    model="text-embedding-3-small", output_dimensions=64))
-real = ingest_flow.hashes_needing_embedding
+real = ingest_tasks.hashes_needing_embedding
 
 def planned_together(*args):  # both processes decide what they need before either embeds
     needed = real(*args)
@@ -134,7 +134,7 @@ def planned_together(*args):  # both processes decide what they need before eith
         time.sleep(0.05)
     return needed
 
-ingest_flow.hashes_needing_embedding = planned_together
+ingest_tasks.hashes_needing_embedding = planned_together
 docs = [DocumentSpec(document_id=f"{prefix}{i}", text=paragraphs(6, f"svc{i}")) for i in range(12)]
 summary = run_ingest(IngestRequest(tenant=tenant, documents=docs, embedder="openai-workers", chunk_size=30,
                                    chunk_overlap=0), Settings())
