@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import yaml
@@ -80,3 +81,28 @@ def test_only_the_runtime_builds_a_store_from_settings():
                 and node.func.value.id == "PgVectorStore"]
     assert offences == []
 
+
+_SQL = re.compile(r"^\s*(SELECT|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|WITH\s+\w+\s+AS|CREATE\s|DROP\s|ALTER\s|"
+                  r"COPY\s|TRUNCATE\s|LOCK\s|SET\s+\w+|VACUUM|ANALYZE\s)", re.IGNORECASE)
+
+
+def _sql_in(path: Path) -> list[str]:
+    """Where `path` holds SQL: a string constant that starts like a statement, or a call of execute, executemany,
+    copy or cursor (a connection's)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and _SQL.match(node.value):
+            out.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value.strip()[:40]!r}")
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr in ("execute", "executemany", "copy", "cursor")):
+            out.append(f"{path.relative_to(ROOT)}:{node.lineno}: .{node.func.attr}()")
+    return out
+
+
+def test_flows_and_the_search_and_embeddings_routes_hold_no_sql():
+    """Tasks do the work and own the SQL; flows compose them, and the REST routes of search and embeddings call
+    flows and tasks."""
+    assert _sql_in(ROOT / "tasks" / "store.py")  # the check sees SQL where there is some
+    paths = [*sorted((ROOT / "flows").rglob("*.py")), ROOT / "deployments" / "api" / "search.py",
+             ROOT / "deployments" / "api" / "embeddings.py"]
+    assert [hit for path in paths for hit in _sql_in(path)] == []
