@@ -10,10 +10,12 @@ import traceback
 import boto3
 import httpx
 import openai
+import psycopg
 import pytest
 from botocore.config import Config
 from kubernetes import client as kube_client
 from moto import mock_aws
+from pydantic import SecretStr
 
 from blocks.errors import (
     AuthFailed,
@@ -25,14 +27,17 @@ from blocks.errors import (
     ProviderError,
     ProviderTimeout,
     RateLimited,
+    StoreUnavailable,
     TransientError,
 )
 from blocks.kubernetes import KubernetesConnection
+from blocks.postgres import PgVectorStore
 from blocks.vendor_errors import (
     map_aws_errors,
     map_github_errors,
     map_httpx_errors,
     map_kube_errors,
+    map_postgres_errors,
     map_sdk_errors,
 )
 from tests.fakes import FakeOpenAI, Fault
@@ -207,3 +212,15 @@ def test_httpx_unreachable_is_transient_and_devmesh_errors_pass_through():
     with pytest.raises(ProviderTimeout), map_github_errors("outer"), map_httpx_errors("inner", provider="voyage"):
         raise httpx.ReadTimeout("slow")
     assert issubclass(ProviderTimeout, ProviderError)
+
+
+# ---- PostgreSQL (psycopg against a dead address and the real server) ----
+
+def test_postgres_a_lost_server_is_store_unavailable_a_statement_error_passes(pool):
+    dead = "postgresql://nobody@127.0.0.1:9/none"
+    store = PgVectorStore(url=SecretStr(dead))
+    with pytest.raises(StoreUnavailable, match="lost the connection") as caught, map_postgres_errors(store):
+        psycopg.connect(dead, connect_timeout=2)
+    assert isinstance(caught.value.__cause__, psycopg.OperationalError)
+    with pytest.raises(psycopg.errors.UndefinedTable), map_postgres_errors(store), pool.connection() as conn:
+        conn.execute("SELECT * FROM no_such_table_here")
