@@ -7,7 +7,6 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Literal
 
-import psycopg
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -18,6 +17,7 @@ from blocks.errors import InputError
 from blocks.metrics import CHUNKS_STORED
 from blocks.settings import Settings
 from blocks.storable import StorableModel
+from blocks.vendor_errors import map_postgres_errors
 from tasks.ingest import IngestResult, store_documents
 from tasks.prepare import prepare_batch, source_hash
 from tasks.read import ItemError, SourceDoc, read_sources
@@ -76,13 +76,8 @@ def ingest_documents(request: IngestRequest, runtime: Runtime | Settings | None 
     do; every batch committed before is complete, and a re-run skips it.
     """
     runtime = Runtime.of(runtime)
-    try:
+    with map_postgres_errors(runtime.store):
         return _run_ingest(request, runtime, progress)
-    except psycopg.Error as exc:
-        failure = runtime.failure(exc)
-        if failure is None:
-            raise
-        raise failure from exc
 
 
 def _run_ingest(request: IngestRequest, runtime: Runtime, progress: Progress | None) -> IngestResult:

@@ -111,11 +111,7 @@ def test_flows_and_the_search_and_embeddings_routes_hold_no_sql():
 VENDORS = {"github", "kubernetes", "urllib3", "botocore", "boto3", "openai", "anthropic", "httpx", "requests",
            "psycopg", "psycopg_pool"}
 # Where a flow may still name a vendor's exception, and why (empty is the goal).
-VENDOR_EXCEPTIONS_ALLOWED = {
-    # run_ingest turns psycopg's "the database failed" into StoreUnavailable itself; the runtime branch owns this
-    # module while it reshapes it, and its place is blocks.vendor_errors.map_postgres_errors (same behaviour).
-    "flows/ingest.py": "psycopg",
-}
+VENDOR_EXCEPTIONS_ALLOWED: dict[str, str] = {}
 
 
 def _vendor_exceptions(path: Path) -> set[str]:
