@@ -59,7 +59,10 @@ class AppError(Exception):
 
 
 class ConfigError(AppError):
-    """Settings, blocks or models are missing or inconsistent."""
+    """Settings, blocks or models are missing or inconsistent; `item` is "model" when a model the caller named is
+    not stored."""
+
+    item: str | None = None
 
 
 class InputError(AppError):
