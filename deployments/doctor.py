@@ -132,6 +132,7 @@ def rebuild_missing_indexes(settings: Settings | None = None) -> list[str]:
     from blocks.postgres import PgVectorStore
     from tasks.migrate import ensure_schema
     from tasks.indexes import index_memory_cap_mb, missing_indexes, model_index_name, rebuild_indexes
+    from tasks.registry import model_dimensions
 
     settings = settings or Settings()
     store = PgVectorStore.from_settings(settings)
@@ -139,7 +140,7 @@ def rebuild_missing_indexes(settings: Settings | None = None) -> list[str]:
     ensure_schema(pool)
     with pool.connection() as conn:
         missing = missing_indexes(conn)
-        models = conn.execute("SELECT id, dimensions FROM embedding_models ORDER BY id").fetchall()
+    models = model_dimensions(pool)
     cap = index_memory_cap_mb(store, settings.ingest.index_memory_mb)
     for model_id, dimensions in models:  # each build also builds the full-text index if missing
         if model_index_name(model_id) in missing or "chunks_tsv" in missing:

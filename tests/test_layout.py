@@ -134,13 +134,9 @@ _SQL = re.compile(r"^\s*(SELECT|INSERT\s+INTO|UPDATE|DELETE\s+FROM|WITH|CREATE|A
                   r"SHOW|SET|LOCK|COPY|ANALYZE|VACUUM)\s")
 # Where deployments/ may still hold SQL ("module" or "module:function"), and why (empty is the goal).
 SQL_IN_DEPLOYMENTS_ALLOWED = {
-    # The search route's "does the tenant have vectors" and the embeddings route's chunk counts go with the runtime
-    # handle and typed ingest results, which the runtime branch builds (it owns these two modules meanwhile).
-    "deployments/api/search.py": "runtime branch",
+    # The embeddings route's chunk counts go with typed ingest results (the ingest already has them), which the
+    # runtime branch builds; it owns this module meanwhile.
     "deployments/api/embeddings.py": "runtime branch",
-    # Its list of models and their dimensions belongs in the model registry's one home (tasks/registry.py), which
-    # the runtime branch's split of tasks/store.py creates; the index rebuild it drives already lives in tasks/.
-    "deployments/doctor.py:rebuild_missing_indexes": "runtime branch",
 }
 
 
