@@ -89,14 +89,11 @@ def orgs_invite(slug: Optional[str] = typer.Option(None, help="Only this slug ma
 def orgs_list() -> None:
     """Organizations and invites (never a token, key or password)."""
     from tasks.claims import list_invites
+    from tasks.tenancy import list_organizations
 
     settings = Settings()
     pool = _pool(settings)
-    with pool.connection() as conn:
-        orgs = conn.execute("SELECT tenant_id, name, admin_email, created_at FROM organizations ORDER BY created_at"
-                            ).fetchall()
-    _print({"registration": settings.tenancy.registration,
-            "organizations": [dict(zip(("tenant", "name", "admin_email", "created_at"), row)) for row in orgs],
+    _print({"registration": settings.tenancy.registration, "organizations": list_organizations(pool),
             "invites": list_invites(pool)})
 
 

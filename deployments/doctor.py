@@ -36,30 +36,27 @@ def _sha256(path: Path) -> str:
 
 def _database(settings: Settings) -> list[Check]:
     from blocks.postgres import PgVectorStore
+    from tasks.database_status import server_status
     from tasks.migrate import migrations
 
     store = PgVectorStore.from_settings(settings)
     try:
         pool = store.pool()
         with pool.connection() as conn:
-            version = conn.execute("SHOW server_version").fetchone()[0]
-            row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
-            available = conn.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'"
-                                     ).fetchone()
-            has_table = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()[0]
-            applied = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()) \
-                if has_table else {}
+            status = server_status(conn)
     except Exception as exc:  # noqa: BLE001 - any failure to connect is the finding
         return [Check("database", "fail", f"{store.describe()}: {exc}",
                       "start PostgreSQL or fix DEVMESH_DATABASE_URL (unset it for the embedded server)")]
-    checks = [Check("database", "ok", f"{store.describe()}, PostgreSQL {version}"), _privileges(pool)]
-    pgv = row[0] if row else (available[0] if available else None)
+    checks = [Check("database", "ok", f"{store.describe()}, PostgreSQL {status.version}"), _privileges(pool)]
+    has_table, applied = status.has_migrations_table, status.applied
+    pgv = status.pgvector or status.pgvector_available
     if pgv is None:
         checks.append(Check("pgvector", "fail", "the vector extension is not available",
                             "install pgvector 0.7+ on the server (the embedded server has it)"))
     else:
         ok = tuple(int(p) for p in pgv.split(".")[:2]) >= MIN_PGVECTOR
-        checks.append(Check("pgvector", "ok" if ok else "fail", f"pgvector {pgv}" + ("" if row else " (not yet created)"),
+        checks.append(Check("pgvector", "ok" if ok else "fail",
+                            f"pgvector {pgv}" + ("" if status.pgvector else " (not yet created)"),
                             "" if ok else "upgrade pgvector to 0.7 or newer"))
     files = migrations()
     missing = [f"{v:03d}_{n}" for v, n, _ in files if v not in applied]
@@ -81,11 +78,12 @@ def _database(settings: Settings) -> list[Check]:
 
 def _privileges(pool) -> Check:
     """What the database role lacks (tasks/privileges.py), each with the GRANT an admin runs to give it."""
+    from tasks.database_status import current_role
     from tasks.privileges import missing_privileges
 
     try:
         with pool.connection() as conn:
-            role = conn.execute("SELECT current_user").fetchone()[0]
+            role = current_role(conn)
             missing = missing_privileges(conn)
     except Exception as exc:  # noqa: BLE001
         return Check("privileges", "warn", f"could not be checked: {exc}", "run `devmesh doctor` again")
@@ -134,6 +132,7 @@ def rebuild_missing_indexes(settings: Settings | None = None) -> list[str]:
     from blocks.postgres import PgVectorStore
     from tasks.migrate import ensure_schema
     from tasks.indexes import index_memory_cap_mb, missing_indexes, model_index_name, rebuild_indexes
+    from tasks.registry import model_dimensions
 
     settings = settings or Settings()
     store = PgVectorStore.from_settings(settings)
@@ -141,7 +140,7 @@ def rebuild_missing_indexes(settings: Settings | None = None) -> list[str]:
     ensure_schema(pool)
     with pool.connection() as conn:
         missing = missing_indexes(conn)
-        models = conn.execute("SELECT id, dimensions FROM embedding_models ORDER BY id").fetchall()
+    models = model_dimensions(pool)
     cap = index_memory_cap_mb(store, settings.ingest.index_memory_mb)
     for model_id, dimensions in models:  # each build also builds the full-text index if missing
         if model_index_name(model_id) in missing or "chunks_tsv" in missing:

@@ -23,8 +23,6 @@ import json
 import logging
 import re
 import time
-
-import psycopg
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -46,7 +44,9 @@ from deployments.mcp_server import mount as mount_mcp
 from tasks.migrate import ensure_schema
 from tasks.webhook_bindings import WebhookRouter
 from tasks.webhook_events import Routes, event_name, to_event
-from tasks.webhooks import mark_emit_failed, mark_emitted, pending_deliveries, record_delivery
+from tasks.webhooks import (
+    UnstorablePayload, mark_emit_failed, mark_emitted, pending_count, pending_deliveries, record_delivery,
+)
 
 __all__ = ["PrefectEvents", "create_app"]
 
@@ -259,9 +259,7 @@ def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | Non
     @app.get("/healthz", summary="Is the gateway alive", tags=["gateway"])
     async def healthz() -> dict[str, Any]:
         """The gateway answers, with the number of webhook deliveries waiting to become Prefect events."""
-        async with state["pool"].connection() as conn:
-            cur = await conn.execute("SELECT count(*) FROM webhook_deliveries WHERE status = 'received'")
-            pending = (await cur.fetchone())[0]
+        pending = await pending_count(state["pool"])
         return {"ok": True, "pending_events": pending, "emitted": state["outbox"].emitted}
 
     @app.get("/metrics", include_in_schema=False)
@@ -336,8 +334,8 @@ def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | Non
             new = await record_delivery(state["pool"], delivery_id=delivery, event=event, action=action,
                                         repository=repository, tenants=tenants, payload_json=text, route=route,
                                         unbound=routing.unbound is not None)
-        except psycopg.errors.UntranslatableCharacter:
-            return _problem(400, "the payload contains \\u0000, which cannot be stored", "body", "invalid_payload")
+        except UnstorablePayload as exc:
+            return _problem(400, exc.reason, exc.item, "invalid_payload")
         if not new:
             return JSONResponse({"delivery_id": delivery, "status": "duplicate"}, status_code=200)
         if routing.unbound is not None:

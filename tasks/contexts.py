@@ -33,7 +33,7 @@ from tasks.search import SearchHit, SearchRequest, configure_hnsw, run_search
 __all__ = [
     "create_context", "get_context", "list_contexts", "update_context_metadata", "append_messages",
     "delete_context", "context_summary", "find_similar", "expire_batch", "delete_expired",
-    "context_scope", "user_scope", "contexts_scope", "search_contexts", "document_id",
+    "context_scope", "user_scope", "contexts_scope", "search_contexts", "document_id", "context_embeddings",
 ]
 
 # A chosen name fixes the id (its uuid5): the primary key then refuses a second context of that name.
@@ -69,6 +69,11 @@ WHERE tenant_id = %(tenant)s AND document_id = %(document_id)s"""
 RESTAMP_DOCUMENT = """
 UPDATE documents SET metadata = jsonb_set(metadata, '{metadata}', %(metadata)s), updated_at = now()
 WHERE tenant_id = %(tenant)s AND document_id = %(document_id)s"""
+EMBEDDINGS = """
+SELECT c.id, c.seq, m.name, m.dimensions, c.token_count, c.content_hash{vector}
+FROM chunks c JOIN embeddings e ON e.chunk_id = c.id JOIN embedding_models m ON m.id = e.model_id
+WHERE c.tenant_id = %(tenant)s AND c.document_id = %(document_id)s
+ORDER BY c.seq, m.name LIMIT %(limit)s OFFSET %(offset)s"""
 DELETE_CONTEXT = "DELETE FROM contexts WHERE tenant_id = %(tenant)s AND id = %(id)s RETURNING id"
 DELETE_DOCUMENTS = """
 DELETE FROM documents d USING unnest(%(tenants)s::text[], %(ids)s::text[]) AS x(tenant_id, document_id)
@@ -199,6 +204,18 @@ def update_context_metadata(pool: ConnectionPool, tenant: str, context_id, metad
         conn.execute(RESTAMP_CHUNKS, params)
         conn.execute(RESTAMP_DOCUMENT, params)
     return context
+
+
+def context_embeddings(pool: ConnectionPool, tenant: str, document_id: str, *, limit: int, offset: int,
+                       include_vectors: bool = False) -> list[dict]:
+    """A page of the context document's chunks with each model they are embedded with, in order: chunk_id, seq,
+    model, dimensions, token_count, content_hash and (only when asked) the vector."""
+    query = EMBEDDINGS.format(vector=", e.embedding" if include_vectors else "")
+    with pool.connection() as conn:
+        rows = conn.execute(query, {"tenant": tenant, "document_id": document_id, "limit": limit,
+                                    "offset": offset}).fetchall()
+    return [{"chunk_id": r[0], "seq": r[1], "model": r[2], "dimensions": r[3], "token_count": r[4],
+             "content_hash": r[5], "vector": [float(x) for x in r[6]] if include_vectors else None} for r in rows]
 
 
 def delete_context(pool: ConnectionPool, tenant: str, context_id) -> bool:

@@ -14,7 +14,11 @@ from psycopg_pool import ConnectionPool
 
 from blocks.errors import InputError
 
-__all__ = ["arguments_hash", "claim_operation", "get_operation_row", "recent_counts", "update_operation"]
+__all__ = ["arguments_hash", "claim_operation", "get_operation_row", "in_flight", "recent_counts", "update_operation"]
+
+IN_FLIGHT = """
+SELECT id::text, status FROM operations WHERE tenant_id = %s AND idempotency_key = %s
+  AND status IN ('awaiting_approval', 'running')"""
 
 
 def arguments_hash(operation: str, arguments: dict[str, Any]) -> str:
@@ -42,6 +46,13 @@ def claim_operation(pool: ConnectionPool, *, tenant: str, key: str, operation: s
         raise InputError("idempotency key was already used for a different operation or arguments",
                          item=f"idempotency_key {key}")
     return row, False
+
+
+def in_flight(pool: ConnectionPool, tenant: str, key: str) -> tuple[str, str] | None:
+    """(id, status) of the tenant's operation under this idempotency key while it awaits approval or runs."""
+    with pool.connection() as conn:
+        row = conn.execute(IN_FLIGHT, [tenant, key]).fetchone()
+    return (row[0], row[1]) if row else None
 
 
 def update_operation(pool: ConnectionPool, operation_id: Any, **fields: Any) -> None:

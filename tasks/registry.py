@@ -11,7 +11,7 @@ from tasks.indexes import build_model_index
 
 __all__ = [
     "ModelInfo", "register_model", "ensure_model", "resolve_model", "model_names", "stored_embedder",
-    "tenant_model", "set_embedder_name", "search_model", "tenant_has_vectors",
+    "tenant_model", "set_embedder_name", "search_model", "tenant_has_vectors", "model_dimensions",
 ]
 
 GET_MODEL = "SELECT id, dimensions FROM embedding_models WHERE name = %(name)s"
@@ -19,6 +19,7 @@ INSERT_MODEL = """
 INSERT INTO embedding_models (name, dimensions) VALUES (%(name)s, %(dimensions)s)
 ON CONFLICT (name) DO NOTHING RETURNING id"""
 MODEL_NAMES = "SELECT name FROM embedding_models ORDER BY name"
+MODEL_DIMENSIONS = "SELECT id, dimensions FROM embedding_models ORDER BY id"
 MODEL_EMBEDDER = "SELECT embedder FROM embedding_models WHERE name = %(name)s"
 TENANT_MODEL = """
 SELECT m.id, m.name, m.dimensions, m.embedder FROM tenant_models t JOIN embedding_models m ON m.id = t.default_model_id
@@ -77,6 +78,12 @@ def model_names(pool: ConnectionPool) -> list[str]:
     """Names of the stored models, sorted."""
     with pool.connection() as conn:
         return [r[0] for r in conn.execute(MODEL_NAMES)]
+
+
+def model_dimensions(pool: ConnectionPool) -> list[tuple[int, int]]:
+    """(id, dimensions) of every stored model, by id."""
+    with pool.connection() as conn:
+        return [(row[0], row[1]) for row in conn.execute(MODEL_DIMENSIONS).fetchall()]
 
 
 def stored_embedder(pool: ConnectionPool, name: str) -> str | None:

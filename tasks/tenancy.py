@@ -26,6 +26,7 @@ from tasks.claims import (ClaimRules, RegistrationRefused, check_claim, consume_
                           lock_registrations, normalize_slug, skeleton)
 
 __all__ = ["KEY_PREFIX", "OrganizationCreate", "Principal", "SCOPES", "authenticate", "create_key", "list_keys",
+           "list_organizations",
            "register_organization", "revoke_key", "rotate_key"]
 
 KEY_PREFIX = "devmesh_"
@@ -120,6 +121,14 @@ def register_organization(pool: ConnectionPool, request: OrganizationCreate, rul
         meta, key = _insert_key(conn, request.slug, "admin", ["admin"], None, None, None, expires_days)
     return {"tenant": request.slug, "name": request.name, "admin_email": request.admin_email,
             "key": meta}, key
+
+
+def list_organizations(pool: ConnectionPool) -> list[dict[str, Any]]:
+    """Every organization, oldest first: tenant, name, admin_email, created_at (never a password hash or key)."""
+    with pool.connection() as conn:
+        rows = conn.execute("SELECT tenant_id, name, admin_email, created_at FROM organizations ORDER BY created_at"
+                            ).fetchall()
+    return [dict(zip(("tenant", "name", "admin_email", "created_at"), row)) for row in rows]
 
 
 def _insert_key(conn, tenant: str, name: str, scopes: list[str], rate: int | None, burst: int | None,

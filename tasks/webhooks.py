@@ -6,14 +6,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from blocks.errors import AppError
+from blocks.errors import AppError, InputError
 
 __all__ = ["CLAIM_LEASE", "RETENTION", "BatchLease", "ClaimLost", "Lease", "claim_batch", "claim_processing",
-           "delivery_ids", "get_delivery",
-           "mark_emitted", "mark_emit_failed", "pending_deliveries", "prune_deliveries", "stale_deliveries",
+           "UnstorablePayload", "delivery_ids", "get_delivery",
+           "mark_emitted", "mark_emit_failed", "pending_count", "pending_deliveries", "prune_deliveries",
+           "stale_deliveries",
            "record_delivery"]
 
 RETENTION = timedelta(days=7)  # redeliveries within this window are recognised
@@ -23,6 +25,14 @@ INSERT INTO webhook_deliveries (delivery_id, source, event, action, repository, 
 SELECT d, %(source)s, %(event)s, %(action)s, %(repository)s, t, %(payload)s::jsonb, %(route)s, %(status)s
 FROM unnest(%(ids)s::text[], %(tenants)s::text[]) AS r(d, t)
 ON CONFLICT (delivery_id) DO NOTHING"""
+
+
+class UnstorablePayload(InputError):
+    """A delivery's JSON that PostgreSQL's jsonb cannot hold (an escaped NUL); `reason` says why, `item` where."""
+
+    def __init__(self, reason: str, *, item: str) -> None:
+        self.reason = reason
+        super().__init__(reason, item=item)
 
 
 def delivery_ids(delivery_id: str, tenants: list[str]) -> list[str]:
@@ -38,12 +48,22 @@ async def record_delivery(pool: AsyncConnectionPool, *, delivery_id: str, event:
     reach (recorded in `tenants[0]`, the operator's, and never run). Concurrent requests commit on separate pooled
     connections, and PostgreSQL flushes their WAL together; an explicit group-commit queue measured slower here."""
     status = "unbound" if unbound else "received" if route else "ignored"
+    try:
+        async with pool.connection() as conn:
+            cur = await conn.execute(INSERT, {
+                "ids": delivery_ids(delivery_id, tenants), "tenants": tenants, "source": source, "event": event,
+                "action": action, "repository": repository, "payload": payload_json,
+                "route": None if unbound else route, "status": status})
+            return cur.rowcount > 0
+    except psycopg.errors.UntranslatableCharacter:  # jsonb cannot hold \u0000: nothing was written
+        raise UnstorablePayload("the payload contains \\u0000, which cannot be stored", item="body") from None
+
+
+async def pending_count(pool: AsyncConnectionPool) -> int:
+    """Deliveries recorded and not yet emitted as Prefect events."""
     async with pool.connection() as conn:
-        cur = await conn.execute(INSERT, {
-            "ids": delivery_ids(delivery_id, tenants), "tenants": tenants, "source": source, "event": event,
-            "action": action, "repository": repository, "payload": payload_json,
-            "route": None if unbound else route, "status": status})
-        return cur.rowcount > 0
+        cur = await conn.execute("SELECT count(*) FROM webhook_deliveries WHERE status = 'received'")
+        return (await cur.fetchone())[0]
 
 
 async def pending_deliveries(pool: AsyncConnectionPool, limit: int = 100, max_payload: int = 256 * 1024

@@ -162,3 +162,49 @@ def test_the_vendor_exception_check_finds_them(tmp_path):
     assert _vendor_exceptions(sample) == {
         "github.GithubException.UnknownObjectException", "psycopg: except (psycopg.Error, bc.ClientError)",
         "botocore: except (psycopg.Error, bc.ClientError)", "github: except Gone"}
+
+
+_SQL = re.compile(r"^\s*(SELECT|INSERT\s+INTO|UPDATE|DELETE\s+FROM|WITH|CREATE|ALTER|DROP|TRUNCATE|GRANT|REVOKE|"
+                  r"SHOW|SET|LOCK|COPY|ANALYZE|VACUUM)\s")
+# Where deployments/ may still hold SQL ("module" or "module:function"), and why (empty is the goal).
+SQL_IN_DEPLOYMENTS_ALLOWED = {
+    # The embeddings route's chunk counts go with typed ingest results (the ingest already has them), which the
+    # runtime branch builds; it owns this module meanwhile.
+    "deployments/api/embeddings.py": "runtime branch",
+}
+
+
+def _sql_statements(path: Path) -> dict[str, list[str]]:
+    """String constants (f-strings' literal parts included) of `path` that begin with an SQL statement's keyword,
+    and every `.execute(...)` call (a statement run here, wherever its text comes from), by where they are:
+    "module" or "module:function" (a top-level function's name)."""
+    module = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
+    found: dict[str, list[tuple[int, str]]] = {}
+    for top in ast.parse(path.read_text()).body:
+        where = f"{module}:{top.name}" if isinstance(top, (ast.FunctionDef, ast.AsyncFunctionDef)) else module
+        for node in ast.walk(top):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and _SQL.match(node.value):
+                found.setdefault(where, []).append((node.lineno, f"line {node.lineno}: {node.value.strip()[:60]!r}"))
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in (
+                    "execute", "executemany"):
+                found.setdefault(where, []).append((node.lineno, f"line {node.lineno}: .{node.func.attr}(...)"))
+    return {where: [text for _, text in sorted(items)] for where, items in found.items()}
+
+
+def test_deployments_hold_no_sql():
+    """Tasks own the SQL (tasks/database_status.py, tasks/tenancy.py, tasks/webhooks.py, tasks/contexts.py,
+    tasks/operation_log.py ...); entry points call them."""
+    offences = {}
+    for path in sorted((ROOT / "deployments").rglob("*.py")):
+        for where, found in _sql_statements(path).items():
+            if where not in SQL_IN_DEPLOYMENTS_ALLOWED and where.split(":")[0] not in SQL_IN_DEPLOYMENTS_ALLOWED:
+                offences[where] = found
+    assert offences == {}
+
+
+def test_the_sql_check_finds_statements(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text('Q = """\nSELECT 1"""\nDOC = "Select the rows you want"\n'
+                      'def f(conn):\n    conn.execute(f"UPDATE t SET a = {1}")\n')
+    assert _sql_statements(sample) == {"sample.py": ["line 1: 'SELECT 1'"], "sample.py:f": [
+        "line 5: 'UPDATE t SET a ='", "line 5: .execute(...)"]}

@@ -15,13 +15,15 @@ Each is a context manager that is also a decorator (contextlib's `@contextmanage
     @map_aws_errors("aws.describe", secrets=keys)
     def describe(...): ...
 
-Within, a vendor failure comes out as a ProviderError (map_postgres_errors: a StoreUnavailable): a TransientError (RateLimited, ProviderTimeout, Conflict:
+Within, a vendor failure comes out as a ProviderError: a TransientError (RateLimited, ProviderTimeout, Conflict:
 retried) or a PermanentError (AuthFailed, NotFound, InvalidRequest, MalformedResponse: never retried), with the
-vendor's HTTP status on `.status` when it answered one, every secret given masked in the message, and raised
-`from None` where the vendor exception holds the raw body and headers (a vendor or a proxy may echo a credential
-there). devmesh's own errors pass through unchanged, so mappers nest. `secrets` is an iterable of values or a
-callable returning them, called only when a failure is mapped. Each vendor's library is imported when its
-mapper is entered, not when this package is: a GitHub operation does not pay for the Kubernetes client's import.
+vendor's HTTP status on `.status` when it answered one, every secret masked in the message, and raised `from None`
+where the vendor exception holds the raw body and headers (a vendor or a proxy may echo a credential there).
+map_postgres_errors is the one exception: the database failing as a whole becomes a StoreUnavailable. devmesh's own
+errors pass through unchanged, so mappers nest. `secrets` is an iterable of values or a callable returning them,
+called only when a failure is mapped; secrets registered in the process (blocks.redact) are masked too. Each
+vendor's library is imported when its mapper is entered, not when this package is: a GitHub operation does not pay
+for the Kubernetes client's import.
 
 Written by hand because no library maps these vendors' exceptions to one tree; the statuses' meaning is shared in
 blocks.retry.error_for_status.

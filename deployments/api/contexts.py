@@ -19,16 +19,11 @@ from deployments.api.search import text_search
 from deployments.api.state import ApiState, api_state
 from tasks.context_models import AppendResult, Context, ContextList, ContextPage, ContextSummary
 from tasks.context_texts import StoredText, embedder_for, store_context_text
-from tasks.contexts import context_scope, list_contexts, update_context_metadata
+from tasks.contexts import context_embeddings, context_scope, list_contexts, update_context_metadata
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/contexts", tags=["contexts"])
-EMBEDDINGS = """
-SELECT c.id, c.seq, m.name, m.dimensions, c.token_count, c.content_hash{vector}
-FROM chunks c JOIN embeddings e ON e.chunk_id = c.id JOIN embedding_models m ON m.id = e.model_id
-WHERE c.tenant_id = %(tenant)s AND c.document_id = %(document_id)s
-ORDER BY c.seq, m.name LIMIT %(limit)s OFFSET %(offset)s"""
 
 
 @router.post("", status_code=201, response_model=Context, summary="Create a context")
@@ -134,14 +129,10 @@ def embeddings(context_id: str, principal: Reader, api: ApiState = Depends(api_s
     """The context's chunks with the models they are embedded with, in order, one page at a time."""
     memory = api.memory(principal.tenant)
     context = memory.get(context_id, limit=0).context
-    query = EMBEDDINGS.format(vector=", e.embedding" if include_vectors else "")
-    with memory.pool.connection() as conn:
-        rows = conn.execute(query, {"tenant": principal.tenant, "document_id": context.document_id,
-                                    "limit": limit, "offset": offset}).fetchall()
-    items = [{"chunk_id": r[0], "seq": r[1], "model": r[2], "dimensions": r[3], "token_count": r[4],
-              "content_hash": r[5], "vector": [float(x) for x in r[6]] if include_vectors else None} for r in rows]
+    items = context_embeddings(memory.pool, principal.tenant, context.document_id, limit=limit, offset=offset,
+                               include_vectors=include_vectors)
     return {"context_id": context.id, "items": items, "offset": offset,
-            "next_offset": offset + len(rows) if len(rows) == limit else None}
+            "next_offset": offset + len(items) if len(items) == limit else None}
 
 
 @router.post("/{context_id}/embeddings", status_code=201, response_model=StoredText,

@@ -23,6 +23,7 @@ from deployments.api.errors import ApiError
 from deployments.api.schemas import ExecuteBody, ExecuteResult, ToolList
 from deployments.api.state import ApiState, api_state
 from flows.operate import OperateRequest, run_operation
+from tasks.operation_log import in_flight
 from tasks.ops.base import get_operation, parse_input
 from tasks.tenancy import Principal
 from tasks.tools import MemoryScope, is_memory_tool, list_tools, run_memory_tool
@@ -31,8 +32,6 @@ __all__ = ["router"]
 
 router = APIRouter(tags=["tools"])
 OPERATE_DEPLOYMENT = "operate/operate"
-IN_FLIGHT = "SELECT id::text, status FROM operations WHERE tenant_id = %s AND idempotency_key = %s" \
-            " AND status IN ('awaiting_approval', 'running')"
 
 
 @router.get("/tools", response_model=ToolList)
@@ -82,11 +81,10 @@ def execute(name: str, body: ExecuteBody, principal: Reader, api: ApiState = Dep
 
 def _refuse_in_flight(api: ApiState, tenant: str, key: str) -> None:
     """A key whose operation awaits approval or is running must not be re-planned under it (that would reset it)."""
-    with api.pool().connection() as conn:
-        row = conn.execute(IN_FLIGHT, [tenant, key]).fetchone()
-    if row:
-        raise ApiError(409, "in_progress", f"the operation with this idempotency key is {row[1]}; see "
-                       f"GET /api/v1/operations/{row[0]}", item=key, operation_id=row[0])
+    if (row := in_flight(api.pool(), tenant, key)) is not None:
+        operation_id, status = row
+        raise ApiError(409, "in_progress", f"the operation with this idempotency key is {status}; see "
+                       f"GET /api/v1/operations/{operation_id}", item=key, operation_id=operation_id)
 
 
 def _submit_for_approval(request: OperateRequest, planned: dict[str, Any]):
