@@ -87,6 +87,13 @@ class OpsSettings(BaseModel):
     max_concurrent_tools: int = Field(
         5, ge=1, le=1000, description="Most tool executions (guarded operations) running at once; the cap is a "
         "Prefect global concurrency limit. devmesh.yaml: performance.concurrent_tool_executions.")
+    max_concurrent_tools_per_tenant: int = Field(
+        3, ge=1, le=1000, description="Most of those slots one tenant may hold at once (at most max_concurrent_tools): "
+        "a Prefect global concurrency limit per tenant, taken together with the cap, so one tenant cannot keep "
+        "the others out.")
+    slot_api_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="How long a tool-slot request bears with an unavailable Prefect API (503, "
+        "no answer, refused) before the step fails with a TransientError; waiting for a busy slot is not counted.")
 
 
 class GatewaySettings(BaseModel):
@@ -281,6 +288,10 @@ class Settings(BaseSettings):
         "repr(): it may hold a password, and a failing assertion or a log line prints the settings."
     )
     home: Path = Field(Path(".devmesh"), description="Where embedded data lives.")
+    prefect_database: Literal["postgres", "sqlite"] = Field(
+        "postgres", description="Where the Prefect server of `devmesh up` keeps its state: 'postgres' (a `prefect` "
+        "database in the embedded PostgreSQL; with DEVMESH_DATABASE_URL set, give PREFECT_SERVER_DATABASE_"
+        "CONNECTION_URL, else SQLite is used) or 'sqlite' (Prefect's default file under home/prefect).")
     tenant: str = Field("default", min_length=1, max_length=128, description="Default tenant id.")
     embedder: str = Field(
         "local", description="Embedder: 'local' (in-process MiniLM) or a block slug such as 'openai-embedder/prod'."

@@ -174,7 +174,8 @@ def run_operation(request: OperateRequest, settings: Settings | None = None, *,
         first = policy.precheck(op.name, op.mutating, facts, recent=recent_counts(pool, request.tenant))
         if not first.allowed:  # judged on the input alone: nothing was planned, nothing was sent
             g.deny(f"denied by policy rule {first.rule}: {first.reason}", OperationDenied, "denied")
-        with tool_slot(settings.ops.max_concurrent_tools):  # the cap on tool executions (tasks.tool_slots)
+        # the cap on tool executions (tasks.tool_slots); a dry run changes nothing and holds no shared slot
+        with _slot(settings, request, shared=not (request.dry_run and op.mutating)):
             g.plan = call(plan_step, op.name, conns, inp, retries)
         update_operation(pool, g.row["id"], plan=g.plan.model_dump(mode="json"), plan_hash=g.plan.digest(),
                          target=g.plan.target, flow_run_id=_flow_run_id())
@@ -195,7 +196,7 @@ def run_operation(request: OperateRequest, settings: Settings | None = None, *,
         if decision.needs_approval:
             _await_approval(g, policy, inp, conns, retries)
         update_operation(pool, g.row["id"], status="running")
-        with tool_slot(settings.ops.max_concurrent_tools), guarded(key):  # the only place they may run
+        with _slot(settings, request), guarded(key):  # the only place they may run
             result = call(execute_step, op.name, conns, inp, key, retries)
             verified = call(verify_step, op.name, conns, inp, result, retries)
         if verified:
@@ -206,6 +207,13 @@ def run_operation(request: OperateRequest, settings: Settings | None = None, *,
     except Exception as exc:
         g.finish("failed", error=scrub_error(exc, g.secrets))
         raise
+
+
+def _slot(settings: Settings, request: OperateRequest, shared: bool = True):
+    """A slot of the tool cap and of the request's tenant's share (tasks.tool_slots)."""
+    ops = settings.ops
+    return tool_slot(ops.max_concurrent_tools, tenant=request.tenant, per_tenant=ops.max_concurrent_tools_per_tenant,
+                     shared=shared, api_timeout_s=ops.slot_api_timeout_s)
 
 
 def _granted(g: _Guard, op: Operation, policy: OperationPolicy | None,
@@ -259,7 +267,7 @@ def _await_approval(g: _Guard, policy: OperationPolicy, inp, conns: Connections,
         g.deny(f"rejected by {decision['approver_kind'] or 'approver'} {decision['approver']!r}", ApprovalRejected,
                "rejected")
     approved_hash = g.plan.digest()
-    with tool_slot(g.settings.ops.max_concurrent_tools):
+    with _slot(g.settings, g.request):
         g.plan = call(plan_step, g.request.operation, conns, inp, retries)
     if decision["plan_hash"] != approved_hash or g.plan.digest() != decision["plan_hash"] \
             or g.plan.target != decision["target"]:

@@ -18,12 +18,10 @@ from blocks.settings import SearchSettings
 from blocks.storable import StorableModel
 from tasks.fusion import convex, rescore_turns, turn_candidates
 
-__all__ = ["SearchRequest", "SearchHit", "resolve_model", "configure_hnsw", "vector_ranking", "keyword_ranking", "rrf", "run_search"]
+__all__ = ["SearchRequest", "SearchHit", "configure_hnsw", "vector_ranking", "keyword_ranking", "rrf", "run_search"]
 
 SearchMode = Literal["vector", "keyword", "hybrid"]
 
-MODEL_BY_NAME = "SELECT id, dimensions FROM embedding_models WHERE name = %(name)s"
-MODEL_NAMES = "SELECT name FROM embedding_models ORDER BY name"
 # Filters apply inside the ORDER BY ... LIMIT so that pgvector's iterative scan keeps reading the index
 # until `limit` rows pass them (https://github.com/pgvector/pgvector#iterative-index-scans).
 VECTOR_RANKING = """
@@ -118,16 +116,6 @@ class SearchHit(BaseModel):
     metadata: dict
     relevance: Literal["high", "medium", "low"]
     created_at: datetime | None = Field(None, description="When the chunk's content was created (said, for a turn).")
-
-
-def resolve_model(pool: ConnectionPool, name: str) -> tuple[int, int]:
-    """(id, dimensions) of a stored embedding model; a clear error names the known ones."""
-    with pool.connection() as conn:
-        row = conn.execute(MODEL_BY_NAME, {"name": name}).fetchone()
-        if row is None:
-            known = [r[0] for r in conn.execute(MODEL_NAMES)]
-            raise ConfigError(f"unknown embedding model {name!r}; stored models: {', '.join(known) or 'none yet'}")
-    return row
 
 
 def _filters(request: SearchRequest) -> tuple[sql.Composable, dict]:

@@ -7,7 +7,11 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
+import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -15,13 +19,14 @@ from blocks.policy import OperationPolicy
 from blocks.settings import Settings
 from flows.operate import OperateRequest, run_operation
 from tasks.ops.base import REGISTRY, Connections, OpInput, Operation, Plan
-from tasks.tool_slots import LIMIT_NAME, tool_slot
+from tasks.tool_slots import LIMIT_NAME, tenant_limit_name, tool_slot
 
 POLICY = OperationPolicy(operations=["github.*"], github_repos=["octo/*"])
 
 
 class ProbeInput(OpInput):
     n: int
+    tenant: str = "-"
 
 
 class Probe:
@@ -29,6 +34,10 @@ class Probe:
 
     def __init__(self, hold_s: float = 0.4) -> None:
         self.hold_s, self.running, self.peak, self.calls = hold_s, 0, 0, 0
+        self.tenant_running: Counter[str] = Counter()
+        self.tenant_peak: Counter[str] = Counter()
+        self.started: Counter[str] = Counter()
+        self.started_before_b: int | None = None  # how many of the first tenant's had started when b-* started
         self.lock = threading.Lock()
 
     def plan(self, conns, inp: ProbeInput) -> Plan:
@@ -36,11 +45,17 @@ class Probe:
             self.running += 1
             self.calls += 1
             self.peak = max(self.peak, self.running)
+            self.tenant_running[inp.tenant] += 1
+            self.tenant_peak[inp.tenant] = max(self.tenant_peak[inp.tenant], self.tenant_running[inp.tenant])
+            if inp.tenant.startswith("b-") and self.started_before_b is None:
+                self.started_before_b = sum(n for t, n in self.started.items() if t.startswith("a-"))
+            self.started[inp.tenant] += 1
         try:
             time.sleep(self.hold_s)
         finally:
             with self.lock:
                 self.running -= 1
+                self.tenant_running[inp.tenant] -= 1
         return Plan(operation="github.slot_probe", target=f"github:octo/app#{inp.n}", summary="probe",
                     facts={"repo": "octo/app"})
 
@@ -66,23 +81,81 @@ def _start_at_once(count: int, fn) -> list:
         return [f.result(timeout=600) for f in futures]
 
 
-def test_twenty_operations_at_once_run_at_most_five_provider_steps_together(prefect_harness, settings, tenant,
-                                                                             probe):
+def test_twenty_operations_at_once_run_at_most_five_provider_steps_together(prefect_harness, settings, probe):
+    """20 real operations of four tenants at once: never more than the cap's 5 provider steps together, never more
+    than a tenant's share of 3; both limits visible on the server, every slot given back."""
     from prefect.client.orchestration import get_client
 
-    assert settings.ops.max_concurrent_tools == 5  # the default
+    assert settings.ops.max_concurrent_tools == 5 and settings.ops.max_concurrent_tools_per_tenant == 3  # defaults
+    tenants = [f"t-{uuid.uuid4().hex[:8]}" for _ in range(4)]
 
     def operate(i):
-        request = OperateRequest(operation="github.slot_probe", arguments={"n": i}, tenant=tenant,
+        tenant = tenants[i % 4]
+        request = OperateRequest(operation="github.slot_probe", arguments={"n": i, "tenant": tenant}, tenant=tenant,
+                                 actor={"via": "pytest"}, dry_run=False)
+        return run_operation(request, settings, connections=Connections(github=object()), policy=POLICY)
+
+    results = _start_at_once(20, operate)
+    assert [r["status"] for r in results] == ["succeeded"] * 20 and probe.calls == 20
+    assert 2 <= probe.peak <= 5, probe.peak  # the cap held, and operations did run side by side
+    assert max(probe.tenant_peak.values()) <= 3, probe.tenant_peak
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(LIMIT_NAME)
+        shares = [client.read_global_concurrency_limit_by_name(tenant_limit_name(t)) for t in tenants]
+    assert limit.limit == 5 and limit.active and limit.active_slots == 0  # every slot given back
+    assert [(s.limit, s.active, s.active_slots) for s in shares] == [(3, True, 0)] * 4
+
+
+def test_one_tenant_starting_twenty_at_once_cannot_keep_another_out(prefect_harness, settings, probe):
+    """Tenant A starts 20 operations at once; once A's steps run, tenant B asks for one. A holds at most its share
+    (3 of the 5), so B's step starts while most of A's still wait, instead of behind all of them."""
+    from prefect.client.orchestration import get_client
+
+    a, b = f"a-{uuid.uuid4().hex[:8]}", f"b-{uuid.uuid4().hex[:8]}"
+    probe.hold_s = 1.0
+
+    def operate(tenant, i):
+        request = OperateRequest(operation="github.slot_probe", arguments={"n": i, "tenant": tenant}, tenant=tenant,
+                                 actor={"via": "pytest"}, dry_run=False)
+        return run_operation(request, settings, connections=Connections(github=object()), policy=POLICY)
+
+    with ThreadPoolExecutor(1) as one:
+        started_a = one.submit(contextvars.copy_context().run, _start_at_once, 20, lambda i: operate(a, i))
+        deadline = time.monotonic() + 120
+        while probe.started.get(a, 0) < 1 and time.monotonic() < deadline and not started_a.done():
+            time.sleep(0.05)
+        assert probe.started.get(a, 0) >= 1, "tenant A's operations never started"
+        result_b = operate(b, 1000)
+        started_a_when_b_started = probe.started_before_b
+        results_a = started_a.result(timeout=600)
+    assert result_b["status"] == "succeeded" and [r["status"] for r in results_a] == ["succeeded"] * 20
+    assert probe.tenant_peak[a] <= 3, probe.tenant_peak
+    assert started_a_when_b_started is not None and started_a_when_b_started <= 10, started_a_when_b_started
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(tenant_limit_name(a)).limit == 3
+
+
+def test_a_dry_run_holds_no_shared_slot_and_the_process_still_caps_it(prefect_harness, settings, tenant, probe,
+                                                                      monkeypatch):
+    """A dry run (plan only) never asks the Prefect server for a slot (it changes nothing; an interactive preview
+    should not wait on the server's database), yet it is guarded and audited, and 20 at once in one process still
+    plan at most 5 together."""
+    from tasks import tool_slots
+
+    def no_request(*args, **kwargs):
+        raise AssertionError("a dry run asked the Prefect API for a tool slot")
+
+    monkeypatch.setattr(tool_slots, "_patiently", no_request)
+
+    def operate(i):
+        request = OperateRequest(operation="github.slot_probe", arguments={"n": i, "tenant": tenant}, tenant=tenant,
                                  actor={"via": "pytest"}, dry_run=True)
         return run_operation(request, settings, connections=Connections(github=object()), policy=POLICY)
 
     results = _start_at_once(20, operate)
     assert [r["status"] for r in results] == ["planned"] * 20 and probe.calls == 20
-    assert 2 <= probe.peak <= 5, probe.peak  # the cap held, and operations did run side by side
-    with get_client(sync_client=True) as client:
-        limit = client.read_global_concurrency_limit_by_name(LIMIT_NAME)
-    assert limit.limit == 5 and limit.active and limit.active_slots == 0  # every slot given back
+    assert all(r["audit_seq"] for r in results)  # audited, each
+    assert 2 <= probe.peak <= 5, probe.peak
 
 
 def test_the_setting_sets_the_limit_and_caps_direct_holders(prefect_harness, pg_home):
@@ -129,21 +202,58 @@ def test_without_a_prefect_server_a_process_semaphore_caps_the_process(monkeypat
     assert 2 <= peak[0] <= 3
 
 
-def test_when_the_prefect_api_cannot_grant_a_slot_nothing_executes(prefect_harness, settings, tenant, probe,
-                                                                   monkeypatch):
-    """An overloaded Prefect server answering 503 to the slot request: the step does not run (the cap is never
-    bypassed), and the error says what happened."""
-    import prefect.concurrency.sync as prefect_concurrency
-    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+class _Unavailable(BaseHTTPRequestHandler):
+    """A Prefect API that answers every request 503, as the SQLite-backed server did under the burst."""
+
+    seen: list[str] = []
+
+    def _answer(self):
+        type(self).seen.append(self.path)
+        body = b'{"exception_message": "Service Unavailable"}'
+        self.send_response(503)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PATCH = _answer
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("server", ["overloaded", "down"])
+def test_when_the_prefect_api_cannot_grant_a_slot_nothing_executes_and_the_error_comes_at_once(server):
+    """An overloaded Prefect server answering 503 (seen in the burst bench), or none at all: the step does not run
+    (the cap is never bypassed), and after slot_api_timeout_s (1 s here) of trouble a TransientError says what
+    happened, instead of Prefect's client's five retries with exponential backoff. The overloaded server saw a
+    bounded number of requests, each answered 503: no request was retried behind the caller's back for long."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from blocks.errors import TransientError
+    from tasks import tool_slots
 
-    def refusing(*args, **kwargs):
-        raise ConcurrencySlotAcquisitionError(f"Unable to acquire concurrency slots on {args[0]!r}: 503")
-
-    monkeypatch.setattr(prefect_concurrency, "concurrency", refusing)
-    request = OperateRequest(operation="github.slot_probe", arguments={"n": 1}, tenant=tenant,
-                             actor={"via": "pytest"}, dry_run=True)
-    with pytest.raises(TransientError, match="no tool-execution slot.*503.*nothing was executed"):
-        run_operation(request, settings, connections=Connections(github=object()), policy=POLICY)
-    assert probe.calls == 0
+    _Unavailable.seen = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Unavailable)
+    port = httpd.server_address[1]
+    if server == "down":
+        httpd.server_close()  # the port is closed: connections are refused
+    else:
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    ran = []
+    try:
+        with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{port}/api"}):
+            with pytest.raises(TransientError) as raised:
+                with tool_slots.tool_slot(5, tenant="t-outage", per_tenant=3, api_timeout_s=1.0):
+                    ran.append(1)
+    finally:
+        if server != "down":
+            httpd.shutdown()
+            httpd.server_close()
+    assert ran == []
+    text = str(raised.value)
+    assert "Prefect API" in text and "nothing was executed" in text
+    assert ("503" in text) if server == "overloaded" else ("ConnectError" in text), text
+    assert "for 1 s" in text, text
+    if server == "overloaded":
+        assert 1 <= len(_Unavailable.seen) <= 40, _Unavailable.seen
