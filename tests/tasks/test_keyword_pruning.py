@@ -15,7 +15,8 @@ from flows.ingest import DocumentSpec, IngestRequest, run_ingest
 from tasks.chunk import Chunk
 from tasks.evaluate import document_text, load_beir
 from tasks.search import SearchRequest, keyword_ranking
-from tasks.store import DocumentIn, ensure_model, write_documents
+from tasks.registry import ensure_model
+from tasks.store import DocumentIn, write_documents
 from tests.conftest import shared_testdata
 
 
