@@ -58,7 +58,7 @@ def measure_append(messages_before: list[int] = [100, 1000, 10000], *, appends: 
     from tasks.context_index import append_messages
     from tasks.contexts import create_context, delete_context
     from tasks.migrate import ensure_schema
-    from tasks.store import ensure_model
+    from tasks.registry import ensure_model
 
     settings = settings or Settings()
     pool = PgVectorStore.from_settings(settings).pool()

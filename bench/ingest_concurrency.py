@@ -74,7 +74,7 @@ def measure_concurrent_ingest(settings, rows: int = 4_000, counts: tuple[int, ..
     from blocks.postgres import PgVectorStore
     from bench.store import DIMENSIONS
     from tasks.migrate import ensure_schema
-    from tasks.store import ensure_model
+    from tasks.registry import ensure_model
 
     store = PgVectorStore.from_settings(settings)
     pool = store.pool()

@@ -34,7 +34,7 @@ def candidates(home: Path, tenant: str = "locomo-tune", n: int = 50) -> list[dic
     from tasks.embed import embed_query
     from tasks.migrate import ensure_schema
     from tasks.search import keyword_ranking, vector_ranking
-    from tasks.store import ensure_model
+    from tasks.registry import ensure_model
 
     settings = Settings(home=home, database_url=None, embedder="local")
     pool = PgVectorStore.from_settings(settings).pool()

@@ -18,7 +18,7 @@ Corpus (synthetic, deterministic, generated in blocks of 2,000 chunks and never 
   about a new document of a topic (centre + a fresh document offset + chunk noise); texts are 5 topic words.
 
 The ingest runs in its own process, the way `flows/ingest.py` and `flows/evaluate.py` bulk-load precomputed
-vectors (`tasks.store.bulk_load`): drop the model's HNSW index and the GIN index, `write_documents` per block of
+vectors (`tasks.indexes.bulk_load`): drop the model's HNSW index and the GIN index, `write_documents` per block of
 100 documents (binary COPY), then `build_model_index`, `build_keyword_index`, `analyze` (each timed here). This
 process samples the ingest process's RSS (psutil) and its high-water mark (VmHWM) at every tenth of the rows.
 
@@ -208,16 +208,15 @@ def _ingest_main() -> None:
     from blocks.postgres import PgVectorStore
     from blocks.settings import Settings
     from tasks.migrate import ensure_schema
-    from tasks.store import (
-        analyze, build_keyword_index, build_model_index, drop_keyword_index, drop_model_index, ensure_model,
-        write_documents,
-    )
+    from tasks.indexes import analyze, build_keyword_index, build_model_index, drop_keyword_index, drop_model_index
+    from tasks.registry import ensure_model
+    from tasks.store import write_documents
 
     pool = PgVectorStore.from_settings(Settings(home=args["home"], database_url=None, embedder="local")).pool()
     ensure_schema(pool)
     corpus = Corpus(args["rows"], args["seed"])
     model_id = ensure_model(pool, MODEL_ID, DIMENSIONS)
-    with pool.connection() as conn:  # what tasks.store.bulk_load does before a bulk load
+    with pool.connection() as conn:  # what tasks.indexes.bulk_load does before a bulk load
         drop_model_index(conn, model_id)
         drop_keyword_index(conn)
     _emit("start", pid=os.getpid())
@@ -235,7 +234,7 @@ def _ingest_main() -> None:
     _emit("loaded", rows=rows, seconds=round(load_s, 2))
     notices: list[str] = []
     timings = {}
-    # what tasks.store.bulk_load does after it, each step timed
+    # what tasks.indexes.bulk_load does after it, each step timed
     with pool.connection() as conn:
         conn.add_notice_handler(lambda d: notices.append(f"{d.severity}: {d.message_primary}"
                                                          + (f" ({d.message_detail})" if d.message_detail else "")))
@@ -252,7 +251,7 @@ def _ingest_main() -> None:
         conn.execute("ANALYZE term_stats")
         conn.commit()
         timings["analyze_s"] = time.perf_counter() - t
-    from tasks.store import hnsw_build_memory_mb
+    from tasks.indexes import hnsw_build_memory_mb
 
     _emit("done", rows=rows, load_s=load_s, rows_per_s=rows / load_s, notices=notices,
           hnsw_graph_fit_in_memory=not any("no longer fits" in n for n in notices),
@@ -336,8 +335,8 @@ def _ingest(home: Path, rows: int, seed: int, log) -> dict:
 
 def _sizes(pool) -> dict:
     from blocks.embedders.local import MODEL_ID
-    from tasks.search import resolve_model
-    from tasks.store import model_index_name
+    from tasks.registry import resolve_model
+    from tasks.indexes import model_index_name
 
     model_id, _ = resolve_model(pool, MODEL_ID)
     mib = {}
@@ -447,7 +446,7 @@ def run(workdir: Path, rows: int = 1_000_000, seed: int = 0, queries: int = 300,
     out["neighbours"] = corpus.neighbour_stats()
 
     from blocks.embedders.local import MODEL_ID
-    from tasks.search import resolve_model
+    from tasks.registry import resolve_model
 
     model = resolve_model(pool, MODEL_ID)
     log(f"million: warm-up pass, {queries} vector queries")

@@ -11,12 +11,13 @@ import numpy as np
 from blocks.embedders.local import MODEL_ID
 from blocks.settings import SearchSettings
 from bench.store import CHUNKS_PER_DOC, DIMENSIONS, SIGMA, TENANT, BenchData, load_devmesh
-from tasks.search import SearchRequest, resolve_model, run_search
+from tasks.search import SearchRequest, run_search
+from tasks.registry import resolve_model
 
 __all__ = ["run_search_bench", "EF_SEARCH", "HNSW_PARAMETERS"]
 
 EF_SEARCH = (40, 100, 200)
-HNSW_PARAMETERS = {"m": 16, "ef_construction": 64}  # tasks.store.build_model_index defaults
+HNSW_PARAMETERS = {"m": 16, "ef_construction": 64}  # tasks.indexes.build_model_index defaults
 RANDOM_QUERIES = 100
 
 

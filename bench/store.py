@@ -19,10 +19,9 @@ from psycopg.types.json import Jsonb
 from blocks.embedders.local import MODEL_ID
 from tasks.chunk import Chunk
 from tasks.evaluate import document_text, load_beir, load_precomputed
-from tasks.store import (
-    DocumentIn, build_keyword_index, build_model_index, drop_keyword_index, drop_model_index, ensure_model,
-    write_documents,
-)
+from tasks.store import DocumentIn, write_documents
+from tasks.indexes import build_keyword_index, build_model_index, drop_keyword_index, drop_model_index
+from tasks.registry import ensure_model
 
 __all__ = ["BenchData", "make_data", "extra_rows", "devmesh_documents", "load_devmesh", "run_store",
            "SCIFACT", "TENANT", "DIMENSIONS"]

@@ -59,7 +59,10 @@ class AppError(Exception):
 
 
 class ConfigError(AppError):
-    """Settings, blocks or models are missing or inconsistent."""
+    """Settings, blocks or models are missing or inconsistent; `item` is "model" when a model the caller named is
+    not stored."""
+
+    item: str | None = None
 
 
 class InputError(AppError):
@@ -118,11 +121,13 @@ class ApprovalExpired(ApprovalRejected):
 
 
 class ProviderError(AppError):
-    """An external provider (embedding API, GitHub, Kubernetes, AWS) failed."""
+    """An external provider (embedding API, GitHub, Kubernetes, AWS) failed; `status` is the HTTP status it
+    answered, when it answered one (blocks/vendor_errors maps each vendor's exceptions here)."""
 
-    def __init__(self, message: str, *, provider: str, operation: str) -> None:
+    def __init__(self, message: str, *, provider: str, operation: str, status: int | None = None) -> None:
         self.provider = provider
         self.operation = operation
+        self.status = status
         super().__init__(f"{provider} {operation}: {message}")
 
 
@@ -133,9 +138,10 @@ class TransientError(ProviderError):
 class RateLimited(TransientError):
     """The provider asked us to slow down; `retry_after` is in seconds when it said so."""
 
-    def __init__(self, message: str, *, provider: str, operation: str, retry_after: float | None = None):
+    def __init__(self, message: str, *, provider: str, operation: str, retry_after: float | None = None,
+                 status: int | None = None):
         self.retry_after = retry_after
-        super().__init__(message, provider=provider, operation=operation)
+        super().__init__(message, provider=provider, operation=operation, status=status)
 
 
 class ProviderTimeout(TransientError):

@@ -17,8 +17,7 @@ import json
 import re
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal, Protocol
 
 from prefect.blocks.core import Block
@@ -26,9 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from blocks import tracing
 from blocks.embedders.hosted import fingerprint
-from blocks.errors import MalformedResponse, ProviderTimeout, TransientError
 from blocks.redact import register_secrets
-from blocks.retry import call_with_retries, error_for_status, scrub
+from blocks.retry import call_with_retries
+from blocks.vendor_errors import map_sdk_errors
 
 __all__ = ["AnthropicChat", "ChatBlock", "ChatMessage", "ChatTurn", "OpenAIChat", "TokenUsage", "ToolCall",
            "ToolSpec", "clear_clients", "tool_name_from_wire", "wire_tool_name"]
@@ -172,27 +171,6 @@ class ChatBlock(Block, ABC):
     def _send(self, client: Any, request: dict[str, Any], key: str) -> ChatTurn: ...
 
 
-@contextmanager
-def _mapped(sdk: Any, provider: str, key: str) -> Iterator[None]:
-    """Raise the blocks.errors type of an openai / anthropic SDK failure (both SDKs share the class names)."""
-    try:
-        yield
-    except sdk.APITimeoutError as exc:
-        raise ProviderTimeout("no answer within the timeout", provider=provider, operation="chat") from exc
-    except sdk.APIConnectionError as exc:
-        raise TransientError(f"connection failed: {scrub(exc, key)}", provider=provider, operation="chat") from exc
-    except sdk.APIStatusError as exc:
-        # `from None`: the SDK exception holds the raw body and request, which may echo the key.
-        body = exc.body if isinstance(exc.body, dict) else {}
-        detail = body.get("error") if isinstance(body.get("error"), dict) else body
-        message = scrub(detail.get("message") or exc.message, key)
-        raise error_for_status(exc.status_code, message, provider=provider, operation="chat",
-                               headers=exc.response.headers) from None
-    except (sdk.APIResponseValidationError, ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
-        raise MalformedResponse(f"unusable response body ({type(exc).__name__}: {scrub(exc, key, limit=120)})",
-                                provider=provider, operation="chat") from None
-
-
 _OPENAI_STOP = {"stop": "end_turn", "tool_calls": "tool_use", "function_call": "tool_use", "length": "max_tokens",
                 "content_filter": "refusal"}
 
@@ -253,7 +231,7 @@ class OpenAIChat(ChatBlock):
     def _send(self, client: Any, request: dict[str, Any], key: str) -> ChatTurn:
         import openai
 
-        with _mapped(openai, self.provider, key):
+        with map_sdk_errors(openai, "chat", provider=self.provider, secrets=[key]):
             response = client.chat.completions.create(**request)
             choice = response.choices[0]
             calls = []
@@ -332,7 +310,7 @@ class AnthropicChat(ChatBlock):
     def _send(self, client: Any, request: dict[str, Any], key: str) -> ChatTurn:
         import anthropic
 
-        with _mapped(anthropic, self.provider, key):
+        with map_sdk_errors(anthropic, "chat", provider=self.provider, secrets=[key]):
             response = client.messages.create(**request)
             text, calls = [], []
             for block in response.content:

@@ -16,7 +16,7 @@ from typing import Any
 from prefect.blocks.fields import SecretDict
 from pydantic import BaseModel, SecretBytes, SecretStr
 
-__all__ = ["redact", "register_secrets", "secret_values"]
+__all__ = ["redact", "register_secrets", "registered_secrets", "secret_values"]
 
 MIN_LENGTH = 6  # shorter values would mask ordinary words
 _secrets: set[str] = set()
@@ -29,6 +29,12 @@ def redact(text: str) -> str:
         if secret in text:
             text = text.replace(secret, "***")
     return text
+
+
+def registered_secrets() -> tuple[str, ...]:
+    """Every secret registered in this process (error mappers mask them too)."""
+    with _lock:
+        return tuple(_secrets)
 
 
 def register_secrets(values: Iterable[str]) -> None:

@@ -80,16 +80,17 @@ def error_for_status(
 ) -> ProviderError:
     """The error of the tree that an HTTP status means; `message` must already be scrubbed."""
     text = f"HTTP {status}: {message}"
+    where = {"provider": provider, "operation": operation, "status": status}
     if status == 429:
-        return RateLimited(text, provider=provider, operation=operation, retry_after=parse_retry_after(headers))
+        return RateLimited(text, retry_after=parse_retry_after(headers), **where)
     if status in (401, 403):
-        return AuthFailed(text, provider=provider, operation=operation)
+        return AuthFailed(text, **where)
     if status == 408:
-        return ProviderTimeout(text, provider=provider, operation=operation)
+        return ProviderTimeout(text, **where)
     # 409: OpenAI's SDK retries it too (a lock timeout on their side).
     if status == 409 or status >= 500:
-        return TransientError(text, provider=provider, operation=operation)
-    return InvalidRequest(text, provider=provider, operation=operation)
+        return TransientError(text, **where)
+    return InvalidRequest(text, **where)
 
 
 def backoff(attempt: int, error: TransientError) -> float:

@@ -49,6 +49,7 @@ def ingest(
 ) -> None:
     """Chunk, embed and store files; unchanged files cost nothing. Exit 1 if any item failed."""
     from flows.ingest import PROGRESS_LISTENER, IngestRequest, ingest as ingest_flow, run_ingest
+    from tasks.runtime import Runtime
 
     settings = Settings()
     try:
@@ -73,7 +74,7 @@ def ingest(
                 finally:
                     PROGRESS_LISTENER.reset(token)
             else:
-                summary = run_ingest(request, settings, progress=progress)
+                summary = run_ingest(request, Runtime(settings), progress=progress)
     except AppError as exc:
         _fail(str(exc))
     if as_json:
@@ -101,6 +102,7 @@ def search(
 ) -> None:
     """Search what was ingested (a direct call: no flow run on the hot path)."""
     from flows.search import search_now
+    from tasks.runtime import Runtime
     from tasks.search import SearchRequest
 
     settings = Settings()
@@ -113,7 +115,7 @@ def search(
     try:
         request = SearchRequest(query=query, mode=mode, limit=limit, tenant=tenant or settings.tenant,
                                 metadata=filters)
-        hits = search_now(request, settings)
+        hits = search_now(request, Runtime(settings))
     except (ValidationError, AppError) as exc:
         _fail(str(exc))
     if as_json:
@@ -236,11 +238,10 @@ def doctor(as_json: bool = typer.Option(False, "--json"),
     from deployments.doctor import run_checks
 
     if migrate:
-        from blocks.postgres import PgVectorStore
-        from tasks.migrate import ensure_schema
+        from tasks.runtime import Runtime
 
         try:
-            ensure_schema(PgVectorStore.from_settings(Settings()).pool())
+            Runtime().pool()  # applies the missing migrations
         except AppError as exc:
             _fail(str(exc))
     checks = run_checks()

@@ -115,7 +115,7 @@ def _indexes(pool) -> Check:
     """Each model's HNSW index and the full-text GIN index. A bulk load drops them and rebuilds them at its end; one
     cut short (crash, full disk) leaves them missing until the next ingest of that model: searches meanwhile still
     answer, by exact scans, but slowly."""
-    from tasks.store import missing_indexes
+    from tasks.indexes import missing_indexes
 
     try:
         with pool.connection() as conn:
@@ -133,7 +133,7 @@ def rebuild_missing_indexes(settings: Settings | None = None) -> list[str]:
     """Build every missing search index (waiting for a bulk load that holds one); returns the names built."""
     from blocks.postgres import PgVectorStore
     from tasks.migrate import ensure_schema
-    from tasks.store import index_memory_cap_mb, missing_indexes, model_index_name, rebuild_indexes
+    from tasks.indexes import index_memory_cap_mb, missing_indexes, model_index_name, rebuild_indexes
 
     settings = settings or Settings()
     store = PgVectorStore.from_settings(settings)

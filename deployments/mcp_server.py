@@ -38,7 +38,6 @@ from starlette.requests import Request
 
 from blocks.errors import AppError, AuthFailed, InputError, StoreError
 from blocks.policy import OperationPolicy
-from blocks.postgres import PgVectorStore
 from blocks.redact import redact
 from blocks.settings import Settings
 from blocks.storable import StorableModel
@@ -48,7 +47,7 @@ from deployments.memory import Memory
 from flows.operate import OperateRequest, submit_operation
 from tasks.context_models import MAX_APPEND, ContextCreate, MessageIn
 from tasks.grants import override_for
-from tasks.migrate import ensure_schema
+from tasks.runtime import Runtime
 from tasks.ops.base import Connections
 from tasks.tenancy import Principal, authenticate
 from tasks.tools import is_memory_tool, list_tools
@@ -122,6 +121,7 @@ class _Tools:
 
     def __init__(self, settings: Settings, connections: Connections | None, policy: OperationPolicy | None):
         self.settings, self.connections, self.policy = settings, connections, policy
+        self.runtime = Runtime(settings)
         self._memories: dict[str, Memory] = {}
         self._lock = threading.Lock()
         self.table = {t.spec.name: t for t in self._memory_tools() + self._operation_tools()}
@@ -129,7 +129,7 @@ class _Tools:
     def memory(self, principal: Principal) -> Memory:
         with self._lock:
             if principal.tenant not in self._memories:
-                self._memories[principal.tenant] = Memory(principal.tenant, self.settings)
+                self._memories[principal.tenant] = Memory(principal.tenant, runtime=self.runtime)
             return self._memories[principal.tenant]
 
     def _memory_tools(self) -> list[_Tool]:
@@ -293,9 +293,7 @@ def build_server(principal_resolver: PrincipalResolver, settings: Settings | Non
 
 
 def _pool(settings: Settings):
-    pool = PgVectorStore.from_settings(settings).pool()
-    ensure_schema(pool)
-    return pool
+    return Runtime(settings).pool()
 
 
 # --- streamable HTTP ---------------------------------------------------------------------------------------------
@@ -347,16 +345,17 @@ class McpHttpApp:
     def __init__(self, settings: Settings, *, connections: Connections | None = None,
                  policy: OperationPolicy | None = None, gate: AdmissionGate | None = None, max_body: int = MAX_BODY):
         self.settings = settings
+        self.runtime = Runtime(settings)
         self.max_body = max_body
         self.server = build_server(_scope_principal, settings, connections, policy)
-        self.gate = gate or AdmissionGate({}, settings.admission, lambda: _pool(settings))
+        self.gate = gate or AdmissionGate({}, settings.admission, self.runtime.pool)
         self.security = transport_security(settings)
         self._manager: StreamableHTTPSessionManager | None = None
 
     @asynccontextmanager
     async def run(self):
         """Serve requests while entered (a session manager runs once, so each run gets a new one)."""
-        await anyio.to_thread.run_sync(_pool, self.settings)
+        await anyio.to_thread.run_sync(self.runtime.pool)
         manager = StreamableHTTPSessionManager(app=self.server, stateless=True, security_settings=self.security)
         async with manager.run():
             self._manager = manager

@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-from blocks.embedders import load_embedder
-from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from flows.ingest import DocumentSpec, IngestRequest, run_ingest
 from flows.search import search_now
@@ -20,9 +18,9 @@ from tasks.contexts import (
     context_scope, context_summary, create_context, delete_context, find_similar, get_context, search_contexts,
     user_scope,
 )
-from tasks.migrate import ensure_schema
-from tasks.models import tenant_model
-from tasks.search import SearchHit, SearchRequest, resolve_model
+from tasks.registry import resolve_model
+from tasks.runtime import Runtime
+from tasks.search import SearchHit, SearchRequest
 
 __all__ = ["Memory"]
 
@@ -30,17 +28,17 @@ __all__ = ["Memory"]
 class Memory:
     """One tenant's memory: contexts (conversations), documents and search, without a flow run per call."""
 
-    def __init__(self, tenant: str | None = None, settings: Settings | None = None) -> None:
-        self.settings = settings or Settings()
+    def __init__(self, tenant: str | None = None, settings: Settings | None = None, *,
+                 runtime: Runtime | None = None) -> None:
+        self.runtime = runtime if runtime is not None else Runtime(settings)
+        self.settings = self.runtime.settings
         self.tenant = tenant or self.settings.tenant
-        self.pool = PgVectorStore.from_settings(self.settings).pool()
-        ensure_schema(self.pool)
+        self.pool = self.runtime.pool()
 
     @property
     def embedder(self):
         """The tenant's default model's embedder, else the configured one."""
-        default = tenant_model(self.pool, self.tenant)
-        return load_embedder(default.embedder if default and default.embedder else self.settings.embedder)
+        return self.runtime.embedder_for(self.tenant)
 
     def create_context(self, **fields) -> Context:
         """A new conversation context (name, user_id, agent_id, session_id, type, metadata, ttl_seconds ...);
@@ -69,7 +67,7 @@ class Memory:
         """Store (or update) a document; unchanged text costs nothing."""
         request = IngestRequest(tenant=self.tenant, documents=[DocumentSpec(document_id=document_id, text=text,
                                                                             metadata=metadata)])
-        return run_ingest(request, self.settings)
+        return run_ingest(request, self.runtime)
 
     def search(self, query: str, *, context_id=None, user_id: str | None = None, mode: str = "hybrid",
                limit: int = 10, **options) -> list[SearchHit]:
@@ -80,7 +78,7 @@ class Memory:
             request = user_scope(self.tenant, user_id, query, mode=mode, limit=limit, **options)
         else:
             return search_now(SearchRequest(query=query, tenant=self.tenant, mode=mode, limit=limit, **options),
-                              self.settings)
+                              self.runtime)
         return search_contexts(self.pool, request, embedder=self.embedder, settings=self.settings.search)
 
     def similar(self, context_id, limit: int = 5) -> list[SimilarContext]:

@@ -29,11 +29,9 @@ from prefect import flow
 from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, ConfigDict, Field
 
-from blocks.embedders import load_embedder
 from blocks.errors import ApprovalRejected, ConfigError, InputError, OperationDenied
 from blocks.llm import AnthropicChat, ChatBlock, ChatMessage, ChatTurn, OpenAIChat, ToolCall
 from blocks.policy import OperationPolicy
-from blocks.postgres import PgVectorStore
 from blocks.redact import redact
 from blocks.retry import scrub
 from blocks.settings import Settings
@@ -42,10 +40,9 @@ from flows.operate import OperateRequest, run_operation
 from tasks.context_index import append_messages
 from tasks.contexts import create_context, document_id, get_context, search_contexts, user_scope
 from tasks.llm_usage import record_llm_usage
-from tasks.migrate import ensure_schema
-from tasks.models import tenant_model
 from tasks.ops.base import Connections, get_operation
-from tasks.store import ensure_model
+from tasks.registry import ensure_model
+from tasks.runtime import Runtime
 from tasks.tools import MemoryScope, Tool, is_memory_tool, list_tools, run_memory_tool
 
 __all__ = ["AssistantRequest", "assistant", "load_llm", "run_assistant"]
@@ -117,20 +114,20 @@ class _Run:
         return redact(scrub(text, *self.secrets, limit=2000))
 
 
-def run_assistant(request: AssistantRequest, settings: Settings | None = None, *, llm: ChatBlock | None = None,
-                  connections: Connections | None = None, policy: OperationPolicy | None = None) -> dict[str, Any]:
+def run_assistant(request: AssistantRequest, runtime: Runtime | Settings | None = None, *,
+                  llm: ChatBlock | None = None, connections: Connections | None = None,
+                  policy: OperationPolicy | None = None) -> dict[str, Any]:
     """Answer one message; returns {context_id, answer, tool_calls, steps, stop_reason, usage, model}.
 
     `llm` defaults to the block the request names; `connections` and `policy` to those the operator granted the
     request's tenant (tasks.grants)."""
-    settings = settings or Settings()
-    pool = PgVectorStore.from_settings(settings).pool()
-    ensure_schema(pool)
+    runtime = Runtime.of(runtime)
+    settings, pool = runtime.settings, runtime.pool()
     tools = list_tools(request.tools)  # an unknown tool name fails before anything is stored
     llm = llm or load_llm(request.provider, request.llm_block)
     if llm.provider != request.provider:
         raise ConfigError(f"the chat block is {llm.provider!r}, the request says {request.provider!r}")
-    embedder = _embedder(pool, request.tenant, settings)
+    embedder = runtime.embedder_for(request.tenant)
     ensure_model(pool, embedder.model_id, embedder.dimensions)  # so the first search of a tenant finds its model
     context_id, history = _context(pool, request)
     scope = MemoryScope(pool, request.tenant, request.user_id, context_id, embedder, settings.search)
@@ -171,11 +168,6 @@ def run_assistant(request: AssistantRequest, settings: Settings | None = None, *
             "stop_reason": stop, "model": turns[-1].model if turns else llm.model,
             "usage": {"input_tokens": sum(t.usage.input_tokens for t in turns),
                       "output_tokens": sum(t.usage.output_tokens for t in turns)}}
-
-
-def _embedder(pool: ConnectionPool, tenant: str, settings: Settings):
-    default = tenant_model(pool, tenant)
-    return load_embedder(default.embedder if default and default.embedder else settings.embedder)
 
 
 def _context(pool: ConnectionPool, request: AssistantRequest) -> tuple[UUID, list[dict[str, Any]]]:

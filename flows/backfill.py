@@ -13,12 +13,12 @@ from blocks.embedders.hosted import collect_usage
 from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from tasks.migrate import ensure_schema
+from tasks.registry import ensure_model, set_embedder_name, tenant_model
 from tasks.usage import record_usage
-from tasks.models import embed_missing_wave, fail_switch, finish_switch, set_embedder_name, start_switch, tenant_model
+from tasks.models import embed_missing_wave, fail_switch, finish_switch, start_switch
 from tasks.runtime import call, in_flow_run
-from tasks.store import (
-    analyze, build_model_index, count_model_rows, drop_model_index, ensure_model, index_lock, index_memory_cap_mb,
-    model_index_exists,
+from tasks.indexes import (
+    analyze, build_model_index, count_model_rows, drop_model_index, index_lock, index_memory_cap_mb, model_index_exists,
 )
 
 __all__ = ["SwitchModelRequest", "switch_model", "run_switch"]
@@ -52,7 +52,7 @@ def run_switch(request: SwitchModelRequest, settings: Settings | None = None) ->
     # Nobody searches a model before its switch completes, so an unused model loads without its index
     # (pgvector builds an index far faster than it inserts into one) and gets it before the switch. The model's
     # index lock is held from the drop to the build, so that an ingest of this model meanwhile does not build it
-    # (tasks.store.bulk_load). Not getting it: a bulk load of the model is under way and builds the index itself.
+    # (tasks.indexes.bulk_load). Not getting it: a bulk load of the model is under way and builds the index itself.
     lock = index_lock(pool, model_id, keyword=False)
     if lock is not None:
         if model_index_exists(lock.conn, model_id) and count_model_rows(lock.conn, model_id) == 0:

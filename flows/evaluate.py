@@ -23,9 +23,10 @@ from tasks.migrate import ensure_schema
 from tasks.runtime import call
 from tasks.search import SearchRequest, run_search
 from tasks.store import (
-    DocumentIn, StoreResult, bulk_load, document_hash, ensure_model, hashes_needing_embedding, unchanged_documents,
-    write_batch,
+    DocumentIn, StoreResult, document_hash, hashes_needing_embedding, unchanged_documents, write_batch,
 )
+from tasks.indexes import bulk_load
+from tasks.registry import ensure_model
 
 __all__ = ["BeirEvalRequest", "evaluate_beir", "run_beir_eval", "MODES"]
 

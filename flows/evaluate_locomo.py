@@ -23,7 +23,7 @@ from tasks.contexts import (
 from tasks.embed import EmbedStats
 from tasks.locomo import KS, Conversation, load_locomo, score_question, summarise
 from tasks.migrate import ensure_schema
-from tasks.store import ensure_model
+from tasks.registry import ensure_model
 
 __all__ = ["LocomoEvalRequest", "evaluate_locomo", "run_locomo_eval", "load_conversation", "markdown", "MODES"]
 

@@ -23,15 +23,14 @@ from blocks.settings import Settings
 from blocks.storable import StorableModel
 from tasks.embed import embed_batch
 from tasks.embedding_claims import LEASE_S, claim, collect, publish, release
-from tasks.migrate import ensure_schema
-from tasks.models import set_embedder_name, tenant_model
 from tasks.prepare import prepare_batch, source_hash
 from tasks.read import ItemError, SourceDoc, read_sources
-from tasks.runtime import call, in_flow_run
+from tasks.registry import ensure_model, set_embedder_name
+from tasks.runtime import Runtime, call, in_flow_run
 from tasks.store import (
-    DocumentIn, StoreResult, bulk_load, ensure_model, hashes_needing_embedding, index_memory_cap_mb,
-    unchanged_documents, write_batch, write_documents,
+    DocumentIn, StoreResult, hashes_needing_embedding, unchanged_documents, write_batch, write_documents,
 )
+from tasks.indexes import bulk_load, index_memory_cap_mb
 from tasks.usage import record_usage
 
 __all__ = ["DocumentSpec", "IngestRequest", "PROGRESS_LISTENER", "RunProgress", "ingest", "run_ingest"]
@@ -68,33 +67,33 @@ def _batches(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def run_ingest(request: IngestRequest, settings: Settings | None = None, progress: Progress | None = None) -> dict:
+def run_ingest(request: IngestRequest, runtime: Runtime | Settings | None = None,
+               progress: Progress | None = None) -> dict:
     """The pipeline behind the `ingest` flow; inside a flow run its steps are task runs.
 
     Raises StoreUnavailable when the database as a whole fails (disk full, server gone): the message says what to
     do; every batch committed before is complete, and a re-run skips it.
     """
-    settings = settings or Settings()
+    runtime = Runtime.of(runtime)
     try:
-        return _run_ingest(request, settings, progress)
+        return _run_ingest(request, runtime, progress)
     except psycopg.Error as exc:
-        failure = PgVectorStore.from_settings(settings).failure(exc)
+        failure = runtime.failure(exc)
         if failure is None:
             raise
         raise failure from exc
 
 
-def _run_ingest(request: IngestRequest, settings: Settings, progress: Progress | None) -> dict:
+def _run_ingest(request: IngestRequest, runtime: Runtime, progress: Progress | None) -> dict:
     report = progress or (lambda stage, done, total: None)
+    settings = runtime.settings
     size = request.chunk_size or settings.chunk.size
     overlap = request.chunk_overlap if request.chunk_overlap is not None else settings.chunk.overlap
     if overlap >= size:
         raise ValueError(f"chunk_overlap ({overlap}) must be smaller than chunk_size ({size})")
-    store = PgVectorStore.from_settings(settings)
-    pool = store.pool()
-    ensure_schema(pool)
-    default = tenant_model(pool, request.tenant)
-    embedder_name = request.embedder or (default.embedder if default and default.embedder else settings.embedder)
+    store = runtime.store
+    pool = runtime.pool()
+    embedder_name = runtime.embedder_name(request.tenant, request.embedder)
     embedder = load_embedder(embedder_name)
     model_id = ensure_model(pool, embedder.model_id, embedder.dimensions)
     set_embedder_name(pool, model_id, embedder_name)

@@ -7,46 +7,40 @@ import re
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from blocks.embedders import load_embedder
 from blocks.errors import ConfigError
 from blocks.metrics import SEARCH_LATENCY
-from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from tasks.embed import embed_query
-from tasks.migrate import ensure_schema
-from tasks.models import search_model
-from tasks.search import SearchHit, SearchRequest, resolve_model, run_search
+from tasks.registry import tenant_has_vectors
+from tasks.runtime import Runtime
+from tasks.search import SearchHit, SearchRequest, run_search
 
 __all__ = ["search", "search_now"]
 
 
-def search_now(request: SearchRequest, settings: Settings | None = None) -> list[SearchHit]:
-    """Search without a flow run (a sync flow call costs up to ~1 s at exit; this costs milliseconds)."""
+def search_now(request: SearchRequest, runtime: Runtime | Settings | None = None, *,
+               empty_if_unembedded: bool = False) -> list[SearchHit]:
+    """Search without a flow run (a sync flow call costs up to ~1 s at exit; this costs milliseconds).
+
+    `empty_if_unembedded`: a tenant that has embedded nothing yet gets no hits instead of the ConfigError its
+    unresolvable default model raises (the REST API's answer: the default model may not even be registered).
+    """
     with SEARCH_LATENCY.labels(request.mode).time():
-        return _search_now(request, settings)
+        return _search_now(request, Runtime.of(runtime), empty_if_unembedded)
 
 
-def _search_now(request: SearchRequest, settings: Settings | None) -> list[SearchHit]:
-    settings = settings or Settings()
-    pool = PgVectorStore.from_settings(settings).pool()
-    ensure_schema(pool)
+def _search_now(request: SearchRequest, runtime: Runtime, empty_if_unembedded: bool) -> list[SearchHit]:
+    pool = runtime.pool()
     if request.mode == "keyword":
-        return run_search(pool, request, settings=settings.search)
-    info = search_model(pool, request.tenant, request.model)
-    if info is None:
-        if request.model is not None:
-            resolve_model(pool, request.model)  # raises the error that names the stored models
-        embedder = load_embedder(settings.embedder)
-        model, name = resolve_model(pool, embedder.model_id), embedder.model_id
-    else:
-        embedder = load_embedder(info.embedder or settings.embedder)
-        model, name = (info.id, info.dimensions), info.name
-    if embedder.model_id != name:
-        raise ConfigError(
-            f"model {name!r} is stored, but its embedder gives {embedder.model_id!r}; "
-            "set DEVMESH_EMBEDDER to that model's embedder to search it"
-        )
-    return run_search(pool, request, settings=settings.search, model=model, vector=embed_query(embedder, request.query))
+        return run_search(pool, request, settings=runtime.settings.search)
+    try:
+        embedder, model = runtime.model_for(request.tenant, request.model)
+    except ConfigError as exc:
+        if empty_if_unembedded and exc.item != "model" and not tenant_has_vectors(pool, request.tenant):
+            return []
+        raise
+    return run_search(pool, request, settings=runtime.settings.search, model=model,
+                      vector=embed_query(embedder, request.query))
 
 
 EXCERPT_CHARS = 200  # of a hit's text in the run's table artifact

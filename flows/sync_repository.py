@@ -3,7 +3,8 @@
 Cursors live in `repository_sync` (one row per tenant and repository) and move only after their part was stored:
 `issues_since` (GitHub's `since`, read again with a short overlap; unchanged documents cost no embedding) and
 `code_sha` (the commit last ingested: the next run fetches only the files changed since, by the compare API).
-Deleted issues and comments are invisible to `since`; the github-event flow removes them.
+Deleted issues and comments are invisible to `since`; the github-event flow removes them. GitHub's failures come
+out as devmesh errors (blocks.vendor_errors.map_github_errors), with GitHub's status on `.status`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from typing import TYPE_CHECKING, Any
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from blocks.errors import AppError
+from blocks.errors import AppError, NotFound, ProviderError
 from blocks.github import GitHubConnection
 from blocks.postgres import PgVectorStore
+from blocks.redact import register_secrets, secret_values
 from blocks.settings import Settings
+from blocks.vendor_errors import map_github_errors
 from flows.ingest import DocumentSpec, IngestRequest, run_ingest
 from tasks.github_docs import (
     MAX_FILE_BYTES, Skipped, code_doc, code_prefix, comment_doc, issue_doc, issue_number_from_url, require,
@@ -50,10 +53,14 @@ class IngestIncomplete(AppError):
 
 
 def github_client(settings: Settings, github: Any = None) -> github.Github:
-    """A PyGithub client: `github` itself (a client or a GitHubConnection), else the settings' connection block."""
+    """A PyGithub client: `github` itself (a client or a GitHubConnection), else the settings' connection block.
+    The connection's credentials are registered as secrets: no error or log line of this process shows them."""
     if github is None:
         github = GitHubConnection.load(settings.ops.github_block)
-    return github.client() if isinstance(github, GitHubConnection) else github
+    if isinstance(github, GitHubConnection):
+        register_secrets(secret_values(github))
+        return github.client()
+    return github
 
 
 class DocumentSink:
@@ -129,14 +136,13 @@ class DocumentSink:
 def _fetch(repo: Repository, sink: DocumentSink, name: str, path: str, head: str, branch: str,
            label: str | None, max_bytes: int) -> bool:
     """Add the file at `head` to the sink; False when it is gone or skipped (its stored document must go)."""
-    from github.GithubException import UnknownObjectException
-
     if reason := skip_reason(path, None, max_bytes):
         sink.skip(Skipped(path, reason))
         return False
     try:
-        found = repo.get_contents(path, ref=head)
-    except UnknownObjectException:
+        with map_github_errors("get_contents", unusable=()):
+            found = repo.get_contents(path, ref=head)
+    except NotFound:
         return False
     if isinstance(found, list) or found.type != "file":
         sink.skip(Skipped(path, "a directory" if isinstance(found, list) else f"a {found.type}"))
@@ -155,12 +161,11 @@ def _fetch(repo: Repository, sink: DocumentSink, name: str, path: str, head: str
 def _compare(repo: Repository, base: str, head: str) -> tuple[set[str], set[str]] | None:
     """(changed or added paths, removed paths) from base to head; None when the compare API cannot say (base
     unknown or not an ancestor after a force push, or 300 files or more)."""
-    from github.GithubException import GithubException
-
     try:
-        comparison = repo.compare(base, head)
-        status, files = comparison.status, comparison.files
-    except GithubException as exc:
+        with map_github_errors("compare", unusable=()):
+            comparison = repo.compare(base, head)
+            status, files = comparison.status, comparison.files
+    except ProviderError as exc:
         if exc.status in (404, 422):
             return None
         raise
@@ -198,6 +203,7 @@ def _whole_tree(repo: Repository, sink: DocumentSink, prefix: str, head: str, ma
     return {p for p, sha in wanted.items() if stored.get(p) != sha}, gone
 
 
+@map_github_errors("sync_code", unusable=())
 def sync_code(repo: Repository, sink: DocumentSink, *, name: str, head: str, branch: str, base: str | None = None,
               changes: tuple[set[str], set[str]] | None = None, label: str | None = None,
               max_files: int = MAX_FILES, max_bytes: int = MAX_FILE_BYTES) -> dict:
@@ -260,6 +266,7 @@ def _sync_issues(gh: github.Github, repo: Repository, sink: DocumentSink, name: 
     return counts, newest
 
 
+@map_github_errors("sync", unusable=())
 def run_sync(repository: str, tenant: str = "default", ref: str | None = None, include_code: bool = True,
              include_issues: bool = True, settings: Settings | None = None, github: Any = None,
              max_files: int = MAX_FILES, max_file_bytes: int = MAX_FILE_BYTES) -> dict:
@@ -292,11 +299,10 @@ def run_sync(repository: str, tenant: str = "default", ref: str | None = None, i
 
 def _head(repo: Repository, ref: str) -> str | None:
     """The commit sha `ref` names; None for a repository without commits (GitHub answers 409)."""
-    from github.GithubException import GithubException
-
     try:
-        return repo.get_commit(ref).complete().sha  # made lazily: its sha is the ref until fetched
-    except GithubException as exc:
+        with map_github_errors("get_commit", unusable=()):
+            return repo.get_commit(ref).complete().sha  # made lazily: its sha is the ref until fetched
+    except ProviderError as exc:
         if exc.status == 409:
             return None
         raise

@@ -24,8 +24,9 @@ from tasks.context_models import (
     context_uuid, document_id, open_message, parse_input,
 )
 from tasks.embed import embed_texts
+from tasks.registry import ensure_model
 from tasks.usage import record_usage
-from tasks.store import COPY_CHUNKS, COPY_EMBEDDINGS, NEXT_IDS, check_vector, ensure_model
+from tasks.store import COPY_CHUNKS, COPY_EMBEDDINGS, NEXT_IDS, check_vector
 
 __all__ = ["append_messages", "append_chunks", "live_context", "resolve_cipher", "render", "carried_messages",
            "plan_chunks", "finish_chunks", "cached_vectors", "embed_chunks", "seal_chunks"]

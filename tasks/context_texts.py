@@ -23,8 +23,7 @@ from blocks.storable import StorableModel
 from tasks.chunk import Chunk
 from tasks.context_index import append_chunks, cached_vectors, embed_chunks, live_context, resolve_cipher, seal_chunks
 from tasks.context_models import MAX_MESSAGE_BYTES, chunk_fields, context_label, context_uuid, parse_input
-from tasks.models import set_embedder_name, tenant_model
-from tasks.store import ensure_model
+from tasks.registry import ensure_model, model_names, set_embedder_name, stored_embedder, tenant_model
 from tasks.usage import record_usage
 
 __all__ = ["ContextText", "StoredText", "embedder_for", "model_name", "store_context_text"]
@@ -75,9 +74,7 @@ def embedder_for(pool: ConnectionPool, tenant: str, model: str | None, *, defaul
         return load_embedder(name), name
     check_embedding_model(model)
     candidates = [name, embedders.get(model)]
-    with pool.connection() as conn:
-        row = conn.execute("SELECT embedder FROM embedding_models WHERE name = %s", [model]).fetchone()
-    candidates.append(row[0] if row else None)
+    candidates.append(stored_embedder(pool, model))
     for candidate in filter(None, candidates):
         embedder = load_embedder(candidate)
         if _same_model(embedder.model_id, model):
@@ -100,8 +97,7 @@ def model_name(pool: ConnectionPool, model: str | None, *, embedders: dict[str, 
         return None
     if model in embedders:
         return load_embedder(embedders[model]).model_id
-    with pool.connection() as conn:
-        names = [r[0] for r in conn.execute("SELECT name FROM embedding_models")]
+    names = model_names(pool)
     if model in names:
         return model
     matches = [n for n in names if _same_model(n, model)]

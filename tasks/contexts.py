@@ -27,7 +27,8 @@ from tasks.context_models import (
     decode_cursor, document_id, encode_cursor, metadata_bytes, open_message, parse_input, searchable_metadata,
 )
 from tasks.embed import embed_query
-from tasks.search import SearchHit, SearchRequest, configure_hnsw, resolve_model, run_search
+from tasks.registry import resolve_model
+from tasks.search import SearchHit, SearchRequest, configure_hnsw, run_search
 
 __all__ = [
     "create_context", "get_context", "list_contexts", "update_context_metadata", "append_messages",

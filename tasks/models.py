@@ -1,4 +1,5 @@
-"""Embedding models per tenant: the default model, and backfilling a new one before an atomic switch."""
+"""Switching a tenant's default embedding model: backfilling the new one, then an atomic switch (the registry of
+models is tasks/registry.py)."""
 
 from __future__ import annotations
 
@@ -16,19 +17,10 @@ from blocks.postgres import PgVectorStore
 from tasks.embed import embed_texts
 
 __all__ = [
-    "ModelInfo", "tenant_model", "set_embedder_name", "search_model", "start_switch", "missing_chunks", "store_backfill",
+    "start_switch", "missing_chunks", "store_backfill",
     "finish_switch", "fail_switch", "embed_missing_wave",
 ]
 
-TENANT_MODEL = """
-SELECT m.id, m.name, m.dimensions, m.embedder FROM tenant_models t JOIN embedding_models m ON m.id = t.default_model_id
-WHERE t.tenant_id = %(tenant)s"""
-SET_EMBEDDER = "UPDATE embedding_models SET embedder = %(embedder)s WHERE id = %(model_id)s AND embedder IS DISTINCT FROM %(embedder)s"
-# The model a search uses, in one round trip: the one named, else the tenant's default.
-SEARCH_MODEL = """
-SELECT m.id, m.name, m.dimensions, m.embedder FROM embedding_models m
-WHERE m.name = %(name)s
-   OR (%(name)s::text IS NULL AND m.id = (SELECT default_model_id FROM tenant_models WHERE tenant_id = %(tenant)s))"""
 RUNNING_SWITCH = "SELECT id, model_id, cursor FROM model_switches WHERE tenant_id = %(tenant)s AND status = 'running'"
 START_SWITCH = """
 INSERT INTO model_switches (tenant_id, model_id, status) VALUES (%(tenant)s, %(model_id)s, 'running') RETURNING id, cursor"""
@@ -53,36 +45,6 @@ UPDATE model_switches SET status = 'completed', finished_at = now()
 WHERE id = %(switch_id)s AND EXISTS (SELECT 1 FROM switched) RETURNING id"""
 FAIL_SWITCH = "UPDATE model_switches SET status = 'failed', finished_at = now(), error = %(error)s WHERE id = %(switch_id)s"
 COPY_EMBEDDINGS = "COPY embeddings (chunk_id, model_id, tenant_id, embedding) FROM STDIN WITH (FORMAT BINARY)"
-
-
-class ModelInfo(tuple):
-    """(id, name, dimensions, embedder slug) of a stored model."""
-
-    __slots__ = ()
-    id = property(lambda self: self[0])
-    name = property(lambda self: self[1])
-    dimensions = property(lambda self: self[2])
-    embedder = property(lambda self: self[3])
-
-
-def tenant_model(pool: ConnectionPool, tenant: str) -> ModelInfo | None:
-    """The tenant's default model, or None when it never switched (then the configured embedder rules)."""
-    with pool.connection() as conn:
-        row = conn.execute(TENANT_MODEL, {"tenant": tenant}).fetchone()
-    return ModelInfo(row) if row else None
-
-
-def set_embedder_name(pool: ConnectionPool, model_id: int, embedder: str) -> None:
-    """Remember which embedder (name or block slug) produces a model, so search can embed queries for it."""
-    with pool.connection() as conn:
-        conn.execute(SET_EMBEDDER, {"model_id": model_id, "embedder": embedder})
-
-
-def search_model(pool: ConnectionPool, tenant: str, name: str | None) -> ModelInfo | None:
-    """The stored model `name`, or (no name) the tenant's default; None when there is no such model."""
-    with pool.connection() as conn:
-        row = conn.execute(SEARCH_MODEL, {"tenant": tenant, "name": name}).fetchone()
-    return ModelInfo(row) if row else None
 
 
 def start_switch(pool: ConnectionPool, tenant: str, model_id: int) -> tuple[int, int]:

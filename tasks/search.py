@@ -18,12 +18,10 @@ from blocks.settings import SearchSettings
 from blocks.storable import StorableModel
 from tasks.fusion import convex, rescore_turns, turn_candidates
 
-__all__ = ["SearchRequest", "SearchHit", "resolve_model", "configure_hnsw", "vector_ranking", "keyword_ranking", "rrf", "run_search"]
+__all__ = ["SearchRequest", "SearchHit", "configure_hnsw", "vector_ranking", "keyword_ranking", "rrf", "run_search"]
 
 SearchMode = Literal["vector", "keyword", "hybrid"]
 
-MODEL_BY_NAME = "SELECT id, dimensions FROM embedding_models WHERE name = %(name)s"
-MODEL_NAMES = "SELECT name FROM embedding_models ORDER BY name"
 # Filters apply inside the ORDER BY ... LIMIT so that pgvector's iterative scan keeps reading the index
 # until `limit` rows pass them (https://github.com/pgvector/pgvector#iterative-index-scans).
 VECTOR_RANKING = """
@@ -120,16 +118,6 @@ class SearchHit(BaseModel):
     created_at: datetime | None = Field(None, description="When the chunk's content was created (said, for a turn).")
 
 
-def resolve_model(pool: ConnectionPool, name: str) -> tuple[int, int]:
-    """(id, dimensions) of a stored embedding model; a clear error names the known ones."""
-    with pool.connection() as conn:
-        row = conn.execute(MODEL_BY_NAME, {"name": name}).fetchone()
-        if row is None:
-            known = [r[0] for r in conn.execute(MODEL_NAMES)]
-            raise ConfigError(f"unknown embedding model {name!r}; stored models: {', '.join(known) or 'none yet'}")
-    return row
-
-
 def _filters(request: SearchRequest) -> tuple[sql.Composable, dict]:
     parts, params = [], {}
     if request.document_ids is not None:
@@ -181,11 +169,12 @@ def vector_ranking(pool, model: tuple[int, int], vector: np.ndarray, request: Se
 def keyword_ranking(pool, request: SearchRequest, n: int, settings: SearchSettings) -> list[tuple[int, float]]:
     """[(chunk_id, BM25 score)] best first, exact, reading as few chunks as the query's terms allow.
 
-    MaxScore pruning (Turtle & Flood 1995): a term adds at most idf * (k1 + 1) to any chunk. Candidates are
-    first the chunks holding the rarest terms (a budget of document frequency); if the n-th best full score
-    among them beats what the remaining common terms could give a chunk holding only those, no other chunk
-    can enter the top n. Otherwise the next terms join the candidate terms and the ranking runs again.
-    Without it a query with one common word read and unnested every chunk holding it (seconds at 100k chunks).
+    MaxScore pruning (Turtle & Flood 1995) in two passes: a term adds at most idf * (k1 + 1) to any chunk.
+    Pass 1 scores (on all query terms) the chunks holding the rarest terms, up to a budget of document frequency:
+    its n-th score is a threshold. A chunk without those rare terms can only reach the threshold if it holds
+    common terms whose bounds add up to it; pass 2 asks the GIN index for exactly those chunks, as a boolean
+    tsquery (the threshold as a sum of AND-ed terms, _threshold_query), and scores them. GIN intersects the
+    common terms' posting lists, so few chunks are read instead of every chunk holding one common word.
     """
     with pool.connection() as conn:
         conn.execute("SELECT set_config('statement_timeout', %s, true)", [_timeout_ms(settings)])
@@ -197,25 +186,87 @@ def keyword_ranking(pool, request: SearchRequest, n: int, settings: SearchSettin
         terms = sorted(((lex, df, math.log(1 + (total - df + 0.5) / (df + 0.5))) for lex, df, *_ in rows),
                        key=lambda t: (-t[2], t[0]))
         bounds = [idf * (settings.bm25_k1 + 1) for _, _, idf in terms]
+        literals = [_tsquery_literal(t[0]) for t in terms]
         filters, params = _filters(request)
         query = sql.SQL(KEYWORD_RANKING).format(filters=filters)
         params.update(tenant=request.tenant, n=n, k1=settings.bm25_k1, b=settings.bm25_b, avgdl=avgdl,
                       lexemes=[t[0] for t in terms], idfs=[t[2] for t in terms])
-        essential, budget, passes = 0, _DF_BUDGET, 1
-        while True:
-            while essential < len(terms) and (essential == 0 or terms[essential][1] <= budget):
-                budget -= terms[essential][1]
-                essential += 1
-            params["match"] = " | ".join(_tsquery_literal(t[0]) for t in terms[:essential])
-            ranked = [(r[0], float(r[1])) for r in conn.execute(query, params)]
-            rest = sum(bounds[essential:])
-            if essential == len(terms) or (len(ranked) == n and ranked[-1][1] >= rest):
-                return ranked
-            budget = _DF_BUDGET * 2 ** passes + terms[essential][1]
-            passes += 1
+
+        def rank(match: str) -> list[tuple[int, float]]:
+            return [(r[0], float(r[1])) for r in conn.execute(query, {**params, "match": match})]
+
+        essential, budget = 0, _DF_BUDGET
+        while essential < len(terms) and (essential == 0 or terms[essential][1] <= budget):
+            budget -= terms[essential][1]
+            essential += 1
+        head = " | ".join(literals[:essential])
+        ranked = rank(head)
+        if essential == len(terms):
+            return ranked
+        # A chunk outside pass 1 enters the top n only with a score of at least the n-th (ties by id).
+        need = _margin(ranked[-1][1]) if len(ranked) == n else 0.0
+        rest = _threshold_query(literals[essential:], bounds[essential:], need)
+        if rest is None:  # no chunk without the rare terms can reach the top n
+            return ranked
+        more = rank(f"({rest}) & !({head})")
+        return sorted(ranked + more, key=lambda r: (-r[1], r[0]))[:n]
 
 
 _DF_BUDGET = 2000  # chunks the first candidate terms may cover together
+_MAX_QUERY_TERMS = 256  # lexemes in pass 2's tsquery; beyond, its conjunctions are cut shorter
+
+
+def _margin(score: float) -> float:
+    """A threshold a hair below `score`, so that float rounding of bounds never excludes a tie."""
+    return score - 1e-9 * max(1.0, abs(score))
+
+
+def _threshold_query(literals: list[str], bounds: list[float], need: float) -> str | None:
+    """A tsquery matching the chunks that hold a subset of the terms whose bounds add up to `need` or more
+    (None when no subset does; `need` <= 0: any term).
+
+    f(i, need) = (term_i & f(i+1, need - bound_i)) | f(i+1, need), true once need <= 0, false when the bounds
+    left cannot reach need; terms rarest (largest bound) first. When that formula exceeds _MAX_QUERY_TERMS
+    lexemes, conjunctions are cut after `depth` terms (f is then true when the rest could still reach need): a
+    looser tsquery, matching a superset of those chunks, so the ranking stays exact at the cost of more reads.
+    """
+    suffix = [0.0] * (len(bounds) + 1)
+    for i in range(len(bounds) - 1, -1, -1):
+        suffix[i] = suffix[i + 1] + bounds[i]
+    if suffix[0] < need:
+        return None
+    if need <= 0:
+        return " | ".join(literals)
+    for depth in range(len(bounds), 0, -1):
+        try:
+            return _formula(literals, bounds, suffix, need, depth)
+        except OverflowError:
+            continue
+    return " | ".join(literals)
+
+
+def _formula(literals: list[str], bounds: list[float], suffix: list[float], need: float, depth: int) -> str:
+    size = 0
+    true = object()
+
+    def f(i: int, left: float, d: int):
+        nonlocal size
+        if left <= 0 or (d == depth and suffix[i] >= left):
+            return true
+        if i == len(bounds) or suffix[i] < left:
+            return None
+        taken = f(i + 1, left - bounds[i], d + 1)
+        if taken is None:  # then the terms after i cannot reach `left` either
+            return None
+        size += 1
+        if size > _MAX_QUERY_TERMS:
+            raise OverflowError
+        mine = literals[i] if taken is true else f"{literals[i]} & ({taken})"
+        skipped = f(i + 1, left, d)
+        return mine if skipped is None else f"{mine} | {skipped}"
+
+    out = f(0, need, 0)
+    return " | ".join(literals) if out is true else out
 
 
 def _tsquery_literal(lexeme: str) -> str:

@@ -67,3 +67,63 @@ def test_every_prefect_yaml_entrypoint_loads_a_flow():
         assert flow.description, f"{deployment['name']}: flows carry a one-line docstring"
         for key in deployment.get("parameters", {}):
             assert key in flow.parameters.properties, f"{deployment['name']}: unknown parameter {key}"
+
+
+VENDORS = {"github", "kubernetes", "urllib3", "botocore", "boto3", "openai", "anthropic", "httpx", "requests",
+           "psycopg", "psycopg_pool"}
+# Where a flow may still name a vendor's exception, and why (empty is the goal).
+VENDOR_EXCEPTIONS_ALLOWED = {
+    # run_ingest turns psycopg's "the database failed" into StoreUnavailable itself; the runtime branch owns this
+    # module while it reshapes it, and its place is blocks.vendor_errors.map_postgres_errors (same behaviour).
+    "flows/ingest.py": "psycopg",
+}
+
+
+def _vendor_exceptions(path: Path) -> set[str]:
+    """The vendor exceptions `path` imports or catches: names imported from a vendor's package that end in Error or
+    Exception (or come from its exceptions module), and `except` clauses that name anything of a vendor's."""
+    tree = ast.parse(path.read_text())
+    bound: dict[str, str] = {}  # local name -> vendor package
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] in VENDORS:
+                    bound[(a.asname or a.name).split(".")[0]] = a.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in VENDORS:
+            for a in node.names:
+                bound[a.asname or a.name] = node.module.split(".")[0]
+                if a.name.endswith(("Error", "Exception")) or "exception" in node.module.lower() \
+                        or node.module.endswith(".errors"):
+                    found.add(f"{node.module}.{a.name}")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ExceptHandler) and node.type is not None:
+            for name in ast.walk(node.type):
+                if isinstance(name, ast.Name) and name.id in bound:
+                    found.add(f"{bound[name.id]}: except {ast.unparse(node.type)}")
+    return found
+
+
+def test_flows_catch_only_devmeshs_errors():
+    """Vendor exceptions are mapped once per vendor in blocks/vendor_errors (map_github_errors, ...): flows compose
+    tasks and catch only blocks.errors' tree."""
+    offences = {}
+    for path in sorted((ROOT / "flows").rglob("*.py")):
+        name = str(path.relative_to(ROOT))
+        found = _vendor_exceptions(path)
+        allowed = VENDOR_EXCEPTIONS_ALLOWED.get(name)
+        if allowed is not None:
+            found = {f for f in found if not f.startswith(allowed)}
+        if found:
+            offences[name] = sorted(found)
+    assert offences == {}
+
+
+def test_the_vendor_exception_check_finds_them(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("import psycopg\nfrom github.GithubException import UnknownObjectException as Gone\n"
+                      "from botocore import exceptions as bc\n"
+                      "try:\n    pass\nexcept (psycopg.Error, bc.ClientError):\n    pass\nexcept Gone:\n    pass\n")
+    assert _vendor_exceptions(sample) == {
+        "github.GithubException.UnknownObjectException", "psycopg: except (psycopg.Error, bc.ClientError)",
+        "botocore: except (psycopg.Error, bc.ClientError)", "github: except Gone"}

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any, ClassVar, Literal
 
 from prefect_aws import AwsCredentials
 from pydantic import Field, model_validator
 
 from blocks.embedders.hosted import HostedEmbedder, Reply
-from blocks.retry import MalformedResponse, call_with_retries, error_for_status, parse_retry_after, scrub
-from blocks.errors import AuthFailed, InvalidRequest, ProviderTimeout, RateLimited, TransientError
+from blocks.retry import MalformedResponse, call_with_retries
+from blocks.vendor_errors import map_aws_errors
 
 __all__ = ["BedrockEmbedder"]
 
@@ -24,51 +22,6 @@ TITAN = "amazon.titan-embed-text-v2:0"
 # at most 96 texts per call, 2,048 characters per text; 512 tokens recommended.
 TITAN_GROUP = 128  # texts per embed() call, each sent as its own InvokeModel
 COHERE_MAX_TEXTS = 96
-_ERRORS = {  # bedrock-runtime error codes (botocore's service model) to the error tree
-    "ThrottlingException": RateLimited,
-    "ServiceQuotaExceededException": RateLimited,  # AWS: "You can resubmit your request later"
-    "ModelTimeoutException": ProviderTimeout,
-    "InternalServerException": TransientError,
-    "ServiceUnavailableException": TransientError,
-    "ModelNotReadyException": TransientError,
-    "ValidationException": InvalidRequest,
-    "ResourceNotFoundException": InvalidRequest,
-    "AccessDeniedException": AuthFailed,
-    "UnrecognizedClientException": AuthFailed,
-    "InvalidSignatureException": AuthFailed,
-    "ExpiredTokenException": AuthFailed,
-}
-
-
-@contextmanager
-def _map_botocore_errors(*secrets: str | None) -> Iterator[None]:
-    """Raise the blocks.errors type of a botocore failure."""
-    from botocore import exceptions as bc
-
-    try:
-        yield
-    except bc.ClientError as exc:
-        error, meta = exc.response.get("Error", {}), exc.response.get("ResponseMetadata", {})
-        code = error.get("Code", "?")
-        message = scrub(f"{code}: {error.get('Message', '')}", *secrets)
-        headers = meta.get("HTTPHeaders") or {}
-        kind = _ERRORS.get(code)
-        # `from None`, as for every HTTP error here: the vendor exception holds the raw body.
-        if kind is RateLimited:
-            retry_after = parse_retry_after(headers)
-            raise RateLimited(message, provider=PROVIDER, operation="embed", retry_after=retry_after) from None
-        if kind is not None:
-            raise kind(message, provider=PROVIDER, operation="embed") from None
-        raise error_for_status(meta.get("HTTPStatusCode", 500), message, provider=PROVIDER, headers=headers) from None
-    except (bc.ReadTimeoutError, bc.ConnectTimeoutError) as exc:
-        raise ProviderTimeout("no answer within the timeout", provider=PROVIDER, operation="embed") from exc
-    except (bc.ConnectionError, bc.HTTPClientError) as exc:
-        message = f"connection failed: {scrub(exc, *secrets)}"
-        raise TransientError(message, provider=PROVIDER, operation="embed") from exc
-    except (bc.NoCredentialsError, bc.PartialCredentialsError) as exc:
-        raise AuthFailed(f"AWS credentials: {exc}", provider=PROVIDER, operation="embed") from exc
-
-
 class BedrockEmbedder(HostedEmbedder):
     """Embeddings from AWS Bedrock: Amazon Titan Text Embeddings v2 or Cohere Embed v3.
 
@@ -179,7 +132,7 @@ class BedrockEmbedder(HostedEmbedder):
                     "truncate": self.truncate}
         secret = self.aws_credentials.aws_secret_access_key
         secrets = (secret.get_secret_value() if secret else None, self.aws_credentials.aws_session_token)
-        with _map_botocore_errors(*secrets):
+        with map_aws_errors("embed", provider=PROVIDER, secrets=secrets):
             response = client.invoke_model(modelId=self.model, body=json.dumps(body),
                                            contentType="application/json", accept="application/json")
             raw = response["body"].read()

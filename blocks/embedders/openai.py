@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr, model_validator
 
 from blocks.embedders.hosted import HostedEmbedder, Reply, fingerprint
-from blocks.retry import MalformedResponse, error_for_status, scrub
-from blocks.errors import ProviderTimeout, TransientError
+from blocks.vendor_errors import map_sdk_errors
 
 __all__ = ["OpenAIEmbedder"]
 
@@ -20,29 +17,6 @@ NATIVE_DIMENSIONS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3
 MAX_INPUTS = 2048
 MAX_REQUEST_TOKENS = 300_000
 PROVIDER = "openai"
-
-
-@contextmanager
-def _map_openai_errors(secret: str) -> Iterator[None]:
-    """Raise the blocks.errors type of an openai SDK failure."""
-    import openai
-
-    try:
-        yield
-    except openai.APITimeoutError as exc:
-        raise ProviderTimeout("no answer within the timeout", provider=PROVIDER, operation="embed") from exc
-    except openai.APIConnectionError as exc:
-        raise TransientError(f"connection failed: {scrub(exc, secret)}", provider=PROVIDER, operation="embed") from exc
-    except openai.APIStatusError as exc:
-        # `from None`: the SDK's exception holds the raw body, and a vendor or proxy may echo the key there.
-        body = exc.body if isinstance(exc.body, dict) else {}
-        message = scrub(body.get("message") or exc.message, secret)
-        raise error_for_status(exc.status_code, message, provider=PROVIDER, headers=exc.response.headers) from None
-    except (openai.APIResponseValidationError, ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise MalformedResponse(
-            f"unusable response body ({type(exc).__name__}: {scrub(exc, secret, limit=120)})",
-            provider=PROVIDER, operation="embed",
-        ) from exc
 
 
 class OpenAIEmbedder(HostedEmbedder):
@@ -123,7 +97,9 @@ class OpenAIEmbedder(HostedEmbedder):
         options: dict[str, Any] = {"input": texts, "model": self.model}
         if self.output_dimensions is not None:
             options["dimensions"] = self.output_dimensions
-        with _map_openai_errors(self.api_key.get_secret_value()):
+        import openai
+
+        with map_sdk_errors(openai, "embed", provider=PROVIDER, secrets=[self.api_key.get_secret_value()]):
             # The SDK asks for base64 (4 bytes a float instead of ~20 of JSON text) and decodes it.
             response = client.embeddings.create(**options)
             rows = sorted(response.data, key=lambda row: row.index)

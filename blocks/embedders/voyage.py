@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr
 
 from blocks.embedders.hosted import HostedEmbedder, Reply, fingerprint
 from blocks.retry import MalformedResponse, error_for_status, scrub
-from blocks.errors import ProviderTimeout, TransientError
+from blocks.vendor_errors import map_httpx_errors
 
 __all__ = ["VoyageEmbedder"]
 
@@ -20,19 +18,6 @@ DEFAULT_DIMENSIONS = 1024
 # the request for voyage-3.5-lite, 320K for voyage-3.5, 120K for voyage-code-3.
 MAX_INPUTS = 1000
 MAX_REQUEST_TOKENS = {"voyage-3.5-lite": 1_000_000, "voyage-3.5": 320_000, "voyage-code-3": 120_000}
-
-
-@contextmanager
-def _map_httpx_errors(secret: str) -> Iterator[None]:
-    """Raise the blocks.errors type of an httpx transport failure."""
-    import httpx
-
-    try:
-        yield
-    except httpx.TimeoutException as exc:
-        raise ProviderTimeout("no answer within the timeout", provider=PROVIDER, operation="embed") from exc
-    except httpx.TransportError as exc:
-        raise TransientError(f"connection failed: {scrub(exc, secret)}", provider=PROVIDER, operation="embed") from exc
 
 
 def _detail(response: Any) -> str:
@@ -107,7 +92,7 @@ class VoyageEmbedder(HostedEmbedder):
         if self.output_dimensions is not None:
             body["output_dimension"] = self.output_dimensions
         secret = self.api_key.get_secret_value()
-        with _map_httpx_errors(secret):
+        with map_httpx_errors("embed", provider=PROVIDER, secrets=[secret]):
             response = client.post("/v1/embeddings", json=body, headers={"Authorization": f"Bearer {secret}"})
         if response.status_code >= 300:
             message = scrub(_detail(response), secret)

@@ -28,7 +28,7 @@ def store(body: EmbeddingsBody, principal: Writer, api: ApiState = Depends(api_s
                        item=reserved[0][:200])
     request = IngestRequest(tenant=principal.tenant, documents=[
         DocumentSpec(document_id=d.id, text=d.text, kind=d.kind, metadata=d.metadata) for d in items])
-    summary = run_ingest(request, api.settings)
+    summary = run_ingest(request, api.runtime)
     errors = [{"item": e["item"], "error": e["error"][:1000]} for e in summary["errors"]]
     failed = {e["item"] for e in errors}
     stored = [d.id for d in items if d.id not in failed]

@@ -17,12 +17,12 @@ from deployments.api.state import ApiState, api_state
 from flows.search import search_now
 from tasks.context_texts import model_name
 from tasks.contexts import document_id
-from tasks.search import SearchHit, SearchRequest, resolve_model, run_search
+from tasks.registry import resolve_model
+from tasks.search import SearchHit, SearchRequest, run_search
 
 __all__ = ["check_model", "router", "text_search"]
 
 router = APIRouter(tags=["search"])
-HAS_VECTORS = "SELECT EXISTS (SELECT 1 FROM embeddings WHERE tenant_id = %s)"
 
 
 def check_model(pool, name: str) -> tuple[int, int]:
@@ -44,14 +44,10 @@ def _open_sealed(hits: list[SearchHit]) -> list[SearchHit]:
 def text_search(api: ApiState, request: SearchRequest) -> list[SearchHit]:
     """search_now, with an unknown model as 422 and a tenant without vectors answering no hits."""
     try:
-        return _open_sealed(search_now(request, api.settings))
-    except ConfigError:
-        if request.model is not None:
-            check_model(api.pool(), request.model)
-        if request.mode != "keyword":
-            with api.pool().connection() as conn:
-                if not conn.execute(HAS_VECTORS, [request.tenant]).fetchone()[0]:
-                    return []  # nothing embedded yet, so the default model may not even be registered
+        return _open_sealed(search_now(request, api.runtime, empty_if_unembedded=True))
+    except ConfigError as exc:
+        if exc.item == "model":
+            raise ApiError(422, "unknown_model", str(exc), item="model") from None
         raise
 
 

@@ -13,36 +13,34 @@ The gateway's state dict carries:
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from fastapi import Request
 from psycopg_pool import ConnectionPool
 
 from blocks.policy import OperationPolicy
-from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from deployments.admission import AdmissionGate
 from deployments.memory import Memory
 from tasks.claims import ClaimRules
 from tasks.grants import override_for
-from tasks.migrate import ensure_schema
 from tasks.ops.base import Connections
+from tasks.runtime import Runtime
 
 __all__ = ["ApiState", "api_state"]
 
 
 class ApiState:
-    """Per-app shared objects. The settings keep naming the store as configured (an external URL, or the embedded
-    server's home: never its resolved URL), so that every call goes through PgVectorStore.pool(): for the embedded
-    server that restarts it if its postmaster died and drops the pool's connections to a dead one, and errors name
-    its log (a PANIC on a full disk). Finding the open pool costs reading postmaster.pid, not a connection."""
+    """Per-app shared objects around the process's Runtime (tasks.runtime): its settings keep naming the store as
+    configured (an external URL, or the embedded server's home: never its resolved URL), so that every call goes
+    through PgVectorStore.pool(): for the embedded server that restarts it if its postmaster died and drops the
+    pool's connections to a dead one, and errors name its log (a PANIC on a full disk). Finding the open pool costs
+    reading postmaster.pid, not a connection."""
 
     def __init__(self, shared: dict[str, Any], settings: Settings) -> None:
         self.shared = shared
-        self._settings = settings
-        self._schema_ready = False
-        self._lock = threading.Lock()
+        self.runtime = Runtime(settings)
+        self.settings = settings
         if "gate" not in shared:
             shared["gate"] = AdmissionGate(shared, settings.admission, self.pool)
 
@@ -50,20 +48,9 @@ class ApiState:
     def gate(self) -> AdmissionGate:
         return self.shared["gate"]
 
-    @property
-    def settings(self) -> Settings:
-        self.pool()
-        return self._settings
-
     def pool(self) -> ConnectionPool:
-        """The process-wide sync pool of the store (schema ensured once)."""
-        pool = PgVectorStore.from_settings(self._settings).pool()
-        if not self._schema_ready:
-            with self._lock:
-                if not self._schema_ready:
-                    ensure_schema(pool)
-                    self._schema_ready = True
-        return pool
+        """The process-wide sync pool of the store (schema ensured)."""
+        return self.runtime.pool()
 
     def claim_rules(self) -> ClaimRules:
         """Registration's rules: the settings' mode and reserved names; the operator's tenants are Settings.tenant
@@ -75,16 +62,16 @@ class ApiState:
 
     def memory(self, tenant: str) -> Memory:
         """The tenant's Memory facade (cheap: the pool is found by its URL)."""
-        return Memory(tenant=tenant, settings=self.settings)
+        return Memory(tenant=tenant, runtime=self.runtime)
 
     def ops_policy(self, tenant: str) -> OperationPolicy | None:
         """The override policy for `tenant`, else None (the guard loads the tenant's granted policy)."""
-        return override_for(self.shared.get("ops_policy"), tenant, self._settings.tenant)
+        return override_for(self.shared.get("ops_policy"), tenant, self.settings.tenant)
 
     def ops_connections(self, provider: str, tenant: str) -> Connections | None:
         """The override connections of `tenant` when they hold `provider`'s block, else None (the guard loads the
         tenant's granted block)."""
-        conns = override_for(self.shared.get("ops_connections"), tenant, self._settings.tenant)
+        conns = override_for(self.shared.get("ops_connections"), tenant, self.settings.tenant)
         return conns if conns is not None and getattr(conns, provider, None) is not None else None
 
 

@@ -10,59 +10,24 @@ import re
 from typing import Any, Literal
 
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, EndpointConnectionError, \
-    ParamValidationError, ReadTimeoutError
 from pydantic import Field, field_validator, model_validator
 
-from blocks.errors import AuthFailed, ConfigError, InvalidRequest, MalformedResponse, NotFound, ProviderError, \
-    ProviderTimeout, RateLimited, TransientError
-from blocks.retry import scrub
+from blocks.errors import ConfigError, InvalidRequest, MalformedResponse, NotFound
+from blocks.vendor_errors import map_aws_errors
 from tasks.ops.base import Connections, OpInput, Operation, Plan, register
 
 __all__ = ["S3PutObject", "S3List", "EcsUpdateService", "Describe"]
 
 KEY_META = "devmesh-idempotency-key"
 SHA_META = "devmesh-sha256"
-THROTTLED = {"Throttling", "ThrottlingException", "TooManyRequestsException", "RequestLimitExceeded", "SlowDown",
-             "ProvisionedThroughputExceededException", "RequestThrottled"}
-DENIED = {"AccessDenied", "AccessDeniedException", "UnrecognizedClientException", "InvalidClientTokenId",
-          "ExpiredToken", "ExpiredTokenException", "SignatureDoesNotMatch", "InvalidAccessKeyId"}
-MISSING = {"NoSuchBucket", "NoSuchKey", "NotFound", "404", "ServiceNotFoundException", "ClusterNotFoundException",
-           "ResourceNotFoundException"}
 READ_CALL = re.compile(r"^(describe|list)_[a-z0-9_]+$|^get_caller_identity$")
 BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
-def _error(exc: Exception, operation: str, conns: Connections) -> ProviderError:
-    """boto3 / botocore failures in devmesh's error tree, scrubbed of credentials."""
-    msg = scrub(exc, *conns.secrets())
-    if isinstance(exc, ClientError):
-        code = exc.response.get("Error", {}).get("Code", "")
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        if code in THROTTLED or status == 429:
-            return RateLimited(msg, provider="aws", operation=operation)
-        if code in DENIED or status in (401, 403):
-            return AuthFailed(msg, provider="aws", operation=operation)
-        if code in MISSING or status == 404:
-            return NotFound(msg, provider="aws", operation=operation)
-        if status >= 500 or code in ("InternalError", "ServiceUnavailable", "ServerException"):
-            return TransientError(msg, provider="aws", operation=operation)
-        return InvalidRequest(msg, provider="aws", operation=operation)
-    if isinstance(exc, (ConnectTimeoutError, ReadTimeoutError)):
-        return ProviderTimeout(msg, provider="aws", operation=operation)
-    if isinstance(exc, EndpointConnectionError):
-        return TransientError(msg, provider="aws", operation=operation)
-    if isinstance(exc, ParamValidationError):
-        return InvalidRequest(msg, provider="aws", operation=operation)
-    return MalformedResponse(msg, provider="aws", operation=operation)
-
-
 def _call(conns: Connections, operation: str, service: str, region: str, method: str, /, **params: Any) -> dict:
     client = _client(conns, service, region)
-    try:
+    with map_aws_errors(operation, secrets=conns.secrets):
         return getattr(client, method)(**params)
-    except (ClientError, BotoCoreError) as exc:
-        raise _error(exc, operation, conns) from None
 
 
 def _client(conns: Connections, service: str, region: str):

@@ -12,30 +12,20 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
 from itertools import islice
 import urllib.parse
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, StringConstraints, model_validator
 
 from blocks.errors import (
-    AppError,
-    AuthFailed,
     ConfigError,
     InputError,
     InvalidRequest,
     MalformedResponse,
-    NotFound,
-    ProviderError,
-    ProviderTimeout,
-    RateLimited,
-    TransientError,
 )
 from blocks.github import PER_PAGE
-from blocks.retry import parse_retry_after, scrub
+from blocks.vendor_errors import map_github_errors
 from tasks.ops.base import Connections, OpInput, Operation, Plan, register
 
 if TYPE_CHECKING:
@@ -214,84 +204,9 @@ def _owner(repo: str | None) -> str | None:
     return repo.split("/", 1)[0] if repo else None
 
 
-def _is_rate_limit(message: str, headers: Mapping[str, str]) -> bool:
-    from github.Requester import Requester
-
-    text = message.lower()
-    return "rate limit" in text or Requester.isRateLimitError(text) or headers.get("x-ratelimit-remaining") == "0"
-
-
-def _retry_after(headers: Mapping[str, str]) -> float:
-    """GitHub's rule: `retry-after` seconds; else, with no requests remaining, until `x-ratelimit-reset`; else 60."""
-    if (after := parse_retry_after(headers)) is not None:
-        return after
-    if headers.get("x-ratelimit-remaining") == "0":
-        try:
-            return max(1.0, float(headers["x-ratelimit-reset"]) - time.time())
-        except (KeyError, ValueError):
-            pass
-    return 60.0
-
-
-def _details(errors: Any) -> str:
-    """GitHub's `errors` list of a 400/422 as text: `Issue.title missing_field`."""
-    if not isinstance(errors, list) or not errors:
-        return ""
-    parts = []
-    for error in errors[:5]:
-        if isinstance(error, dict):
-            where = ".".join(str(error[k]) for k in ("resource", "field") if error.get(k))
-            what = " ".join(str(error[k]) for k in ("code", "message") if error.get(k))
-            parts.append(f"{where} {what}".strip())
-        else:
-            parts.append(str(error))
-    return f" ({'; '.join(parts)})"
-
-
-def _error(exc: github.GithubException, operation: str, secrets: list[str]) -> ProviderError:
-    from github.GithubException import RateLimitExceededException
-
-    status = exc.status
-    data = exc.data if isinstance(exc.data, dict) else {}
-    headers = {str(k).lower(): str(v) for k, v in (exc.headers or {}).items()}
-    message = str(data.get("message") or exc.message or "no message")
-    text = scrub(f"HTTP {status}: {message}{_details(data.get('errors'))}", *secrets)
-    where = {"provider": PROVIDER, "operation": operation}
-    if isinstance(exc, RateLimitExceededException) or status == 429 or (
-            status == 403 and _is_rate_limit(message, headers)):
-        return RateLimited(text, retry_after=_retry_after(headers), **where)
-    if status in (401, 403):
-        return AuthFailed(text, **where)
-    if status in (404, 410):
-        return NotFound(text, **where)
-    if status == 408:
-        return ProviderTimeout(text, **where)
-    if status >= 500:
-        return TransientError(text, **where)
-    return InvalidRequest(text, **where)
-
-
-@contextmanager
-def _errors(conns: Connections, operation: str) -> Iterator[None]:
-    """Raise PyGithub's and requests' failures as blocks.errors, with every secret scrubbed from the message."""
-    import requests
-    from github.GithubException import BadAttributeException, GithubException
-
-    try:
-        yield
-    except AppError:
-        raise
-    except GithubException as exc:
-        # `from None`: the exception holds the raw body and headers, which a proxy may fill with anything.
-        raise _error(exc, operation, conns.secrets()) from None
-    except requests.Timeout:
-        raise ProviderTimeout("no answer within the timeout", provider=PROVIDER, operation=operation) from None
-    except requests.RequestException as exc:
-        message = f"connection failed: {scrub(exc, *conns.secrets())}"
-        raise TransientError(message, provider=PROVIDER, operation=operation) from None
-    except (BadAttributeException, ValueError, KeyError, TypeError, AttributeError, AssertionError) as exc:
-        message = f"unusable response ({type(exc).__name__}: {scrub(exc, *conns.secrets(), limit=160)})"
-        raise MalformedResponse(message, provider=PROVIDER, operation=operation) from None
+def _errors(conns: Connections, operation: str):
+    """PyGithub's and requests' failures as blocks.errors, with every secret of the connections scrubbed."""
+    return map_github_errors(operation, secrets=conns.secrets)
 
 
 # --- github.create_issue ---------------------------------------------------------------------------------------

@@ -19,24 +19,19 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import urllib3
 import yaml
-from kubernetes.client.exceptions import ApiException
 from pydantic import Field, field_validator, model_validator
 
 from blocks.errors import (
     ConfigError,
     Conflict,
     InputError,
-    InvalidRequest,
     NotFound,
-    PermanentError,
     ProviderError,
-    ProviderTimeout,
     RolledBack,
-    TransientError,
 )
-from blocks.retry import error_for_status, scrub
+from blocks.retry import scrub
+from blocks.vendor_errors import map_kube_errors
 from tasks.ops.base import Connections, OpInput, Operation, Plan, register
 
 __all__ = ["ApplyInput", "GetInput", "KEY_ANNOTATION", "RollbackInput", "RolloutStatusInput", "ScaleInput"]
@@ -68,15 +63,11 @@ class _Kube:
     def call(self, method: str, path: str, query: dict[str, str] | None = None, body: Any = None,
              content_type: str | None = None) -> dict:
         headers = {"Accept": "application/json", **({"Content-Type": content_type} if content_type else {})}
-        try:
+        with map_kube_errors(self.operation, secrets=self.secrets, timeout=self.timeout):
             return self.api.call_api(path, method, query_params=list((query or {}).items()), header_params=headers,
                                      body=body, response_types_map={200: "object", 201: "object"},
                                      auth_settings=["BearerToken"], _return_http_data_only=True,
                                      _request_timeout=self.timeout)
-        except ApiException as exc:
-            raise self.error(exc) from None
-        except urllib3.exceptions.HTTPError as exc:
-            raise self.network_error(exc) from None
 
     def get(self, path: str) -> dict | None:
         try:
@@ -86,46 +77,6 @@ class _Kube:
 
     def fail(self, cls: type[ProviderError], message: str, **extra: Any) -> ProviderError:
         return cls(scrub(message, *self.secrets, limit=600), provider=PROVIDER, operation=self.operation, **extra)
-
-    def error(self, exc: ApiException) -> ProviderError:
-        """An ApiException as the error its Status body means (reason, message, causes; the code decides)."""
-        try:
-            status = json.loads(exc.body) if exc.body else {}
-        except (TypeError, ValueError):
-            status = {}
-        status = status if isinstance(status, dict) else {}
-        code, reason = exc.status or 0, status.get("reason") or exc.reason or ""
-        message = status.get("message") or str(exc.reason or "no message")
-        causes = (status.get("details") or {}).get("causes") or []
-        if code == 0:
-            return self.fail(PermanentError, f"request failed before any answer: {message}")
-        if code == 404:
-            return self.fail(NotFound, f"HTTP 404 {reason}: {message}")
-        if code == 409:
-            owners = [c for c in causes if c.get("reason") == "FieldManagerConflict"]
-            if owners or message.startswith("Apply failed"):
-                fields = "; ".join(f"{c.get('message')}: {c.get('field')}" for c in owners) or message
-                return self.fail(InvalidRequest, f"HTTP 409 apply conflict: {fields}. Retrying cannot help: drop "
-                                 "these fields from the manifest, or set force_conflicts to take them over")
-            # a stale resourceVersion, or AlreadyExists from racing creates: re-read (or re-apply) settles both
-            return self.fail(Conflict, f"HTTP 409 {reason}: {message}")
-        if code == 410:
-            return self.fail(TransientError, f"HTTP 410 {reason}: {message}")
-        if code == 422:
-            head = message.split(" is invalid:")[0] + " is invalid" if " is invalid:" in message else message
-            listed = "; ".join(f"{c.get('field')}: {c.get('message')}" for c in causes)
-            return self.fail(InvalidRequest, f"HTTP 422 {reason}: {head}" + (f": {listed}" if listed else ""))
-        text = message if message == reason else f"{reason}: {message}"
-        return error_for_status(code, scrub(text, *self.secrets, limit=600), provider=PROVIDER,
-                                operation=self.operation, headers=exc.headers)
-
-    def network_error(self, exc: urllib3.exceptions.HTTPError) -> ProviderError:
-        cause = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
-        if isinstance(cause, urllib3.exceptions.TimeoutError):
-            return self.fail(ProviderTimeout, f"no answer within {self.timeout:g} s ({type(cause).__name__})")
-        if isinstance(cause, urllib3.exceptions.SSLError):
-            return self.fail(PermanentError, f"TLS with the API server failed: {cause}")
-        return self.fail(TransientError, f"cannot reach the API server: {cause}")
 
 
 # ---- objects ----

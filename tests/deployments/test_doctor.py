@@ -39,7 +39,8 @@ def test_prefect_server_and_blocks_are_checked(settings, prefect_harness):
 
 def test_missing_search_indexes_are_reported_with_the_fix_then_rebuilt(settings, pool, fake_embedder):
     from deployments.doctor import REBUILD_COMMAND, rebuild_missing_indexes
-    from tasks.store import drop_keyword_index, drop_model_index, ensure_model, model_index_name
+    from tasks.indexes import drop_keyword_index, drop_model_index, model_index_name
+    from tasks.registry import ensure_model
 
     model_id = ensure_model(pool, fake_embedder.model_id, fake_embedder.dimensions)
     assert {c.name: c for c in run_checks(settings)}["search indexes"].status == "ok"

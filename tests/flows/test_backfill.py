@@ -8,7 +8,7 @@ from blocks.embedders import register_embedder
 from flows.backfill import SwitchModelRequest, run_switch
 from flows.ingest import DocumentSpec, IngestRequest, run_ingest
 from flows.search import search_now
-from tasks.models import tenant_model
+from tasks.registry import tenant_model
 from tasks.search import SearchRequest
 from tests.factories import FakeEmbedder, paragraphs
 

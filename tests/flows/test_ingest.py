@@ -85,9 +85,9 @@ def test_metadata_flows_into_chunks_and_filters(settings, tenant):
 
 
 def test_bulk_load_drops_and_rebuilds_both_indexes(settings, tenant, pool, monkeypatch, fake_embedder):
-    import tasks.store as store_module
+    import tasks.indexes as indexes_module
 
-    monkeypatch.setattr(store_module, "BULK_THRESHOLD", 10)
+    monkeypatch.setattr(indexes_module, "BULK_THRESHOLD", 10)
     docs = [DocumentSpec(document_id=f"bulk{i}", text=f"bulk loaded chunk number {i} about queues") for i in range(40)]
     with pool.connection() as conn:
         conn.execute("DELETE FROM embeddings")  # the model must hold fewer rows than the load for the bulk path

@@ -15,7 +15,7 @@ import pytest
 import flows.ingest as ingest_flow
 from blocks.embedders import register_embedder
 from flows.ingest import DocumentSpec, IngestRequest, run_ingest
-from tasks.store import ensure_model
+from tasks.registry import ensure_model
 from tests.factories import FakeEmbedder, paragraphs
 
 

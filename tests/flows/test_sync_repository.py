@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from blocks.errors import NotFound, TransientError
 from blocks.github import GitHubConnection
 from flows.search import search_now
 from flows.sync_repository import run_sync
 from tasks.search import SearchRequest
+from tests.fakes import Fault
 from tests.fakes.github_repo_server import FakeGitHubRepo
 
 REPO = "octo/app"
@@ -122,3 +124,18 @@ def test_an_empty_repository_syncs_its_issues(settings, pool, tenant, fake, gith
     summary = run_sync(REPO, tenant, settings=settings, github=github)
     assert summary["code"]["mode"] == "empty" and summary["issues"]["issues"] == 1
     assert list(_stored(pool, tenant)) == [f"github:{REPO}#issue/1"]
+
+
+def test_github_failures_come_out_as_devmesh_errors_and_move_no_cursor(settings, pool, tenant, fake, github):
+    """The flow catches only devmesh's errors: GitHub's answers come out of it mapped (blocks.vendor_errors), with
+    their status and retryability, and without the token."""
+    with pytest.raises(NotFound) as missing:
+        run_sync("octo/missing", tenant, settings=settings, github=github)
+    assert missing.value.status == 404 and str(missing.value).startswith("github sync: HTTP 404")
+    fake.commit(REPO, {"src/app.py": "def deploy():\n    return 1\n"})
+    fake.script(Fault.error(503, f"upstream failed for {fake.token}"))
+    with pytest.raises(TransientError) as unavailable:
+        run_sync(REPO, tenant, settings=settings, github=github)
+    assert unavailable.value.status == 503 and fake.token not in str(unavailable.value)
+    assert _stored(pool, tenant) == {}
+    assert run_sync(REPO, tenant, settings=settings, github=github)["code"]["fetched"] == 1

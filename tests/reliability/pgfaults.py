@@ -329,12 +329,12 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store-batch", type=int, default=None)
     args = parser.parse_args(argv)
 
-    import tasks.store
+    import tasks.indexes
     from flows.ingest import run_ingest
 
     seen = register_embedder()
     if args.bulk_threshold is not None:
-        tasks.store.BULK_THRESHOLD = args.bulk_threshold
+        tasks.indexes.BULK_THRESHOLD = args.bulk_threshold
     settings = settings_for(args.home, args.store_batch)
     started = time.perf_counter()
     try:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-import tasks.store
+import tasks.indexes
+import tasks.registry
 from blocks.errors import StoreUnavailable
 from blocks import postgres
 from blocks.postgres import PgVectorStore, start_embedded
@@ -112,7 +113,7 @@ def test_kill_9_mid_ingest_then_the_rerun_embeds_only_what_was_not_committed(own
     assert TOTAL * 0.3 <= committed < TOTAL, before
 
     # The re-run: whole documents committed before the kill are skipped, the rest is embedded once.
-    monkeypatch.setattr(tasks.store, "BULK_THRESHOLD", 2000)
+    monkeypatch.setattr(tasks.indexes, "BULK_THRESHOLD", 2000)
     seen = pf.register_embedder()
     settings = pf.settings_for(own_home, STORE_BATCH)
     summary = run_ingest(pf.request(DOCS, PER_DOC), settings)
@@ -125,8 +126,8 @@ def test_kill_9_mid_ingest_then_the_rerun_embeds_only_what_was_not_committed(own
     assert after["chunks"] == after["embeddings"] == TOTAL and after["documents"] == DOCS
     # The bulk load the kill interrupted had dropped the HNSW and full-text indexes; this smaller load (under the
     # bulk threshold) found them missing and rebuilt them.
-    model_id = tasks.store.ensure_model(pool, pf.FakeEmbedder().model_id, 64)
-    assert {tasks.store.model_index_name(model_id), "chunks_tsv"} <= _indexes(pool)
+    model_id = tasks.registry.ensure_model(pool, pf.FakeEmbedder().model_id, 64)
+    assert {tasks.indexes.model_index_name(model_id), "chunks_tsv"} <= _indexes(pool)
     _assert_search_finds(settings, 3, 17)  # committed before the kill
     _assert_search_finds(settings, DOCS - 1, 42)  # written by the re-run
     # A third run has nothing left to do.

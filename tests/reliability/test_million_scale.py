@@ -1,7 +1,7 @@
 """What the 1,000,000-chunk benchmark (bench/million.py) relies on, checked small and fast.
 
 - The HNSW build asks for enough maintenance_work_mem for the model's rows: building over 3,000 384-d rows with
-  the sizing of tasks.store gives no pgvector "graph no longer fits" notice, while a 1MB budget does (so the check
+  the sizing of tasks.indexes gives no pgvector "graph no longer fits" notice, while a 1MB budget does (so the check
   can fail). A fixed 1GB, as before, held 470k of a million rows and built the rest on disk.
 - The synthetic corpus is deterministic block by block, its texts (hence content hashes) are unique, and the
   streamed exact top-10 equals brute force over the whole matrix.
@@ -17,10 +17,10 @@ import pytest
 
 from bench.million import BLOCK_ROWS, Corpus
 from tasks.chunk import Chunk
-from tasks.store import (
-    DocumentIn, build_model_index, drop_model_index, ensure_model, hnsw_build_memory_mb, write_documents,
-)
-import tasks.store as store
+from tasks.store import DocumentIn, write_documents
+from tasks.indexes import build_model_index, drop_model_index, hnsw_build_memory_mb
+from tasks.registry import ensure_model
+import tasks.indexes as indexes
 
 DIMS = 384
 ROWS = 3_000
@@ -66,10 +66,10 @@ def _build(pool, model_id: int) -> list[str]:
 
 def test_hnsw_build_memory_fits_the_graph(pool, tenant, monkeypatch):
     model_id = _load(pool, tenant)
-    monkeypatch.setattr(store, "HNSW_BUILD_MEMORY_MB", (1, 16384))  # the estimate alone, without the 1GB floor
+    monkeypatch.setattr(indexes, "HNSW_BUILD_MEMORY_MB", (1, 16384))  # the estimate alone, without the 1GB floor
     assert hnsw_build_memory_mb(ROWS, DIMS) < 16  # small enough that an underestimate would show
     assert _build(pool, model_id) == []
-    monkeypatch.setattr(store, "hnsw_build_memory_mb", lambda rows, dims, m=16, cap_mb=None: 1)
+    monkeypatch.setattr(indexes, "hnsw_build_memory_mb", lambda rows, dims, m=16, cap_mb=None: 1)
     assert _build(pool, model_id), "a 1MB budget should not hold 3,000 vectors of 384 dimensions"
 
 
@@ -85,7 +85,7 @@ def test_hnsw_build_memory_is_capped_by_the_server():
     from pydantic import SecretStr
 
     from blocks.postgres import PgVectorStore
-    from tasks.store import index_memory_cap_mb
+    from tasks.indexes import index_memory_cap_mb
 
     ram_mb = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**20
     embedded = PgVectorStore(home="unused")

@@ -50,7 +50,7 @@ from tasks.models import finish_switch, start_switch
 from tasks.ops.base import Connections
 from blocks.postgres import PgVectorStore
 from tasks.ratelimit import Admission
-from tasks.search import resolve_model
+from tasks.registry import resolve_model
 from tasks.tenancy import authenticate
 from tasks.usage import record_usage
 from tests.cleanup import dump_all

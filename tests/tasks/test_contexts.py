@@ -22,7 +22,8 @@ from tasks import contexts as C
 from tasks.context_index import render
 from tasks.chunk import Message as Turn
 from tasks.embed import EmbedStats
-from tasks.search import SearchRequest, resolve_model
+from tasks.search import SearchRequest
+from tasks.registry import resolve_model
 
 CHUNK = ChunkSettings(size=40, overlap=12)
 WINDOWS = ChunkSettings(size=40, overlap=12, conversation="windows")

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import threading
 
-import tasks.store as store_module
+import tasks.indexes as indexes_module
 from flows.ingest import DocumentSpec, IngestRequest, run_ingest
-from tasks.store import (
-    bulk_load, ensure_model, index_lock, keyword_index_exists, model_index_exists, rebuild_indexes,
-)
+from tasks.indexes import bulk_load, index_lock, keyword_index_exists, model_index_exists, rebuild_indexes
+from tasks.registry import ensure_model
 
 
 def _indexes(pool, model_id) -> tuple[bool, bool]:
@@ -65,8 +64,8 @@ def test_indexes_left_missing_by_a_load_cut_short_are_rebuilt_by_the_next_ingest
                                                                                   fake_embedder):
     model_id = ensure_model(pool, fake_embedder.model_id, fake_embedder.dimensions)
     with pool.connection() as conn:
-        store_module.drop_model_index(conn, model_id)
-        store_module.drop_keyword_index(conn)
+        indexes_module.drop_model_index(conn, model_id)
+        indexes_module.drop_keyword_index(conn)
     summary = _small_ingest(settings, tenant)  # nobody holds the locks: the crashed loader's session is gone
     assert summary["bulk_index_rebuild"] is True
     assert _indexes(pool, model_id) == (True, True)

@@ -10,7 +10,8 @@ from blocks.errors import ConfigError, InputError
 from blocks.settings import SearchSettings
 from flows.ingest import DocumentSpec, IngestRequest, run_ingest
 from flows.search import search_now
-from tasks.search import SearchRequest, resolve_model, rrf, run_search, vector_ranking
+from tasks.search import SearchRequest, rrf, run_search, vector_ranking
+from tasks.registry import resolve_model
 
 CORPUS = {
     "rollback": "Roll back a failed Kubernetes deployment with kubectl rollout undo.",

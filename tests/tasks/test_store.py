@@ -15,8 +15,9 @@ from flows.ingest import DocumentSpec, IngestRequest, run_ingest
 from flows.search import search_now
 from tasks import migrate
 from tasks.chunk import Chunk
-from tasks.search import SearchRequest, resolve_model, run_search
-from tasks.store import DocumentIn, ensure_model, write_documents
+from tasks.registry import ensure_model, resolve_model
+from tasks.search import SearchRequest, run_search
+from tasks.store import DocumentIn, write_documents
 
 
 def _chunk(seq: int, text: str) -> Chunk:
