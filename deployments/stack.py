@@ -122,9 +122,15 @@ def _healthy(url: str, auth: str | None = None) -> bool:
         return False
 
 
-def _wait(component: Component, auth: str | None, timeout: float) -> None:
+class Stopped(Exception):
+    """Ctrl-C (or SIGTERM) came while the stack was starting."""
+
+
+def _wait(component: Component, auth: str | None, timeout: float, stopped=lambda: False) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if stopped():  # Ctrl-C while starting: stop now, not after the wait (the caller stops what started)
+            raise Stopped()
         if component.process.poll() is not None:
             raise RuntimeError(f"{component.name} exited with code {component.process.returncode} while starting")
         if component.health is None or _healthy(component.health, auth):
@@ -257,7 +263,7 @@ def up(settings: Settings | None = None, *, gateway_port: int | None = None, pre
             env=env, stdout=_log(home, "prefect-server"), stderr=subprocess.STDOUT), f"{prefect_api}/health")
         components.append(server)
         # a first start migrates Prefect's schema (on PostgreSQL, ~20 s on an idle machine; minutes under heavy load)
-        _wait(server, env["PREFECT_API_AUTH_STRING"], 600)
+        _wait(server, env["PREFECT_API_AUTH_STRING"], 600, lambda: stopping)
         echo(f"prefect UI: http://127.0.0.1:{prefect_port}  (API {prefect_api}, basic auth: {home / 'prefect-auth'}"
              f" or PREFECT_API_AUTH_STRING)")
         _register_blocks(env)
@@ -283,7 +289,7 @@ def up(settings: Settings | None = None, *, gateway_port: int | None = None, pre
             env=env, stdout=_log(home, "gateway"),
             stderr=subprocess.STDOUT), f"http://{settings.gateway.host}:{gateway_port}/healthz")
         components.append(gateway)
-        _wait(gateway, None, 120)
+        _wait(gateway, None, 120, lambda: stopping)
         (home / STACK_FILE).write_text(json.dumps({
             "started_at": time.time(), "prefect_api": prefect_api, "prefect_ui": f"http://127.0.0.1:{prefect_port}",
             "gateway": f"http://{settings.gateway.host}:{gateway_port}", "database": store.describe(),
@@ -299,6 +305,9 @@ def up(settings: Settings | None = None, *, gateway_port: int | None = None, pre
                     return 1
             time.sleep(0.5)
         return 0
+    except Stopped:
+        echo("stopped while starting")
+        return 130
     finally:
         for c in reversed(components):
             if c.process.poll() is None:
