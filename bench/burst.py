@@ -219,6 +219,9 @@ def operations_during_burst(stack: OutageStack, token: str, log=print) -> dict[s
     """A dry run, an execute without approval, and one with approval, in that order; the figures."""
     out: dict[str, Any] = {}
     args = json.dumps({"repo": OPS_REPO, "title": "Burst check", "body": "Opened during the webhook burst."})
+    # the floor: the CLI's own start-up (Python, Typer, Prefect's import), a command that asks nothing of anyone
+    seconds, _ = _devmesh(stack, "op", "list", "--json")
+    out["cli_startup_seconds"] = round(seconds, 2)
     seconds, dry = _devmesh(stack, "op", "run", "github.create_issue", "--args", args, "--tenant", TENANT)
     out["dry_run_cli_seconds"] = round(seconds, 2)
     out["dry_run_status"] = json.loads(dry.stdout).get("status") if dry.returncode == 0 else _error(dry.stderr)
@@ -314,6 +317,96 @@ def handler_runs(stack: OutageStack, since_ids: set[str]) -> dict[str, Any]:
     return {"runs": len(runs), "states": dict(Counter(r["state"] for r in runs))}
 
 
+# ---------------------------------------------------------------------------------------------- the server's answers
+
+class SlotProbe:
+    """Every `interval_s` during the burst: one request for a slot of the tool cap, sent straight to the Prefect API
+    (no client retries: what the server answers, and how fast), released at once; and one read (the count of flow
+    runs) beside it, to tell a busy writer from a busy server."""
+
+    def __init__(self, stack: OutageStack, limit: str = "devmesh-tool-executions", interval_s: float = 1.0):
+        self.stack, self.limit, self.interval_s = stack, limit, interval_s
+        self.writes: list[tuple[float, int | str, float]] = []  # (offset s, status or error, seconds)
+        self.reads: list[tuple[float, int | str, float]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "SlotProbe":
+        httpx.post(f"{self.stack.api}/v2/concurrency_limits/", auth=self.stack.auth, timeout=30,
+                   json={"name": self.limit, "limit": 5})  # 409 when it exists: fine
+        self.t0 = time.monotonic()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.thread.join(timeout=120)
+
+    def _timed(self, out: list, method: str, path: str, body: dict) -> httpx.Response | None:
+        started = time.monotonic()
+        try:
+            response = httpx.request(method, f"{self.stack.api}{path}", json=body, auth=self.stack.auth, timeout=30)
+            out.append((started - self.t0, response.status_code, time.monotonic() - started))
+            return response
+        except httpx.HTTPError as exc:
+            out.append((started - self.t0, type(exc).__name__, time.monotonic() - started))
+            return None
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            started = time.monotonic()
+            got = self._timed(self.writes, "POST", "/v2/concurrency_limits/increment-with-lease",
+                              {"names": [self.limit], "slots": 1, "mode": "concurrency", "lease_duration": 60})
+            if got is not None and got.status_code == 200:
+                try:
+                    httpx.post(f"{self.stack.api}/v2/concurrency_limits/decrement-with-lease", auth=self.stack.auth,
+                               timeout=30, json={"lease_id": got.json()["lease_id"]})
+                except httpx.HTTPError:
+                    pass
+            self._timed(self.reads, "POST", "/flow_runs/count", {})
+            self.stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
+
+    @staticmethod
+    def _summary(samples: list[tuple[float, int | str, float]]) -> dict[str, Any]:
+        ok = [s for _, status, s in samples if status == 200]
+        return {"requests": len(samples), "answers": dict(Counter(str(status) for _, status, _ in samples)),
+                "ok_p50_s": _pct(ok, 0.5), "ok_p99_s": _pct(ok, 0.99),
+                "ok_max_s": round(max(ok), 2) if ok else None,
+                "slowest_any_s": round(max(s for _, _, s in samples), 2) if samples else None}
+
+    def summary(self) -> dict[str, Any]:
+        return {"slot_request": self._summary(self.writes), "read": self._summary(self.reads),
+                "interval_s": self.interval_s}
+
+
+def prefect_rows(stack: OutageStack) -> dict[str, int]:
+    """Rows written to the Prefect server's database so far, by table: inserts + updates + deletes of each table
+    (PostgreSQL's statistics), or the rows each table holds (SQLite, which keeps no such counts)."""
+    url = stack.prefect_database_url()
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        path = url.split("///", 1)[1]
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as conn:
+            tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"
+                                                 " AND name NOT LIKE 'sqlite_%'")]
+            return {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
+    with stack.pool.connection() as conn:
+        dsn = conn.info.dsn
+    import psycopg
+
+    dsn = psycopg.conninfo.make_conninfo(dsn, dbname="prefect")
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT relname, n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_user_tables").fetchall()
+    return {name: int(count) for name, count in rows}
+
+
+def rows_written(before: dict[str, int], after: dict[str, int], top: int = 8) -> dict[str, int]:
+    diff = {t: after.get(t, 0) - before.get(t, 0) for t in after}
+    ordered = sorted(((t, n) for t, n in diff.items() if n > 0), key=lambda x: -x[1])
+    return dict(ordered[:top]) | {"(all tables)": sum(n for n in diff.values() if n > 0)}
+
+
 # ---------------------------------------------------------------------------------------------- the burst
 
 def burst(stack: OutageStack, fake, *, deliveries: int, seconds: float, drain_timeout_s: float,
@@ -353,6 +446,8 @@ def burst(stack: OutageStack, fake, *, deliveries: int, seconds: float, drain_ti
             if status == 202:
                 acks[item["id"]] = time.time()
 
+    rows0 = prefect_rows(stack)
+    probe = SlotProbe(stack).__enter__()
     cpu0 = stack_cpu(stack)
     start = time.monotonic()
     if ops_thread:
@@ -381,6 +476,8 @@ def burst(stack: OutageStack, fake, *, deliveries: int, seconds: float, drain_ti
         time.sleep(1)
     drained_s = time.monotonic() - start
     cpu = stack_cpu(stack) - cpu0
+    probe.__exit__(None, None, None)
+    prefect_writes = rows_written(rows0, prefect_rows(stack))
     client.close()
     if ops_thread:
         ops_thread.join(timeout=600)
@@ -421,6 +518,8 @@ def burst(stack: OutageStack, fake, *, deliveries: int, seconds: float, drain_ti
         "stack_cpu_seconds": round(cpu, 1), "cpu_seconds_per_delivery": round(cpu / max(1, len(ids)), 3),
         "handler_runs": {"runs": len(runs), "states": dict(Counter(r["state"] for r in runs))},
         "idle_handler_run": idle, "operations": ops_result,
+        "prefect_server": {"database": stack.prefect_database_url().split(":", 1)[0],
+                           "probe": probe.summary(), "rows_written_by_table": prefect_writes},
     }
 
 
@@ -520,8 +619,9 @@ def markdown(r: dict) -> str:
     ]
     if ops:
         rows += [
-            ["`devmesh op run` dry run (process start to answer)", f"{_s(ops.get('dry_run_cli_seconds'))} "
-                                                                 f"({ops.get('dry_run_status')})"],
+            ["`devmesh op run` dry run (process start to answer); the CLI's own start-up (`devmesh op list`)",
+             f"{_s(ops.get('dry_run_cli_seconds'))} ({ops.get('dry_run_status')}); "
+             f"{_s(ops.get('cli_startup_seconds'))}"],
             ["`devmesh op run --execute`, no approval (request to finish)",
              f"{_s(ops.get('execute_no_approval_cli_seconds'))} ({ops.get('execute_no_approval_status')})"],
             ["approval: request to paused run", _s(ops.get("approval_run_paused_seconds_after_submit"))],
@@ -531,6 +631,22 @@ def markdown(r: dict) -> str:
              f"resumed {_s(ops.get('resumed_seconds_after_approve'))}, finished "
              f"{_s(ops.get('finished_seconds_after_approve'))} ({ops.get('approval_status')})"],
         ]
+        server = r.get("prefect_server") or {}
+        if server:
+            probe, written = server["probe"], server["rows_written_by_table"]
+            rows += [
+                ["Prefect server's database", server["database"]],
+                ["a tool-slot request every second during the burst (straight to the API, no retries): answers; "
+                 "time of those granted p50 / p99",
+                 f"{', '.join(f'{k}: {v}' for k, v in probe['slot_request']['answers'].items())}; "
+                 f"{_s(probe['slot_request']['ok_p50_s'])} / {_s(probe['slot_request']['ok_p99_s'])}"],
+                ["a read beside it (count of flow runs): answers; p50 / p99",
+                 f"{', '.join(f'{k}: {v}' for k, v in probe['read']['answers'].items())}; "
+                 f"{_s(probe['read']['ok_p50_s'])} / {_s(probe['read']['ok_p99_s'])}"],
+                ["what the Prefect server wrote from the first send to the last processed, by table (PostgreSQL: "
+                 "rows inserted, updated or deleted; SQLite: rows added)",
+                 ", ".join(f"{k} {v:,}" for k, v in written.items())],
+            ]
         if ops.get("error") or ops.get("approval_error"):
             rows.append(["operations error", f"`{(ops.get('error') or ops.get('approval_error'))[:300]}`"])
     return "\n".join([

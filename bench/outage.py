@@ -2,8 +2,8 @@
 arrive at the gateway; it is then restarted on the same port and database. Every accepted delivery must run its
 flow exactly once afterwards: none lost, none twice.
 
-The stack is the one `devmesh up` runs — embedded PostgreSQL, `prefect server start` (SQLite under
-DEVMESH_HOME/prefect), `python -m deployments.serve` (every deployment of prefect.yaml with its event triggers),
+The stack is the one `devmesh up` runs — embedded PostgreSQL, `prefect server start` (its state in a
+`prefect` database of the embedded PostgreSQL, as `devmesh up` keeps it), `python -m deployments.serve` (every deployment of prefect.yaml with its event triggers),
 and the gateway (uvicorn) — started here component by component, because `devmesh up` stops the whole stack when
 one component exits, and the point is to take one away.
 
@@ -86,12 +86,16 @@ class OutageStack:
 
     def __init__(self, home: Path, *, embedder: str = "local", runner_poll_s: int | None = None,
                  retry_interval_s: float | None = None, webhook_deployments_only: bool = False, lean_server: bool = False,
-                 runner_per_queue: bool = False, extra_env: dict[str, str] | None = None, log=print):
+                 runner_per_queue: bool = False, extra_env: dict[str, str] | None = None,
+                 prefect_database: str = "postgres", log=print):
         """webhook_deployments_only: serve only the deployments with event triggers (github-discussions,
         github-push) instead of all of prefect.yaml; lean_server: no UI and no scheduler service on the Prefect
         server. Both only shorten start-up (the test's budget); triggers, events and runs are the same.
-        runner_per_queue: one runner per work queue, as `devmesh up` (default: one runner for every deployment)."""
+        runner_per_queue: one runner per work queue, as `devmesh up` (default: one runner for every deployment).
+        prefect_database: where the Prefect server keeps its state, as `devmesh up` (deployments.stack.
+        prefect_database): "postgres" (a database in the embedded cluster) or "sqlite"."""
         self.runner_per_queue = runner_per_queue
+        self.prefect_database = prefect_database  # "postgres" (as `devmesh up`) or "sqlite"
         self.home = Path(home).resolve()
         self.home.mkdir(parents=True, exist_ok=True)
         self.log = log
@@ -164,9 +168,14 @@ class OutageStack:
         from blocks.settings import Settings
         from tasks.migrate import ensure_schema
 
-        settings = Settings(home=self.home, embedder="local")
-        self.pool = PgVectorStore.from_settings(settings).pool()  # starts the embedded server; children join it
+        from deployments.stack import prefect_database
+
+        settings = Settings(home=self.home, embedder="local", prefect_database=self.prefect_database)
+        store = PgVectorStore.from_settings(settings)
+        self.pool = store.pool()  # starts the embedded server; children join it
         ensure_schema(self.pool)
+        prefect_env, _ = prefect_database(settings, store)  # as `devmesh up`: its own database in the cluster
+        self.env.update(prefect_env)
         started = time.monotonic()
         self.start_server()
         self.log(f"prefect server up in {time.monotonic() - started:.1f} s")
@@ -227,6 +236,11 @@ class OutageStack:
         from bench.run import stop_servers_under
 
         stop_servers_under(self.home, log=self.log)
+
+    def prefect_database_url(self) -> str:
+        """The database the Prefect server keeps its state in (SQLAlchemy URL)."""
+        return self.env.get("PREFECT_SERVER_DATABASE_CONNECTION_URL") or \
+            f"sqlite+aiosqlite:///{self.home / 'prefect' / 'prefect.db'}"
 
     def alive(self) -> dict[str, bool]:
         return {name: proc.poll() is None for name, proc in self.procs.items()}

@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 import psycopg
+import psycopg.sql
 from pgvector.psycopg import register_vector
 from prefect.blocks.core import Block
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
@@ -20,7 +21,7 @@ from blocks.errors import ConfigError, StoreError, StoreUnavailable
 from blocks.pg_failure import database_failure
 from blocks.postmaster import postmaster_alive, wait_ready
 
-__all__ = ["PgVectorStore", "start_embedded", "embedded_url", "EMBEDDED_DATABASE"]
+__all__ = ["PgVectorStore", "start_embedded", "embedded_database", "embedded_url", "EMBEDDED_DATABASE"]
 
 EMBEDDED_DATABASE = "devmesh"
 _log = logging.getLogger("devmesh.postgres")
@@ -112,13 +113,28 @@ def _start_embedded(home: Path) -> str:
                 raise StoreError(f"could not start the embedded PostgreSQL in {pgdata}: {exc}; its log is "
                                  f"{pgdata / 'log'}") from exc
     with psycopg.connect(server.get_uri(), autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [EMBEDDED_DATABASE]).fetchone()
-        if not exists:
-            try:
-                conn.execute(f'CREATE DATABASE "{EMBEDDED_DATABASE}"')
-            except psycopg.errors.DuplicateDatabase:
-                pass  # another process won the race
+        _create_database(conn, EMBEDDED_DATABASE)
     return server.get_uri(EMBEDDED_DATABASE)
+
+
+def _create_database(conn: psycopg.Connection, name: str) -> None:
+    exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
+    if not exists:
+        try:
+            conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+        except psycopg.errors.DuplicateDatabase:
+            pass  # another process won the race
+
+
+def embedded_database(home: Path, name: str) -> str:
+    """The URL of database `name` in the embedded cluster under `home`, created on first use: the cluster hosts
+    other databases beside devmesh's (the Prefect server's, deployments.stack). Starts or joins the cluster."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    url = start_embedded(home)
+    with psycopg.connect(url, autocommit=True) as conn:
+        _create_database(conn, name)
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
 
 
 def _configure(conn: psycopg.Connection) -> None:

@@ -27,7 +27,7 @@ import httpx
 from blocks.errors import ConfigError
 from blocks.settings import Settings
 
-__all__ = ["Component", "prefect_environment", "status", "up"]
+__all__ = ["Component", "prefect_database", "prefect_environment", "status", "up"]
 
 SERVE_QUEUES = ("interactive", "background")  # deployments.serve.QUEUES: one runner each
 PREFECT_PORT = int(os.environ.get("DEVMESH_PREFECT_PORT", "4200"))
@@ -86,6 +86,33 @@ def prefect_environment(settings: Settings, port: int = PREFECT_PORT) -> dict[st
     }
 
 
+PREFECT_DATABASE = "prefect"  # the Prefect server's database in the embedded PostgreSQL
+
+
+def prefect_database(settings: Settings, store) -> tuple[dict[str, str], str]:
+    """The Prefect server's database: (environment to give it, a line saying which).
+
+    PREFECT_SERVER_DATABASE_CONNECTION_URL given: that. Else, with settings.prefect_database 'postgres' (the
+    default) and the embedded PostgreSQL: a `prefect` database in the same cluster, over its Unix socket (asyncpg).
+    Why not Prefect's SQLite default: SQLite takes one writer at a time, and under a burst of webhooks the server's
+    event and task-run writes held it, so a slot request of the tool cap was answered 503 (72 % of them measured in
+    the burst bench, docs/benchmarks.md section 10). Else (a managed PostgreSQL for devmesh, where devmesh's role
+    should not create databases; or 'sqlite' asked for): Prefect's SQLite file under home/prefect."""
+    given = os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL")
+    if given:
+        return {}, "prefect database: PREFECT_SERVER_DATABASE_CONNECTION_URL"
+    if settings.prefect_database == "postgres" and store.embedded:
+        from blocks.postgres import embedded_database
+
+        url = embedded_database(Path(settings.home).expanduser().resolve(), PREFECT_DATABASE)
+        return ({"PREFECT_SERVER_DATABASE_CONNECTION_URL": url.replace("postgresql://", "postgresql+asyncpg://", 1)},
+                f"prefect database: {PREFECT_DATABASE!r} in the embedded PostgreSQL")
+    why = "DEVMESH_PREFECT_DATABASE=sqlite" if settings.prefect_database == "sqlite" else \
+        "DEVMESH_DATABASE_URL is set; give PREFECT_SERVER_DATABASE_CONNECTION_URL (postgresql+asyncpg://...) " \
+        "for a server that takes bursts"
+    return {}, f"prefect database: SQLite under {Path(settings.home) / 'prefect'} ({why})"
+
+
 def _healthy(url: str, auth: str | None = None) -> bool:
     try:
         user, _, password = (auth or "").partition(":")
@@ -95,9 +122,15 @@ def _healthy(url: str, auth: str | None = None) -> bool:
         return False
 
 
-def _wait(component: Component, auth: str | None, timeout: float) -> None:
+class Stopped(Exception):
+    """Ctrl-C (or SIGTERM) came while the stack was starting."""
+
+
+def _wait(component: Component, auth: str | None, timeout: float, stopped=lambda: False) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if stopped():  # Ctrl-C while starting: stop now, not after the wait (the caller stops what started)
+            raise Stopped()
         if component.process.poll() is not None:
             raise RuntimeError(f"{component.name} exited with code {component.process.returncode} while starting")
         if component.health is None or _healthy(component.health, auth):
@@ -210,6 +243,9 @@ def up(settings: Settings | None = None, *, gateway_port: int | None = None, pre
     store = PgVectorStore.from_settings(settings)
     ensure_schema(store.pool())  # starts (or joins) the embedded PostgreSQL; children join it
     echo(f"database: {store.describe()}")
+    prefect_env, prefect_db = prefect_database(settings, store)
+    env.update(prefect_env)
+    echo(prefect_db)
     components: list[Component] = []
     stopping = False
 
@@ -226,7 +262,8 @@ def up(settings: Settings | None = None, *, gateway_port: int | None = None, pre
             [python, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
             env=env, stdout=_log(home, "prefect-server"), stderr=subprocess.STDOUT), f"{prefect_api}/health")
         components.append(server)
-        _wait(server, env["PREFECT_API_AUTH_STRING"], 180)
+        # a first start migrates Prefect's schema (on PostgreSQL, ~20 s on an idle machine; minutes under heavy load)
+        _wait(server, env["PREFECT_API_AUTH_STRING"], 600, lambda: stopping)
         echo(f"prefect UI: http://127.0.0.1:{prefect_port}  (API {prefect_api}, basic auth: {home / 'prefect-auth'}"
              f" or PREFECT_API_AUTH_STRING)")
         _register_blocks(env)
@@ -252,7 +289,7 @@ def up(settings: Settings | None = None, *, gateway_port: int | None = None, pre
             env=env, stdout=_log(home, "gateway"),
             stderr=subprocess.STDOUT), f"http://{settings.gateway.host}:{gateway_port}/healthz")
         components.append(gateway)
-        _wait(gateway, None, 120)
+        _wait(gateway, None, 120, lambda: stopping)
         (home / STACK_FILE).write_text(json.dumps({
             "started_at": time.time(), "prefect_api": prefect_api, "prefect_ui": f"http://127.0.0.1:{prefect_port}",
             "gateway": f"http://{settings.gateway.host}:{gateway_port}", "database": store.describe(),
@@ -268,6 +305,9 @@ def up(settings: Settings | None = None, *, gateway_port: int | None = None, pre
                     return 1
             time.sleep(0.5)
         return 0
+    except Stopped:
+        echo("stopped while starting")
+        return 130
     finally:
         for c in reversed(components):
             if c.process.poll() is None:
