@@ -66,9 +66,10 @@ def _api_url() -> str | None:
 
 def tenant_limit_name(tenant: str) -> str:
     """The name of `tenant`'s share: its id when it is a plain slug, else a digest of it (limit names may not hold
-    every character a tenant id may)."""
+    every character a tenant id may). A digest starts with "_", which no plain slug does, so no tenant can register
+    a slug that names another tenant's share."""
     safe = tenant if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}", tenant) else \
-        "h" + hashlib.sha256(tenant.encode()).hexdigest()[:24]
+        "_" + hashlib.sha256(tenant.encode()).hexdigest()[:24]
     return TENANT_LIMIT_PREFIX + safe
 
 

@@ -288,3 +288,11 @@ def test_when_the_prefect_api_cannot_grant_a_slot_nothing_executes_and_the_error
     assert "for 1 s" in text, text
     if server == "overloaded":
         assert 1 <= len(_Unavailable.seen) <= 40, _Unavailable.seen
+
+
+def test_no_slug_names_another_tenants_share():
+    """A tenant id that is not a plain slug gets a digest name; a slug spelled like that digest names another share."""
+    odd = "acme/ops team"
+    digest = tenant_limit_name(odd).removeprefix("devmesh-tool-executions-tenant-")
+    assert digest != odd and tenant_limit_name(digest.lstrip("_")) != tenant_limit_name(odd)
+    assert tenant_limit_name("acme") == "devmesh-tool-executions-tenant-acme"
