@@ -43,7 +43,7 @@ def measure_backfill(settings, tenant: str, chunks: int = 20_000, latency: float
     """Store `chunks` one-chunk documents with a cheap embedder, then time switching them to the fake provider."""
     from blocks.embedders import register_embedder
     from flows.backfill import SwitchModelRequest, run_switch
-    from flows.ingest import DocumentSpec, IngestRequest, run_ingest
+    from flows.ingest import DocumentSpec, IngestRequest, ingest_documents
 
     class Cheap(FixedLatencyEmbedder):
         pass
@@ -53,7 +53,7 @@ def measure_backfill(settings, tenant: str, chunks: int = 20_000, latency: float
     register_embedder("bench-cheap", cheap)
     docs = [DocumentSpec(document_id=f"doc-{i}", text=f"backfill benchmark chunk {i} with some words {i % 97}")
             for i in range(chunks)]
-    run_ingest(IngestRequest(tenant=tenant, documents=docs, embedder="bench-cheap"), settings)
+    ingest_documents(IngestRequest(tenant=tenant, documents=docs, embedder="bench-cheap"), settings)
     provider = FixedLatencyEmbedder(latency, batch, concurrency)
     register_embedder("bench-fixed", provider)
     started = time.perf_counter()

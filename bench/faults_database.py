@@ -139,7 +139,7 @@ def run_disk_full(workdir: Path, *, docs: int = 200, chunks_per_doc: int = 100, 
                   store_batch: int = 2000) -> dict:
     """A tmpfs data volume fills mid-ingest, grows again, the ingest re-runs; see the module docstring."""
     from blocks.errors import StoreUnavailable
-    from flows.ingest import run_ingest
+    from flows.ingest import ingest_documents
 
     total = docs * chunks_per_doc
     out: dict = {"docs": docs, "chunks_per_doc": chunks_per_doc, "chunks_total": total, "free_mb": free_mb,
@@ -156,9 +156,9 @@ def run_disk_full(workdir: Path, *, docs: int = 200, chunks_per_doc: int = 100, 
         pf.register_embedder()
         started = time.perf_counter()
         try:
-            summary = run_ingest(pf.request(docs, chunks_per_doc), settings)
+            result = ingest_documents(pf.request(docs, chunks_per_doc), settings)
             out["error"] = None
-            out["unexpectedly_completed"] = {k: v for k, v in summary.items() if k != "errors"}
+            out["unexpectedly_completed"] = {k: v for k, v in result.summary().items() if k != "errors"}
         except StoreUnavailable as exc:
             out["error_type"] = type(exc).__name__
             out["error"] = str(exc)
@@ -180,9 +180,9 @@ def run_disk_full(workdir: Path, *, docs: int = 200, chunks_per_doc: int = 100, 
 
         seen = pf.register_embedder()
         rerun = time.perf_counter()
-        summary = run_ingest(pf.request(docs, chunks_per_doc), settings)
+        result = ingest_documents(pf.request(docs, chunks_per_doc), settings)
         out["rerun_s"] = round(time.perf_counter() - rerun, 2)
-        out["rerun_errors"] = summary["errors"]
+        out["rerun_errors"] = result.summary()["errors"]
         out["rerun_texts_embedded"] = seen["texts"]
         out["chunks_missing_before_rerun"] = total - before["chunks"]
         after = pf.integrity(pf.url(home))

@@ -50,7 +50,7 @@ def run(workdir: Path, *, chunks: int = 5000, store_batch: int = 50, rate: float
     from blocks.embedders.openai import OpenAIEmbedder
     from blocks.postgres import PgVectorStore
     from blocks.settings import Settings
-    from flows.ingest import DocumentSpec, IngestRequest, run_ingest
+    from flows.ingest import DocumentSpec, IngestRequest, ingest_documents
     from tasks.migrate import ensure_schema
     from tests.fakes import FakeOpenAI
     from tests.fakes.server import Chaos
@@ -85,7 +85,7 @@ def run(workdir: Path, *, chunks: int = 5000, store_batch: int = 50, rate: float
                     logger.addHandler(retries)
                     logger.propagate = False  # hundreds of warnings: counted, not printed
                 started = time.perf_counter()
-                summaries[tenant] = run_ingest(IngestRequest(tenant=tenant, documents=docs, embedder=name), settings)
+                summaries[tenant] = ingest_documents(IngestRequest(tenant=tenant, documents=docs, embedder=name), settings)
                 times[tenant] = time.perf_counter() - started
                 requests[tenant] = len(api.requests)
                 logger.removeHandler(retries)
@@ -99,14 +99,14 @@ def run(workdir: Path, *, chunks: int = 5000, store_batch: int = 50, rate: float
             "faulty_s": round(times["faulty"], 2),
             "extra_s": round(times["faulty"] - times["clean"], 2),
             "time_ratio": round(times["faulty"] / times["clean"], 2),
-            "provider_calls": summaries["clean"]["embedding_calls"],
+            "provider_calls": summaries["clean"].embedding_calls,
             "requests_clean": requests["clean"],
             "requests_faulty": requests["faulty"],
             "faults_served": faults,
             "fault_share": round(sum(faults.values()) / requests["faulty"], 3),
             "retries_by_kind": dict(retries.kinds),
             "retries": sum(retries.kinds.values()),
-            "errors": len(summaries["clean"]["errors"]) + len(summaries["faulty"]["errors"]),
+            "errors": len(summaries["clean"].errors) + len(summaries["faulty"].errors),
             "chunks_clean": len(clean),
             "chunks_faulty": len(faulty),
             "missing": len(set(clean) - set(faulty)),

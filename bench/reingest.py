@@ -1,4 +1,4 @@
-"""Re-ingest benchmark: flows.ingest.run_ingest on a real corpus with the local model, three times:
+"""Re-ingest benchmark: flows.ingest.ingest_documents on a real corpus with the local model, three times:
 first ingest, unchanged re-ingest (must make zero embedding calls), and after editing one paragraph."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from blocks.embedders import load_embedder
 from bench.store import SCIFACT
-from flows.ingest import IngestRequest, run_ingest
+from flows.ingest import IngestRequest, IngestResult, ingest_documents
 from tasks.embed import EmbedStats
 from tasks.evaluate import load_beir
 
@@ -54,10 +54,10 @@ def _edit_one_paragraph(directory: Path) -> str:
     return path.name
 
 
-def _ingest(request: IngestRequest, settings) -> tuple[dict, float]:
+def _ingest(request: IngestRequest, settings) -> tuple[IngestResult, float]:
     start = time.perf_counter()
-    summary = run_ingest(request, settings)
-    return summary, time.perf_counter() - start
+    result = ingest_documents(request, settings)
+    return result, time.perf_counter() - start
 
 
 def run_reingest(settings, workdir: Path, log=print) -> dict:
@@ -82,9 +82,9 @@ def run_reingest(settings, workdir: Path, log=print) -> dict:
     return {
         "corpus": described,
         "model_load_s": load_s,
-        "first": {"seconds": first_s, **{k: first[k] for k in keys}, "errors": len(first["errors"])},
-        "second": {"seconds": second_s, **{k: second[k] for k in keys}, "errors": len(second["errors"])},
-        "edited": {"seconds": third_s, "file": edited, **{k: third[k] for k in keys}, "errors": len(third["errors"])},
+        "first": {"seconds": first_s, **{k: getattr(first, k) for k in keys}, "errors": len(first.errors)},
+        "second": {"seconds": second_s, **{k: getattr(second, k) for k in keys}, "errors": len(second.errors)},
+        "edited": {"seconds": third_s, "file": edited, **{k: getattr(third, k) for k in keys}, "errors": len(third.errors)},
         "ratio": first_s / second_s,
         "embed_stats": {"calls": EmbedStats.calls, "texts": EmbedStats.texts},
     }

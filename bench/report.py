@@ -110,7 +110,7 @@ def _md_reingest(r: dict) -> str:
     ]
     return "\n".join([
         "## 3. Re-ingest of an unchanged corpus", "",
-        f"`flows.ingest.run_ingest` (plain call, no flow run) on {r['corpus']}, local model, default chunking "
+        f"`flows.ingest.ingest_documents` (plain call, no flow run) on {r['corpus']}, local model, default chunking "
         "(the model was loaded and warmed before the first run, outside the timings).", "",
         _table(["run", "seconds", "documents", "chunks", "chunks inserted", "embedding calls", "texts embedded"], rows),
         "", f"Unchanged re-ingest is **{r['ratio']:.1f}×** faster than the first ingest; after the edit "

@@ -48,7 +48,7 @@ def ingest(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Chunk, embed and store files; unchanged files cost nothing. Exit 1 if any item failed."""
-    from flows.ingest import PROGRESS_LISTENER, IngestRequest, ingest as ingest_flow, run_ingest
+    from flows.ingest import PROGRESS_LISTENER, IngestRequest, ingest as ingest_flow, ingest_documents
     from tasks.runtime import Runtime
 
     settings = Settings()
@@ -74,7 +74,7 @@ def ingest(
                 finally:
                     PROGRESS_LISTENER.reset(token)
             else:
-                summary = run_ingest(request, Runtime(settings), progress=progress)
+                summary = ingest_documents(request, Runtime(settings), progress=progress).summary()
     except AppError as exc:
         _fail(str(exc))
     if as_json:

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from blocks.settings import Settings
-from flows.ingest import DocumentSpec, IngestRequest, run_ingest
+from flows.ingest import DocumentSpec, IngestRequest, ingest_documents
 from flows.search import search_now
 from tasks.context_index import append_messages
 from tasks.context_models import AppendResult, Context, ContextPage, ContextSummary, SimilarContext
@@ -64,10 +64,11 @@ class Memory:
         return delete_context(self.pool, self.tenant, context_id)
 
     def remember(self, document_id: str, text: str, **metadata) -> dict:
-        """Store (or update) a document; unchanged text costs nothing."""
+        """Store (or update) a document; unchanged text costs nothing. Returns the ingest's summary (the dict the
+        `ingest` flow returns)."""
         request = IngestRequest(tenant=self.tenant, documents=[DocumentSpec(document_id=document_id, text=text,
                                                                             metadata=metadata)])
-        return run_ingest(request, self.runtime)
+        return ingest_documents(request, self.runtime).summary()
 
     def search(self, query: str, *, context_id=None, user_id: str | None = None, mode: str = "hybrid",
                limit: int = 10, **options) -> list[SearchHit]:

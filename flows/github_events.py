@@ -236,8 +236,8 @@ def handle_batch(batch: BatchLease, settings: Settings, github: Any = None, bran
             continue
         refused: dict[str, str] = {}
         for e in sink.errors:
-            for delivery_id in sink.owners.get(e["item"], ()):
-                refused.setdefault(delivery_id, f"IngestIncomplete: {e['item']}: {e['error']}"[:1000])
+            for delivery_id in sink.owners.get(e.item, ()):
+                refused.setdefault(delivery_id, f"IngestIncomplete: {e.item}: {e.error}"[:1000])
         for delivery_id, error in refused.items():
             if delivery_id in done:
                 batch.finish([delivery_id], error=error)

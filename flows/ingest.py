@@ -27,7 +27,6 @@ from tasks.store import DocumentIn, unchanged_documents
 
 __all__ = [
     "DocumentSpec", "IngestRequest", "IngestResult", "PROGRESS_LISTENER", "RunProgress", "ingest", "ingest_documents",
-    "run_ingest",
 ]
 
 Progress = Callable[[str, int, int], None]
@@ -62,15 +61,10 @@ def _batches(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def run_ingest(request: IngestRequest, runtime: Runtime | Settings | None = None,
-               progress: Progress | None = None) -> dict:
-    """The pipeline behind the `ingest` flow, its summary as the flow returns it (IngestResult.summary)."""
-    return ingest_documents(request, runtime, progress).summary()
-
-
 def ingest_documents(request: IngestRequest, runtime: Runtime | Settings | None = None,
                      progress: Progress | None = None) -> IngestResult:
-    """The pipeline behind the `ingest` flow; inside a flow run its steps are task runs.
+    """The pipeline behind the `ingest` flow; inside a flow run its steps are task runs. Callers in code use the
+    typed result; only the flow returns it as a JSON dict (IngestResult.summary), which Prefect stores.
 
     Raises StoreUnavailable when the database as a whole fails (disk full, server gone): the message says what to
     do; every batch committed before is complete, and a re-run skips it.
@@ -180,24 +174,25 @@ PROGRESS_LISTENER: ContextVar[Progress | None] = ContextVar("devmesh_ingest_prog
 
 @flow(name="ingest", log_prints=False, task_runner=ThreadPoolTaskRunner(max_workers=2))
 def ingest(request: IngestRequest) -> dict:
-    """Ingest files and inline documents: chunk, embed only what changed, store; items fail one by one."""
+    """Ingest files and inline documents: chunk, embed only what changed, store; items fail one by one.
+    Returns the summary (IngestResult.summary): the run's result as the UI and API store it."""
     progress = RunProgress(PROGRESS_LISTENER.get())
-    summary = run_ingest(request, progress=progress)
+    result = ingest_documents(request, progress=progress)
     progress.finish()
     logger = get_run_logger()
     logger.info(
         "%s documents (%s unchanged), %s chunks: %s inserted, %s kept, %s deleted; %s texts embedded; %s errors",
-        summary["documents"], summary["documents_unchanged"], summary["chunks"], summary["chunks_inserted"],
-        summary["chunks_kept"], summary["chunks_deleted"], summary["texts_embedded"], len(summary["errors"]),
+        result.documents, result.documents_unchanged, result.chunks, result.chunks_inserted,
+        result.chunks_kept, result.chunks_deleted, result.texts_embedded, len(result.errors),
     )
-    rows = "\n".join(f"| `{e['item']}` | {e['error']} |" for e in summary["errors"][:200])
+    rows = "\n".join(f"| `{e.item}` | {e.error} |" for e in result.errors[:200])
     create_markdown_artifact(
         key="ingest-summary",
-        markdown=(f"## Ingest into tenant `{summary['tenant']}`\n\n"
-                  f"{summary['documents']} documents, {summary['chunks_inserted']} chunks inserted, "
-                  f"{summary['chunks_kept']} kept, {summary['chunks_deleted']} deleted, "
-                  f"{summary['texts_embedded']} texts embedded with `{summary['model']}`.\n\n"
+        markdown=(f"## Ingest into tenant `{result.tenant}`\n\n"
+                  f"{result.documents} documents, {result.chunks_inserted} chunks inserted, "
+                  f"{result.chunks_kept} kept, {result.chunks_deleted} deleted, "
+                  f"{result.texts_embedded} texts embedded with `{result.model}`.\n\n"
                   + (f"### Errors\n\n| item | error |\n|---|---|\n{rows}\n" if rows else "No errors.\n")),
         description="What the ingest stored and what it refused.",
     )
-    return summary
+    return result.summary()

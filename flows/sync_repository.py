@@ -23,12 +23,12 @@ from blocks.github import GitHubConnection
 from blocks.redact import register_secrets, secret_values
 from blocks.settings import Settings
 from blocks.vendor_errors import map_github_errors
-from flows.ingest import DocumentSpec, IngestRequest, run_ingest
+from flows.ingest import DocumentSpec, IngestRequest, ingest_documents
 from tasks.github_docs import (
     MAX_FILE_BYTES, Skipped, code_doc, code_prefix, comment_doc, issue_doc, issue_number_from_url, require,
     skip_reason,
 )
-from tasks.read import SourceDoc
+from tasks.read import ItemError, SourceDoc
 from tasks.repository_sync import advance_code_cursor, read_cursor, save_cursor, stored_documents
 from tasks.store import delete_documents
 from tasks.runtime import Runtime
@@ -72,12 +72,13 @@ class DocumentSink:
     def __init__(self, settings: Settings, tenant: str, renew: Callable[[], None] | None = None) -> None:
         self.settings, self.tenant = settings, tenant
         self._renew, self._renewed = renew, time.monotonic()
-        self.pool = Runtime(settings).pool()
+        self.runtime = Runtime(settings)
+        self.pool = self.runtime.pool()
         self.pending: dict[str, SourceDoc] = {}
         self.totals = dict.fromkeys(("documents_written", "documents_unchanged", "documents_deleted", "chunks",
                                      "chunks_inserted", "chunks_deleted", "embedding_calls", "texts_embedded"), 0)
         self.skipped: list[str] = []
-        self.errors: list[dict] = []
+        self.errors: list[ItemError] = []
 
     def renew(self, *, due_only: bool = False) -> None:
         """Call `renew` (only when RENEW_EVERY seconds have passed, with `due_only`)."""
@@ -111,24 +112,25 @@ class DocumentSink:
         self.renew()
         docs = [DocumentSpec(**asdict(d)) for d in self.pending.values()]
         self.pending = {}
-        s = run_ingest(IngestRequest(tenant=self.tenant, documents=docs), self.settings)
+        result = ingest_documents(IngestRequest(tenant=self.tenant, documents=docs), self.runtime)
         self.renew()
         for key in ("documents_unchanged", "chunks", "chunks_inserted", "chunks_deleted", "embedding_calls",
                     "texts_embedded"):
-            self.totals[key] += s[key]
-        self.totals["documents_written"] += s["documents"] - s["documents_unchanged"]
-        self.skipped += s["skipped"]
-        self.errors += s["errors"]
+            self.totals[key] += getattr(result, key)
+        self.totals["documents_written"] += result.documents - result.documents_unchanged
+        self.skipped += result.skipped
+        self.errors += result.errors
 
     def finish(self) -> None:
         """Ingest what is pending; IngestIncomplete if any document failed (so no cursor moves)."""
         self.flush()
         if self.errors:
-            first = "; ".join(f"{e['item']}: {e['error']}" for e in self.errors[:3])
+            first = "; ".join(f"{e.item}: {e.error}" for e in self.errors[:3])
             raise IngestIncomplete(f"{len(self.errors)} documents not stored: {first}")
 
     def summary(self) -> dict:
-        return {**self.totals, "skipped": self.skipped, "errors": self.errors}
+        return {**self.totals, "skipped": self.skipped,
+                "errors": [{"item": e.item, "error": e.error} for e in self.errors]}
 
 
 def _fetch(repo: Repository, sink: DocumentSink, name: str, path: str, head: str, branch: str,

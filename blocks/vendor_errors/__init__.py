@@ -5,7 +5,7 @@
     map_aws_errors        botocore / boto3                       (tasks/ops/aws.py, blocks/embedders/bedrock.py)
     map_sdk_errors        the openai and anthropic SDKs          (blocks/embedders/openai.py, blocks/llm.py)
     map_httpx_errors      httpx transport failures               (blocks/embedders/voyage.py)
-    map_postgres_errors   psycopg: the database as a whole failed (flows/ingest.py's run_ingest)
+    map_postgres_errors   psycopg: the database as a whole failed (flows/ingest.py's ingest_documents)
 
 Each is a context manager that is also a decorator (contextlib's `@contextmanager` objects are ContextDecorators):
 

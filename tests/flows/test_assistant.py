@@ -16,7 +16,7 @@ from blocks.llm import AnthropicChat, OpenAIChat, clear_clients
 from blocks.policy import OperationPolicy
 from blocks.postgres import PgVectorStore
 from flows.assistant import AssistantRequest, assistant, run_assistant
-from flows.ingest import DocumentSpec, IngestRequest, run_ingest
+from flows.ingest import DocumentSpec, IngestRequest, ingest_documents
 from flows.operate import OperateRequest, run_operation
 from tasks.audit import read_audit
 from tasks.context_index import append_messages
@@ -135,7 +135,7 @@ def test_memory_search_then_answer(settings, chat, github, tenant, fake_embedder
 
 
 def test_memory_scopes_never_reach_another_users_conversations(settings, chat, github, tenant, fake_embedder):
-    run_ingest(IngestRequest(tenant=tenant, documents=[DocumentSpec(
+    ingest_documents(IngestRequest(tenant=tenant, documents=[DocumentSpec(
         document_id="runbook/oom", text="Runbook: when a pod is OOMKilled, raise its memory limit.")]), settings)
     remember(settings, fake_embedder, tenant, "ana", [("user", "ana: payments pod OOMKilled, memory limit raised")])
     remember(settings, fake_embedder, tenant, "bob", [("user", "bob secret: OOMKilled pod memory limit password")])

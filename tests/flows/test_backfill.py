@@ -6,7 +6,7 @@ import pytest
 
 from blocks.embedders import register_embedder
 from flows.backfill import SwitchModelRequest, run_switch
-from flows.ingest import DocumentSpec, IngestRequest, run_ingest
+from flows.ingest import DocumentSpec, IngestRequest, ingest_documents
 from flows.search import search_now
 from tasks.registry import tenant_model
 from tasks.search import SearchRequest
@@ -40,8 +40,8 @@ def fake32():
 @pytest.fixture
 def corpus(settings, tenant):
     docs = [DocumentSpec(document_id=f"d{i}", text=paragraphs(6, f"svc{i}")) for i in range(30)]
-    summary = run_ingest(IngestRequest(tenant=tenant, documents=docs, chunk_size=30, chunk_overlap=0), settings)
-    return summary["chunks"]
+    summary = ingest_documents(IngestRequest(tenant=tenant, documents=docs, chunk_size=30, chunk_overlap=0), settings)
+    return summary.chunks
 
 
 def _similarity_dims_model(settings, tenant):
@@ -63,7 +63,7 @@ def test_switch_backfills_everything_then_search_uses_new_model(settings, tenant
     expected = float(fake32.embed(["svc3 service node"])[0] @ fake32.embed([hit.text])[0])
     assert hit.similarity == pytest.approx(expected, abs=1e-4)  # scored in the new model's 32-d space
     # new ingests of the tenant now embed with the tenant's default model
-    run_ingest(IngestRequest(tenant=tenant, documents=[DocumentSpec(document_id="new", text="fresh text")]), settings)
+    ingest_documents(IngestRequest(tenant=tenant, documents=[DocumentSpec(document_id="new", text="fresh text")]), settings)
     with pool.connection() as conn:
         models = {r[0] for r in conn.execute(
             "SELECT m.name FROM embeddings e JOIN embedding_models m ON m.id = e.model_id JOIN chunks c ON c.id = e.chunk_id "
@@ -92,7 +92,7 @@ def test_chunks_ingested_during_the_backfill_are_caught_before_the_switch(settin
         def embed(self, texts):
             self.calls += 1
             if self.calls == 2:  # another agent stores a document while the backfill runs (old model only)
-                run_ingest(IngestRequest(tenant=tenant, documents=[DocumentSpec(document_id="late", text="late arrival")]),
+                ingest_documents(IngestRequest(tenant=tenant, documents=[DocumentSpec(document_id="late", text="late arrival")]),
                            settings)
             return self.inner.embed(texts)
 

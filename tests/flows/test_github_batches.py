@@ -136,12 +136,12 @@ def test_a_failed_shared_write_fails_its_deliveries_saying_why_and_releases_the_
     deleted = _deliver(pool, tenant, "issues", {"action": "deleted", "repository": {"full_name": REPO},
                                                 "issue": _issue(7, "gone")})
     after = _opened(pool, tenant, 8, "later")
-    real = sync_repository.run_ingest
+    real = sync_repository.ingest_documents
 
     def refusing(*args, **kwargs):
         raise RuntimeError("database is read-only")
 
-    monkeypatch.setattr(sync_repository, "run_ingest", refusing)
+    monkeypatch.setattr(sync_repository, "ingest_documents", refusing)
     summary = drain_deliveries("github-discussions", settings, batch_size=5)
     rows = _rows(pool, ids + [deleted, after])
     assert [rows[i]["status"] for i in ids + [deleted, after]] == ["failed"] * 5
@@ -149,6 +149,6 @@ def test_a_failed_shared_write_fails_its_deliveries_saying_why_and_releases_the_
     # the delete wrote the three before it (and failed with them); the last one was released, claimed again by a
     # second batch of the same drain, and failed on its own write
     assert summary["failed"] == 5 and summary["processed"] == 0 and summary["batches"] == 2
-    monkeypatch.setattr(sync_repository, "run_ingest", real)
+    monkeypatch.setattr(sync_repository, "ingest_documents", real)
     with pool.connection() as conn:
         assert conn.execute("SELECT count(*) FROM documents WHERE tenant_id = %s", [tenant]).fetchone()[0] == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from blocks.embedders import register_embedder
 from blocks.embedders.openai import OpenAIEmbedder
-from flows.ingest import DocumentSpec, IngestRequest, run_ingest
+from flows.ingest import DocumentSpec, IngestRequest, ingest_documents
 from flows.search import search_now
 from tasks.search import SearchRequest
 from tasks.usage import usage_summary
@@ -17,8 +17,8 @@ def test_ingest_with_openai_records_tokens_and_cost_and_search_embeds_queries(se
                                   output_dimensions=256)
         register_embedder("openai-test", embedder)
         docs = [DocumentSpec(document_id=f"n{i}", text=f"note {i}: restart the queue worker {i}") for i in range(5)]
-        summary = run_ingest(IngestRequest(tenant=tenant, documents=docs, embedder="openai-test"), settings)
-        assert summary["model"] == "openai/text-embedding-3-small@256" and summary["texts_embedded"] == 5
+        summary = ingest_documents(IngestRequest(tenant=tenant, documents=docs, embedder="openai-test"), settings)
+        assert summary.model == "openai/text-embedding-3-small@256" and summary.texts_embedded == 5
         assert len(api.requests) == 1 and api.requests[0].body["dimensions"] == 256  # one batched request
         [row] = usage_summary(pool, tenant)
         assert row["model"] == "text-embedding-3-small" and row["texts"] == 5 and row["tokens"] > 0

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-from flows.ingest import DocumentSpec, IngestRequest, run_ingest
+from flows.ingest import DocumentSpec, IngestRequest, ingest_documents
 from flows.search import search_now
 from tasks.search import SearchRequest
 from tests.factories import paragraphs
 
 
 def _ingest(settings, tenant, docs, **kw):
-    return run_ingest(IngestRequest(tenant=tenant, documents=docs, **kw), settings)
+    return ingest_documents(IngestRequest(tenant=tenant, documents=docs, **kw), settings)
 
 
 def test_reingest_unchanged_makes_zero_embedding_calls(settings, tenant):
     docs = [DocumentSpec(document_id=f"doc{i}", text=paragraphs(12, f"topic{i}")) for i in range(3)]
     first = _ingest(settings, tenant, docs, chunk_size=40, chunk_overlap=8)
-    assert first["chunks_inserted"] == first["chunks"] > 3
-    assert first["texts_embedded"] == first["chunks"]
+    assert first.chunks_inserted == first.chunks > 3
+    assert first.texts_embedded == first.chunks
     second = _ingest(settings, tenant, docs, chunk_size=40, chunk_overlap=8)
-    assert second["embedding_calls"] == 0
-    assert second["documents_unchanged"] == 3
-    assert second["chunks_inserted"] == 0
+    assert second.embedding_calls == 0
+    assert second.documents_unchanged == 3
+    assert second.chunks_inserted == 0
 
 
 def test_editing_one_paragraph_reembeds_only_its_chunks(settings, tenant):
@@ -28,10 +28,10 @@ def test_editing_one_paragraph_reembeds_only_its_chunks(settings, tenant):
     first = _ingest(settings, tenant, [DocumentSpec(document_id="a.txt", text=text)], chunk_size=40, chunk_overlap=0)
     edited = text.replace("Paragraph 15 about ingest", "Paragraph fifteen, rewritten, about ingest")
     second = _ingest(settings, tenant, [DocumentSpec(document_id="a.txt", text=edited)], chunk_size=40, chunk_overlap=0)
-    assert 1 <= second["texts_embedded"] <= 2
-    assert second["texts_embedded"] < first["chunks"] / 4
-    assert second["chunks_inserted"] == second["texts_embedded"]
-    assert second["chunks_deleted"] >= 1
+    assert 1 <= second.texts_embedded <= 2
+    assert second.texts_embedded < first.chunks / 4
+    assert second.chunks_inserted == second.texts_embedded
+    assert second.chunks_deleted >= 1
     hits = search_now(SearchRequest(query="fifteen rewritten", mode="keyword", tenant=tenant), settings)
     assert hits and "fifteen" in hits[0].text
 
@@ -39,14 +39,14 @@ def test_editing_one_paragraph_reembeds_only_its_chunks(settings, tenant):
 def test_removed_chunks_are_deleted(settings, tenant, pool):
     _ingest(settings, tenant, [DocumentSpec(document_id="d", text=paragraphs(20))], chunk_size=40, chunk_overlap=0)
     result = _ingest(settings, tenant, [DocumentSpec(document_id="d", text=paragraphs(5))], chunk_size=40, chunk_overlap=0)
-    assert result["chunks_deleted"] > 0
-    assert result["texts_embedded"] <= 1  # only the chunk at the new end of the text can differ
+    assert result.chunks_deleted > 0
+    assert result.texts_embedded <= 1  # only the chunk at the new end of the text can differ
     with pool.connection() as conn:
         n = conn.execute("SELECT count(*) FROM chunks WHERE tenant_id = %s", [tenant]).fetchone()[0]
         orphans = conn.execute(
             "SELECT count(*) FROM embeddings e LEFT JOIN chunks c ON c.id = e.chunk_id WHERE c.id IS NULL"
         ).fetchone()[0]
-    assert n == result["chunks"]
+    assert n == result.chunks
     assert orphans == 0
 
 
@@ -61,8 +61,8 @@ def test_bad_items_fail_alone_and_are_named(settings, tenant, pool, tmp_path):
     settings.ingest.max_file_bytes = 512
     paths = [str(p) for p in (good, tmp_path / "empty.txt", tmp_path / "nul.txt", tmp_path / "latin1.txt", big,
                               tmp_path / "missing.txt")]
-    summary = run_ingest(IngestRequest(tenant=tenant, paths=paths), settings)
-    errors = {e["item"].rsplit("/", 1)[-1]: e["error"] for e in summary["errors"]}
+    summary = ingest_documents(IngestRequest(tenant=tenant, paths=paths), settings)
+    errors = {e.item.rsplit("/", 1)[-1]: e.error for e in summary.errors}
     assert set(errors) == {"empty.txt", "nul.txt", "latin1.txt", "big.txt", "missing.txt"}
     assert "empty" in errors["empty.txt"]
     assert "binary" in errors["nul.txt"]
@@ -92,7 +92,7 @@ def test_bulk_load_drops_and_rebuilds_both_indexes(settings, tenant, pool, monke
     with pool.connection() as conn:
         conn.execute("DELETE FROM embeddings")  # the model must hold fewer rows than the load for the bulk path
     summary = _ingest(settings, tenant, docs)
-    assert summary["bulk_index_rebuild"] is True and summary["chunks_inserted"] == 40
+    assert summary.bulk_index_rebuild is True and summary.chunks_inserted == 40
     with pool.connection() as conn:
         indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename IN ('chunks', 'embeddings')")}
     assert "chunks_tsv" in indexes and any(name.startswith("embeddings_hnsw_m") for name in indexes)
@@ -100,8 +100,6 @@ def test_bulk_load_drops_and_rebuilds_both_indexes(settings, tenant, pool, monke
 
 
 def test_the_typed_result_counts_each_documents_chunks_as_stored(settings, tenant, pool):
-    from flows.ingest import ingest_documents
-
     docs = [DocumentSpec(document_id="long", text=paragraphs(12, "long")), DocumentSpec(document_id="short", text="one line"),
             DocumentSpec(document_id="blank", text="   ")]
     first = ingest_documents(IngestRequest(tenant=tenant, documents=docs, chunk_size=40, chunk_overlap=0), settings)

@@ -14,7 +14,7 @@ import pytest
 
 import tasks.ingest as ingest_tasks
 from blocks.embedders import register_embedder
-from flows.ingest import DocumentSpec, IngestRequest, run_ingest
+from flows.ingest import DocumentSpec, IngestRequest, ingest_documents
 from tasks.registry import ensure_model
 from tests.factories import FakeEmbedder, paragraphs
 
@@ -66,8 +66,8 @@ def test_two_concurrent_ingests_of_one_tenant_embed_each_text_once(recording, po
 
     monkeypatch.setattr(ingest_tasks, "hashes_needing_embedding", planned_together)
     with ThreadPoolExecutor(2) as runs:
-        summaries = list(runs.map(lambda prefix: run_ingest(_request(tenant, prefix), settings), ["a-", "b-"]))
-    assert all(s["errors"] == [] for s in summaries), summaries
+        summaries = list(runs.map(lambda prefix: ingest_documents(_request(tenant, prefix), settings), ["a-", "b-"]))
+    assert all(s.errors == [] for s in summaries), summaries
     embedded = Counter(embedder.texts)
     with pool.connection() as conn:
         stored = conn.execute("SELECT count(DISTINCT c.content_hash), count(*), count(e.chunk_id) FROM chunks c"
@@ -77,7 +77,7 @@ def test_two_concurrent_ingests_of_one_tenant_embed_each_text_once(recording, po
     unique_texts, chunks, with_vectors = stored
     assert max(embedded.values()) == 1, [t for t, n in embedded.items() if n > 1][:3]
     assert len(embedded) == unique_texts and chunks == 2 * unique_texts == with_vectors
-    assert sum(s["texts_embedded"] for s in summaries) == unique_texts
+    assert sum(s.texts_embedded for s in summaries) == unique_texts
     assert left == 0  # each run dropped its claims
 
 
@@ -99,8 +99,8 @@ def test_an_expired_claim_is_taken_over_and_a_published_vector_is_used(recording
                      " (%s, %s, %s, %s, now() - interval '1 second', NULL)",
                      [tenant, model_id, first.content_hash, uuid.uuid4(), published,
                       tenant, model_id, second.content_hash, uuid.uuid4()])
-    summary = run_ingest(request, settings)
-    assert summary["errors"] == [] and summary["texts_embedded"] == 1
+    summary = ingest_documents(request, settings)
+    assert summary.errors == [] and summary.texts_embedded == 1
     assert embedder.texts == [second.text]  # the dead run's text; the live run's vector was taken as published
     with pool.connection() as conn:
         vector = conn.execute("SELECT e.embedding FROM chunks c JOIN embeddings e ON e.chunk_id = c.id"
@@ -116,7 +116,7 @@ import tasks.ingest as ingest_tasks
 from blocks.embedders import register_embedder
 from blocks.embedders.openai import OpenAIEmbedder
 from blocks.settings import Settings
-from flows.ingest import DocumentSpec, IngestRequest, run_ingest
+from flows.ingest import DocumentSpec, IngestRequest, ingest_documents
 from tests.factories import paragraphs
 
 url, tenant, prefix, marks = sys.argv[1:5]
@@ -136,9 +136,9 @@ def planned_together(*args):  # both processes decide what they need before eith
 
 ingest_tasks.hashes_needing_embedding = planned_together
 docs = [DocumentSpec(document_id=f"{prefix}{i}", text=paragraphs(6, f"svc{i}")) for i in range(12)]
-summary = run_ingest(IngestRequest(tenant=tenant, documents=docs, embedder="openai-workers", chunk_size=30,
+result = ingest_documents(IngestRequest(tenant=tenant, documents=docs, embedder="openai-workers", chunk_size=30,
                                    chunk_overlap=0), Settings())
-print(json.dumps({"texts_embedded": summary["texts_embedded"], "errors": summary["errors"]}))
+print(json.dumps({"texts_embedded": result.texts_embedded, "errors": result.summary()["errors"]}))
 """
 
 

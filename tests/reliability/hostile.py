@@ -817,9 +817,11 @@ def webhook_cases() -> list[Case]:
 
 
 def _ingest_inline(env: Env, *docs: dict) -> dict:
-    from flows.ingest import DocumentSpec, IngestRequest, run_ingest
+    """The ingest's summary, as the `ingest` flow returns it."""
+    from flows.ingest import DocumentSpec, IngestRequest, ingest_documents
 
-    return run_ingest(IngestRequest(tenant=env.tenant, documents=[DocumentSpec(**d) for d in docs]), env.settings)
+    request = IngestRequest(tenant=env.tenant, documents=[DocumentSpec(**d) for d in docs])
+    return ingest_documents(request, env.settings).summary()
 
 
 def _replay(env: Env, delivery: str, first: bytes, second: bytes) -> Outcome:
@@ -864,16 +866,16 @@ def _validate(flow_obj, **parameters):
 def flow_cases() -> list[Case]:
     from flows.assistant import AssistantRequest, assistant
     from flows.contexts import expire_contexts
-    from flows.ingest import DocumentSpec, IngestRequest, ingest, run_ingest
+    from flows.ingest import DocumentSpec, IngestRequest, ingest, ingest_documents
     from flows.operate import OperateRequest, operate, run_operation
     from flows.search import search, search_now
     from tasks.search import SearchRequest
 
     nul = "a\u0000b"
 
-    def ingest_docs(*docs: dict, **request):
-        return lambda env: run_ingest(IngestRequest(tenant=env.tenant, documents=[DocumentSpec(**d) for d in docs],
-                                                    **request), env.settings)
+    def ingest_docs(*docs: dict, **request):  # the summary, as the `ingest` flow returns it
+        return lambda env: ingest_documents(IngestRequest(tenant=env.tenant, documents=[DocumentSpec(**d) for d in docs],
+                                                          **request), env.settings).summary()
 
     def operate_(operation: str, arguments: dict, **extra):
         return lambda env: run_operation(OperateRequest(operation=operation, arguments=arguments, tenant=env.tenant,
@@ -887,7 +889,7 @@ def flow_cases() -> list[Case]:
 
     def symlinked_paths(env: Env):
         args = symlink_tree(env)
-        return run_ingest(IngestRequest(tenant=env.tenant, paths=[args[1]]), env.settings)
+        return ingest_documents(IngestRequest(tenant=env.tenant, paths=[args[1]]), env.settings).summary()
 
     return [
         Case("flow-ingest-wrong-types", "flow", "wrong_type", "ingest(request={chunk_size: 'big', paths: 'x'})",

@@ -1,7 +1,7 @@
 """Helpers for database fault tests and benchmarks: a synthetic corpus, an ingest worker process, and the
 embedded PostgreSQL's postmaster (find it, kill -9 it, stop it, count what it committed).
 
-The worker runs one `run_ingest` in its own process so that it can die with the server it was writing to:
+The worker runs one ingest (`ingest_documents`) in its own process so that it can die with the server it was writing to:
 
     python -m tests.reliability.pgfaults --home DIR --docs 40 --chunks-per-doc 100 [--bulk-threshold N]
 
@@ -330,7 +330,7 @@ def _main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import tasks.indexes
-    from flows.ingest import run_ingest
+    from flows.ingest import ingest_documents
 
     seen = register_embedder()
     if args.bulk_threshold is not None:
@@ -338,7 +338,7 @@ def _main(argv: list[str] | None = None) -> int:
     settings = settings_for(args.home, args.store_batch)
     started = time.perf_counter()
     try:
-        summary = run_ingest(request(args.docs, args.chunks_per_doc), settings)
+        summary = ingest_documents(request(args.docs, args.chunks_per_doc), settings).summary()
     except Exception as exc:  # noqa: BLE001 - reported to the parent
         print(json.dumps({"error": str(exc), "error_type": type(exc).__name__, "texts_seen": seen["texts"],
                           "seconds": time.perf_counter() - started}), flush=True)

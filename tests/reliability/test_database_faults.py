@@ -24,7 +24,7 @@ import tasks.registry
 from blocks.errors import StoreUnavailable
 from blocks import postgres
 from blocks.postgres import PgVectorStore, start_embedded
-from flows.ingest import run_ingest
+from flows.ingest import ingest_documents
 from flows.search import search_now
 from tasks.migrate import ensure_schema, migrations
 from tasks.search import SearchRequest
@@ -116,11 +116,11 @@ def test_kill_9_mid_ingest_then_the_rerun_embeds_only_what_was_not_committed(own
     monkeypatch.setattr(tasks.indexes, "BULK_THRESHOLD", 2000)
     seen = pf.register_embedder()
     settings = pf.settings_for(own_home, STORE_BATCH)
-    summary = run_ingest(pf.request(DOCS, PER_DOC), settings)
-    assert summary["errors"] == []
-    assert summary["documents_unchanged"] == committed // PER_DOC
-    assert summary["chunks_inserted"] == TOTAL - committed
-    assert summary["texts_embedded"] == seen["texts"] == TOTAL - committed
+    summary = ingest_documents(pf.request(DOCS, PER_DOC), settings)
+    assert summary.errors == []
+    assert summary.documents_unchanged == committed // PER_DOC
+    assert summary.chunks_inserted == TOTAL - committed
+    assert summary.texts_embedded == seen["texts"] == TOTAL - committed
     after = pf.integrity(pf.url(own_home))
     _assert_nothing_half_written(after)
     assert after["chunks"] == after["embeddings"] == TOTAL and after["documents"] == DOCS
@@ -131,8 +131,8 @@ def test_kill_9_mid_ingest_then_the_rerun_embeds_only_what_was_not_committed(own
     _assert_search_finds(settings, 3, 17)  # committed before the kill
     _assert_search_finds(settings, DOCS - 1, 42)  # written by the re-run
     # A third run has nothing left to do.
-    again = run_ingest(pf.request(DOCS, PER_DOC), settings)
-    assert again["documents_unchanged"] == DOCS and again["texts_embedded"] == 0
+    again = ingest_documents(pf.request(DOCS, PER_DOC), settings)
+    assert again.documents_unchanged == DOCS and again.texts_embedded == 0
 
 
 def test_disk_full_fails_with_a_clear_error_and_the_rerun_completes_when_space_returns(tmp_path, monkeypatch):
@@ -148,7 +148,7 @@ def test_disk_full_fails_with_a_clear_error_and_the_rerun_completes_when_space_r
         seen = pf.register_embedder()
         settings = pf.settings_for(home, STORE_BATCH)
         with pytest.raises(StoreUnavailable) as failed:
-            run_ingest(pf.request(DOCS, PER_DOC), settings)
+            ingest_documents(pf.request(DOCS, PER_DOC), settings)
         message = str(failed.value)
         assert "ran out of disk space" in message and "No space left on device" in message, message
         assert "Free space on that volume" in message and "run the ingest again" in message, message
@@ -163,9 +163,9 @@ def test_disk_full_fails_with_a_clear_error_and_the_rerun_completes_when_space_r
         assert committed < TOTAL
 
         seen = pf.register_embedder()
-        summary = run_ingest(pf.request(DOCS, PER_DOC), settings)
-        assert summary["errors"] == []
-        assert summary["texts_embedded"] == seen["texts"] == TOTAL - committed
+        summary = ingest_documents(pf.request(DOCS, PER_DOC), settings)
+        assert summary.errors == []
+        assert summary.texts_embedded == seen["texts"] == TOTAL - committed
         after = pf.integrity(pf.url(home))
         _assert_nothing_half_written(after)
         assert after["chunks"] == TOTAL and after["documents"] == DOCS
@@ -196,7 +196,7 @@ def test_a_migration_cut_short_by_a_full_disk_leaves_the_previous_schema_and_say
             if attempt == 2:
                 pf.resize_tmpfs(mount, pf.used_bytes(mount) + 320 * 2**10)
             try:
-                run_ingest(pf.request(1, 3), settings)
+                ingest_documents(pf.request(1, 3), settings)
             except StoreUnavailable as failed:
                 message = str(failed)
                 assert "ran out of disk space" in message and "No space left on device" in message, (attempt, message)
@@ -212,8 +212,8 @@ def test_a_migration_cut_short_by_a_full_disk_leaves_the_previous_schema_and_say
                 assert len(state["recorded"]) < len(versions), state  # the disk did cut the migrations short
 
         pf.resize_tmpfs(mount, used + 256 * 2**20)
-        summary = run_ingest(pf.request(1, 3), settings)
-        assert summary["errors"] == [], summary
+        summary = ingest_documents(pf.request(1, 3), settings)
+        assert summary.errors == [], summary
         assert pf.integrity(pf.url(home))["chunks"] == 3
         state = pf.half_applied_migrations(pf.url(home))
         assert state["recorded"] == versions, state
@@ -327,5 +327,5 @@ def test_a_failure_while_the_usage_cannot_be_recorded_keeps_its_own_error(own_ho
     register_embedder("failing-usage", _FailingEmbedder(home=str(own_home)))
     settings = pf.settings_for(own_home).model_copy(update={"embedder": "failing-usage"})
     with pytest.raises(RuntimeError, match="the provider broke") as failed:
-        run_ingest(pf.request(1, 3).model_copy(update={"embedder": "failing-usage"}), settings)
+        ingest_documents(pf.request(1, 3).model_copy(update={"embedder": "failing-usage"}), settings)
     assert any("was not recorded" in note for note in getattr(failed.value, "__notes__", [])), failed.value

@@ -13,7 +13,7 @@ import numpy as np
 from blocks.embedders import register_embedder
 from blocks.embedders.openai import OpenAIEmbedder
 from blocks.retry import BACKOFF_CAP
-from flows.ingest import DocumentSpec, IngestRequest, run_ingest
+from flows.ingest import DocumentSpec, IngestRequest, IngestResult, ingest_documents
 from tests.fakes import FakeOpenAI
 from tests.fakes.server import Chaos
 
@@ -41,12 +41,12 @@ def stored(pool, tenant: str) -> dict[tuple[str, int], np.ndarray]:
     return out
 
 
-def ingest(api: FakeOpenAI, tenant: str, settings, docs: list[DocumentSpec], name: str) -> tuple[dict, float]:
+def ingest(api: FakeOpenAI, tenant: str, settings, docs: list[DocumentSpec], name: str) -> tuple[IngestResult, float]:
     embedder = OpenAIEmbedder(api_key="sk-test-chaos", base_url=f"{api.url}/v1", model="text-embedding-3-small",
                               output_dimensions=DIMS, timeout=TIMEOUT, max_retries=8)
     register_embedder(name, embedder)
     started = time.perf_counter()
-    summary = run_ingest(IngestRequest(tenant=tenant, documents=docs, embedder=name), settings)
+    summary = ingest_documents(IngestRequest(tenant=tenant, documents=docs, embedder=name), settings)
     return summary, time.perf_counter() - started
 
 
@@ -65,8 +65,8 @@ def test_ingest_through_a_30_percent_faulty_provider_stores_the_fault_free_data(
 
     # It completed, with every chunk, once.
     for summary in (clean, faulty):
-        assert summary["errors"] == [] and summary["chunks_inserted"] == 300 and summary["texts_embedded"] == 300
-    assert clean_requests == clean["embedding_calls"] >= 300 // STORE_BATCH  # many calls, not one
+        assert summary.errors == [] and summary.chunks_inserted == 300 and summary.texts_embedded == 300
+    assert clean_requests == clean.embedding_calls >= 300 // STORE_BATCH  # many calls, not one
 
     # The same data: every stored vector equals the fault-free run's (and the fake's deterministic vector).
     want, got = stored(pool, "chaos-clean"), stored(pool, "chaos-faulty")

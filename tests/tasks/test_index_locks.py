@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 import tasks.indexes as indexes_module
-from flows.ingest import DocumentSpec, IngestRequest, run_ingest
+from flows.ingest import DocumentSpec, IngestRequest, IngestResult, ingest_documents
 from tasks.indexes import bulk_load, index_lock, keyword_index_exists, model_index_exists, rebuild_indexes
 from tasks.registry import ensure_model
 
@@ -16,9 +16,9 @@ def _indexes(pool, model_id) -> tuple[bool, bool]:
         return model_index_exists(conn, model_id), keyword_index_exists(conn)
 
 
-def _small_ingest(settings, tenant, n: int = 3) -> dict:
+def _small_ingest(settings, tenant, n: int = 3) -> IngestResult:
     docs = [DocumentSpec(document_id=f"small{i}", text=f"a small document number {i} about caches") for i in range(n)]
-    return run_ingest(IngestRequest(tenant=tenant, documents=docs), settings)
+    return ingest_documents(IngestRequest(tenant=tenant, documents=docs), settings)
 
 
 def _in_thread(fn, timeout: float = 60.0):
@@ -39,7 +39,7 @@ def test_a_small_ingest_during_a_bulk_load_neither_rebuilds_nor_waits(settings, 
         assert bulk is True and _indexes(pool, model_id) == (False, False)
         # Ingest B, small, meanwhile: finds them missing, cannot take the locks, so leaves them to A.
         summary = _in_thread(lambda: _small_ingest(settings, tenant))
-        assert summary["chunks_inserted"] == 3 and summary["bulk_index_rebuild"] is False
+        assert summary.chunks_inserted == 3 and summary.bulk_index_rebuild is False
         assert _indexes(pool, model_id) == (False, False)
     # A rebuilt them at its end (and released the locks).
     assert _indexes(pool, model_id) == (True, True)
@@ -67,5 +67,5 @@ def test_indexes_left_missing_by_a_load_cut_short_are_rebuilt_by_the_next_ingest
         indexes_module.drop_model_index(conn, model_id)
         indexes_module.drop_keyword_index(conn)
     summary = _small_ingest(settings, tenant)  # nobody holds the locks: the crashed loader's session is gone
-    assert summary["bulk_index_rebuild"] is True
+    assert summary.bulk_index_rebuild is True
     assert _indexes(pool, model_id) == (True, True)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import tasks.search as search_module
-from flows.ingest import DocumentSpec, IngestRequest, run_ingest
+from flows.ingest import DocumentSpec, IngestRequest, ingest_documents
 from tasks.chunk import Chunk
 from tasks.evaluate import document_text, load_beir
 from tasks.search import SearchRequest, keyword_ranking
@@ -48,7 +48,7 @@ def test_pruned_ranking_equals_plain_bm25_on_generated_text(settings, tenant, po
     docs = [DocumentSpec(document_id=f"g{i}", text=" ".join(rng.choices(vocab, weights, k=rng.randint(3, 60))))
             for i in range(500)]
     docs += [DocumentSpec(document_id=f"dup{i}", text="w1 w2 w150") for i in range(30)]  # exact ties
-    run_ingest(IngestRequest(tenant=tenant, documents=docs), settings)
+    ingest_documents(IngestRequest(tenant=tenant, documents=docs), settings)
     pruned_somewhere = 0
     for q in range(30):
         terms = rng.sample(vocab[:20], rng.randint(1, 6)) + rng.sample(vocab[20:], rng.randint(0, 3))

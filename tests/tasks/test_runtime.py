@@ -6,7 +6,7 @@ import pytest
 
 from blocks.embedders import register_embedder
 from blocks.errors import ConfigError
-from flows.ingest import DocumentSpec, IngestRequest, run_ingest
+from flows.ingest import DocumentSpec, IngestRequest, ingest_documents
 from tasks.registry import ensure_model, set_embedder_name
 from tasks.runtime import Runtime
 from tests.factories import FakeEmbedder
@@ -38,7 +38,7 @@ def test_the_embedder_is_the_requested_one_else_the_tenants_default_else_the_set
 
 def test_model_for_a_named_unknown_model_says_so_and_names_the_argument(settings, tenant, fake_embedder):
     runtime = Runtime(settings)
-    run_ingest(IngestRequest(tenant=tenant, documents=[DocumentSpec(document_id="d", text="some text")]), runtime)
+    ingest_documents(IngestRequest(tenant=tenant, documents=[DocumentSpec(document_id="d", text="some text")]), runtime)
     with pytest.raises(ConfigError, match="unknown embedding model 'nope'; stored models: .*fake") as info:
         runtime.model_for(tenant, "nope")
     assert info.value.item == "model"

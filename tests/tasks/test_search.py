@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from blocks.errors import ConfigError, InputError
 from blocks.settings import SearchSettings
-from flows.ingest import DocumentSpec, IngestRequest, run_ingest
+from flows.ingest import DocumentSpec, IngestRequest, ingest_documents
 from flows.search import search_now
 from tasks.search import SearchRequest, rrf, run_search, vector_ranking
 from tasks.registry import resolve_model
@@ -25,7 +25,7 @@ CORPUS = {
 @pytest.fixture
 def corpus(settings, tenant):
     docs = [DocumentSpec(document_id=k, text=v, metadata={"topic": k}) for k, v in CORPUS.items()]
-    run_ingest(IngestRequest(tenant=tenant, documents=docs), settings)
+    ingest_documents(IngestRequest(tenant=tenant, documents=docs), settings)
     return tenant
 
 
@@ -54,7 +54,7 @@ def test_keyword_search_needs_a_shared_term(settings, corpus):
 def test_bm25_prefers_rare_terms(settings, tenant):
     docs = [DocumentSpec(document_id=f"common{i}", text=f"deployment deployment note {i}") for i in range(8)]
     docs.append(DocumentSpec(document_id="rare", text="deployment of the canary"))
-    run_ingest(IngestRequest(tenant=tenant, documents=docs), settings)
+    ingest_documents(IngestRequest(tenant=tenant, documents=docs), settings)
     hits = search_now(SearchRequest(query="canary deployment", mode="keyword", tenant=tenant), settings)
     assert hits[0].document_id == "rare"
 
@@ -82,7 +82,7 @@ def test_filtered_vector_search_still_returns_limit_rows(settings, tenant, pool,
     """Iterative index scans: a selective filter must not starve the top-k."""
     docs = [DocumentSpec(document_id=f"d{i}", text=f"service {i} log line alpha beta {i % 7}",
                          metadata={"shard": "rare" if i % 50 == 0 else "common"}) for i in range(1000)]
-    run_ingest(IngestRequest(tenant=tenant, documents=docs), settings)
+    ingest_documents(IngestRequest(tenant=tenant, documents=docs), settings)
     model = resolve_model(pool, fake_embedder.model_id)
     q = fake_embedder.embed(["service log line"])[0]
     request = SearchRequest(query="x", mode="vector", tenant=tenant, metadata={"shard": "rare"}, limit=10)
@@ -127,7 +127,7 @@ def test_maxscore_pruning_returns_the_exact_bm25_top_n(settings, tenant, pool, m
     weights = [1 / (i + 1) for i in range(300)]  # Zipf: a few very common words, many rare ones
     docs = [DocumentSpec(document_id=f"z{i}", text=" ".join(rng.choices(vocab, weights, k=rng.randint(5, 40))))
             for i in range(400)]
-    run_ingest(IngestRequest(tenant=tenant, documents=docs), settings)
+    ingest_documents(IngestRequest(tenant=tenant, documents=docs), settings)
     for q in range(25):
         request = SearchRequest(query=" ".join(rng.sample(vocab[:60], 3) + rng.sample(vocab[60:], 2)),
                                 mode="keyword", tenant=tenant, limit=10)

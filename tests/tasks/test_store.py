@@ -11,7 +11,7 @@ import pytest
 from blocks.errors import ConfigError, InputError, StoreError
 from blocks.postgres import PgVectorStore, close_pools, start_embedded
 from blocks.settings import Settings
-from flows.ingest import DocumentSpec, IngestRequest, run_ingest
+from flows.ingest import DocumentSpec, IngestRequest, ingest_documents
 from flows.search import search_now
 from tasks import migrate
 from tasks.chunk import Chunk
@@ -74,7 +74,7 @@ def test_wrong_dimension_vector_stores_nothing(pool, tenant):
 
 
 def test_bm25_statistics_follow_inserts_and_deletes(pool, tenant, settings):
-    run_ingest(IngestRequest(tenant=tenant, documents=[DocumentSpec(document_id="a", text="kubernetes pods crash"),
+    ingest_documents(IngestRequest(tenant=tenant, documents=[DocumentSpec(document_id="a", text="kubernetes pods crash"),
                                                        DocumentSpec(document_id="b", text="kubernetes nodes")]), settings)
     with pool.connection() as conn:
         df = dict(conn.execute("SELECT lexeme, sum(df) FROM term_stats WHERE tenant_id = %s GROUP BY lexeme",
@@ -82,7 +82,7 @@ def test_bm25_statistics_follow_inserts_and_deletes(pool, tenant, settings):
         stats = conn.execute("SELECT sum(n_chunks), sum(total_len) FROM tenant_stats WHERE tenant_id = %s",
                              [tenant]).fetchone()
     assert df["kubernet"] == 2 and df["pod"] == 1 and stats == (2, 5)
-    run_ingest(IngestRequest(tenant=tenant, documents=[DocumentSpec(document_id="a", text="kubernetes services")]), settings)
+    ingest_documents(IngestRequest(tenant=tenant, documents=[DocumentSpec(document_id="a", text="kubernetes services")]), settings)
     with pool.connection() as conn:
         df = dict(conn.execute("SELECT lexeme, sum(df) FROM term_stats WHERE tenant_id = %s GROUP BY lexeme",
                                [tenant]).fetchall())
@@ -128,9 +128,9 @@ def test_database_url_points_at_another_server(tmp_path, monkeypatch, fake_embed
     monkeypatch.setenv("DEVMESH_HOME", str(tmp_path / "unused-home"))
     settings = Settings(embedder="fake")
     assert settings.database_url == url
-    summary = run_ingest(IngestRequest(documents=[DocumentSpec(document_id="x", text="external server works")]), settings)
-    assert summary["chunks_inserted"] == 1
-    assert "PostgreSQL at" in summary["where"] and "host=" not in summary["where"]
+    summary = ingest_documents(IngestRequest(documents=[DocumentSpec(document_id="x", text="external server works")]), settings)
+    assert summary.chunks_inserted == 1
+    assert "PostgreSQL at" in summary.where and "host=" not in summary.where
     hits = search_now(SearchRequest(query="external server", mode="keyword"), settings)
     assert hits[0].document_id == "x"
     assert not (tmp_path / "unused-home").exists()
