@@ -236,15 +236,15 @@ def doctor(as_json: bool = typer.Option(False, "--json"),
     """Check the installation (database, pgvector, migrations, model files, Prefect server, blocks); exit 1 on a
     failure, each with how to fix it."""
     from deployments.doctor import run_checks
+    from tasks.runtime import Runtime
 
+    runtime = Runtime()  # the doctor's pool does not ensure the schema: a missing one is a finding
     if migrate:
-        from tasks.runtime import Runtime
-
         try:
-            Runtime().pool()  # applies the missing migrations
+            runtime.pool()  # applies the missing migrations
         except AppError as exc:
             _fail(str(exc))
-    checks = run_checks()
+    checks = run_checks(runtime)
     if as_json:
         print(json.dumps([c.__dict__ for c in checks], indent=2))
     else:

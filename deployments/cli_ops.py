@@ -36,13 +36,11 @@ def fail(message: str, code: int) -> None:
 _fail = fail
 
 
-def _pool(settings: Settings):
-    from blocks.postgres import PgVectorStore
-    from tasks.migrate import ensure_schema
+def _runtime():
+    """The command's Runtime (tasks.runtime): a command is its process's entry point and passes it down."""
+    from tasks.runtime import Runtime
 
-    pool = PgVectorStore.from_settings(settings).pool()
-    ensure_schema(pool)
-    return pool
+    return Runtime()
 
 
 @op_app.command("list")
@@ -85,7 +83,8 @@ def op_run(
     from flows.operate import OperateRequest, operate, run_operation
     from tasks.ops.base import get_operation, parse_input
 
-    settings = Settings()
+    runtime = _runtime()
+    settings = runtime.settings
     try:
         op = get_operation(operation)
         arguments = _arguments(args, args_file, wraps_manifest="manifest" in op.input_model.model_fields)
@@ -95,7 +94,7 @@ def op_run(
                                  actor={"via": "cli", "user": os.environ.get("USER", "unknown")})
         if as_flow is None:
             as_flow = execute
-        summary = operate(request) if as_flow else run_operation(request, settings)
+        summary = operate(request) if as_flow else run_operation(request, runtime)
         if summary.get("status") in REFUSED:  # the flow run ended Denied / Rejected: a refusal, not a failure
             _fail(summary["error"], REFUSED[summary["status"]])
     except (ValidationError, json.JSONDecodeError, InputError) as exc:
@@ -133,13 +132,14 @@ def _arguments(args: str | None, args_file: Path | None, *, wraps_manifest: bool
 def _decide(operation_id: str, token: str | None, decision: str, tenant: str | None, comment: str | None) -> None:
     from flows.operate import decide
 
-    settings = Settings()
+    runtime = _runtime()
+    settings = runtime.settings
     token = token or os.environ.get("DEVMESH_APPROVER_TOKEN")
     if not token:
         _fail("no approver token: pass --token or set DEVMESH_APPROVER_TOKEN", 2)
     try:
         out = decide(operation_id, token, decision, tenant=tenant or settings.tenant, comment=comment,
-                     settings=settings)
+                     runtime=runtime)
     except AuthFailed as exc:
         _fail(str(exc), 2)
     except AppError as exc:
@@ -164,9 +164,10 @@ def approvers_add(name: str, tenant: Optional[str] = typer.Option(None)) -> None
     """Create an approver and print their token (shown once; only its hash is stored)."""
     from tasks.approvals import add_approver
 
-    settings = Settings()
+    runtime = _runtime()
+    settings = runtime.settings
     try:
-        print(add_approver(_pool(settings), tenant or settings.tenant, name))
+        print(add_approver(runtime.pool(), tenant or settings.tenant, name))
     except InputError as exc:
         _fail(str(exc), 2)
 
@@ -175,8 +176,9 @@ def approvers_add(name: str, tenant: Optional[str] = typer.Option(None)) -> None
 def approvers_revoke(name: str, tenant: Optional[str] = typer.Option(None)) -> None:
     from tasks.approvals import revoke_approver
 
-    settings = Settings()
-    if not revoke_approver(_pool(settings), tenant or settings.tenant, name):
+    runtime = _runtime()
+    settings = runtime.settings
+    if not revoke_approver(runtime.pool(), tenant or settings.tenant, name):
         _fail(f"no active approver {name!r}", 2)
 
 
@@ -197,13 +199,14 @@ def audit_verify(
     from tasks.audit import audit_key
     from tasks.audit_checkpoint import checkpoint_path, parse_checkpoint, verify_against_checkpoint
 
-    settings = Settings()
+    runtime = _runtime()
+    settings = runtime.settings
     try:
         key = AuditKey.from_public_b64(public_key) if public_key else audit_key(settings.audit.key_block)
         given = parse_checkpoint(checkpoint) if checkpoint else None
     except (ConfigError, InputError) as exc:
         _fail(str(exc), 2)
-    report, written = verify_against_checkpoint(_pool(settings), settings, key, given=given, source="cli",
+    report, written = verify_against_checkpoint(runtime.pool(), settings, key, given=given, source="cli",
                                                 record=record)
     summary = report.summary()
     if not report.ok:
@@ -236,9 +239,10 @@ def audit_show(tenant: Optional[str] = typer.Option(None), limit: int = typer.Op
     """Audit records as JSON lines: the newest `limit`, newest first (--oldest or --after: in order)."""
     from tasks.audit import read_audit
 
-    settings = Settings()
+    runtime = _runtime()
+    settings = runtime.settings
     newest = not oldest and not after
-    for record in read_audit(_pool(settings), tenant=tenant or settings.tenant, limit=limit, after_seq=after,
+    for record in read_audit(runtime.pool(), tenant=tenant or settings.tenant, limit=limit, after_seq=after,
                              newest_first=newest):
         print(json.dumps(record, default=str))
 

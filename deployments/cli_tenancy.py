@@ -18,7 +18,6 @@ from rich.console import Console
 from rich.text import Text
 
 from blocks.errors import AppError
-from blocks.settings import Settings
 
 orgs_app = typer.Typer(help="Organizations and registration invites.", no_args_is_help=True)
 tenants_app = typer.Typer(help="What each tenant may operate with: credential blocks and a policy.",
@@ -35,13 +34,11 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _pool(settings: Settings):
-    from blocks.postgres import PgVectorStore
-    from tasks.migrate import ensure_schema
+def _runtime():
+    """The command's Runtime (tasks.runtime): a command is its process's entry point and passes it down."""
+    from tasks.runtime import Runtime
 
-    pool = PgVectorStore.from_settings(settings).pool()
-    ensure_schema(pool)
-    return pool
+    return Runtime()
 
 
 def operator_actor() -> dict[str, str]:
@@ -70,9 +67,10 @@ def orgs_invite(slug: Optional[str] = typer.Option(None, help="Only this slug ma
     from tasks.audit import append_audit
     from tasks.claims import mint_invite
 
-    settings = Settings()
+    runtime = _runtime()
+    settings = runtime.settings
     try:
-        pool = _pool(settings)
+        pool = runtime.pool()
         info, token = mint_invite(pool, slug=slug, expires_in=duration(expires), created_by=operator_actor())
     except AppError as exc:
         _fail(str(exc))
@@ -91,8 +89,9 @@ def orgs_list() -> None:
     from tasks.claims import list_invites
     from tasks.tenancy import list_organizations
 
-    settings = Settings()
-    pool = _pool(settings)
+    runtime = _runtime()
+    settings = runtime.settings
+    pool = runtime.pool()
     _print({"registration": settings.tenancy.registration, "organizations": list_organizations(pool),
             "invites": list_invites(pool)})
 
@@ -131,13 +130,13 @@ def tenants_grant(
     """Let a tenant's operations use these credential blocks under this policy; audited in the tenant's trail."""
     from tasks.grants import set_grant
 
-    settings = Settings()
+    runtime = _runtime()
     names = {"policy_block": policy, "github_block": github_block, "kubernetes_block": kubernetes_block,
              "aws_block": aws_block}
     try:
         if check:
             _check_blocks(names)
-        grant = set_grant(_pool(settings), tenant, actor=operator_actor(), **names)
+        grant = set_grant(runtime.pool(), tenant, actor=operator_actor(), **names)
     except AppError as exc:
         _fail(str(exc))
     _print(grant.as_dict())
@@ -151,9 +150,9 @@ def tenants_revoke(tenant: str = typer.Argument(...),
     """Take a tenant's grant away (or one provider's credentials); its next operation is denied; audited."""
     from tasks.grants import revoke_grant
 
-    settings = Settings()
+    runtime = _runtime()
     try:
-        left = revoke_grant(_pool(settings), tenant, actor=operator_actor(), providers=provider or None)
+        left = revoke_grant(runtime.pool(), tenant, actor=operator_actor(), providers=provider or None)
     except AppError as exc:
         _fail(str(exc))
     _print({"tenant": tenant, "grant": left.as_dict() if left else None})
@@ -164,8 +163,9 @@ def tenants_show(tenant: Optional[str] = typer.Argument(None, help="One tenant (
     """Grants: which blocks each tenant operates with (the operator's tenant: implicit, from the settings)."""
     from tasks.grants import list_grants, resolve_grant
 
-    settings = Settings()
-    pool = _pool(settings)
+    runtime = _runtime()
+    settings = runtime.settings
+    pool = runtime.pool()
     if tenant is not None:
         grant = resolve_grant(pool, tenant, settings)
         _print({"tenant": tenant, "grant": grant.as_dict() if grant else None,
@@ -190,7 +190,8 @@ def webhooks_bind(
 
     from tasks.webhook_bindings import bind_repository, load_secrets, secret_ref
 
-    settings = Settings()
+    runtime = _runtime()
+    settings = runtime.settings
     if (secret_block is None) == (webhook_block is None):
         _fail("give --secret-block or --webhook-block (one)")
     try:
@@ -201,7 +202,7 @@ def webhooks_bind(
                            "tenants); give the tenant a secret of its own")
         if check:
             anyio.run(load_secrets, ref)
-        binding = bind_repository(_pool(settings), repository, tenant, ref, actor=operator_actor())
+        binding = bind_repository(runtime.pool(), repository, tenant, ref, actor=operator_actor())
     except AppError as exc:
         _fail(str(exc))
     _print(binding.__dict__)
@@ -214,7 +215,7 @@ def webhooks_unbind(repository: str = typer.Argument(..., help="The pattern as b
     from tasks.webhook_bindings import unbind_repository
 
     try:
-        removed = unbind_repository(_pool(Settings()), repository, actor=operator_actor(), tenant=tenant)
+        removed = unbind_repository(_runtime().pool(), repository, actor=operator_actor(), tenant=tenant)
     except AppError as exc:
         _fail(str(exc))
     _print([b.__dict__ for b in removed])
@@ -225,7 +226,7 @@ def webhooks_list() -> None:
     """Every binding: repository pattern, tenant, secret block (never a secret)."""
     from tasks.webhook_bindings import list_bindings
 
-    _print(list_bindings(_pool(Settings())))
+    _print(list_bindings(_runtime().pool()))
 
 
 def register(app: typer.Typer) -> None:

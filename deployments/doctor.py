@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from blocks.settings import Settings
+from tasks.runtime import Runtime
 
 __all__ = ["Check", "run_checks", "rebuild_missing_indexes"]
 REBUILD_COMMAND = "python -m deployments.doctor --rebuild-indexes"
@@ -34,12 +35,12 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _database(settings: Settings) -> list[Check]:
-    from blocks.postgres import PgVectorStore
+def _database(runtime: Runtime) -> list[Check]:
+    """The database as it is: its pool without ensuring the schema (a missing schema or privilege is a finding)."""
     from tasks.database_status import server_status
     from tasks.migrate import migrations
 
-    store = PgVectorStore.from_settings(settings)
+    settings, store = runtime.settings, runtime.store
     try:
         pool = store.pool()
         with pool.connection() as conn:
@@ -127,21 +128,17 @@ def _indexes(pool) -> Check:
                  f"if no ingest is running: run an ingest with that model's embedder, or `{REBUILD_COMMAND}`")
 
 
-def rebuild_missing_indexes(settings: Settings | None = None) -> list[str]:
+def rebuild_missing_indexes(runtime: Runtime | Settings | None = None) -> list[str]:
     """Build every missing search index (waiting for a bulk load that holds one); returns the names built."""
-    from blocks.postgres import PgVectorStore
-    from tasks.migrate import ensure_schema
     from tasks.indexes import index_memory_cap_mb, missing_indexes, model_index_name, rebuild_indexes
     from tasks.registry import model_dimensions
 
-    settings = settings or Settings()
-    store = PgVectorStore.from_settings(settings)
-    pool = store.pool()
-    ensure_schema(pool)
+    runtime = Runtime.of(runtime)
+    pool = runtime.pool()
     with pool.connection() as conn:
         missing = missing_indexes(conn)
     models = model_dimensions(pool)
-    cap = index_memory_cap_mb(store, settings.ingest.index_memory_mb)
+    cap = index_memory_cap_mb(runtime.store, runtime.settings.ingest.index_memory_mb)
     for model_id, dimensions in models:  # each build also builds the full-text index if missing
         if model_index_name(model_id) in missing or "chunks_tsv" in missing:
             rebuild_indexes(pool, model_id, dimensions, memory_cap_mb=cap)
@@ -159,7 +156,7 @@ def _main(argv: list[str] | None = None) -> int:
     if not args.rebuild_indexes:
         parser.print_help()
         return 2
-    built = rebuild_missing_indexes()
+    built = rebuild_missing_indexes(Runtime())
     print(f"built: {', '.join(built)}" if built else "no search index was missing")
     return 0
 
@@ -226,11 +223,12 @@ def _blocks(settings: Settings) -> list[Check]:
     return checks
 
 
-def run_checks(settings: Settings | None = None) -> list[Check]:
-    settings = settings or Settings()
+def run_checks(settings: Runtime | Settings | None = None) -> list[Check]:
+    runtime = Runtime.of(settings)
+    settings = runtime.settings
     checks = [Check("settings", "ok", f"home {Path(settings.home).resolve()}, embedder {settings.embedder}, "
                                       f"tenant {settings.tenant}")]
-    checks += _database(settings)
+    checks += _database(runtime)
     checks.append(_model())
     if os.environ.get("PREFECT_SERVER_ENCRYPTION_KEY") is None and os.environ.get("PREFECT_API_URL") is None:
         checks.append(Check("encryption key", "warn", "PREFECT_SERVER_ENCRYPTION_KEY is not set",

@@ -32,7 +32,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from blocks.metrics import HTTP_LATENCY, WEBHOOK_DELIVERIES, exposition
-from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
 from blocks.webhooks import GitHubWebhook
 from deployments.api import mount_api
@@ -41,7 +40,7 @@ from deployments.api.middleware import Deadline
 from deployments.docs import mount_docs
 from deployments.mcp_server import mcp_http_app
 from deployments.mcp_server import mount as mount_mcp
-from tasks.migrate import ensure_schema
+from tasks.runtime import Runtime
 from tasks.webhook_bindings import WebhookRouter
 from tasks.webhook_events import Routes, event_name, to_event
 from tasks.webhooks import (
@@ -201,19 +200,20 @@ async def _prune_admission(state: dict[str, Any], every_s: float = 300.0) -> Non
             log.warning("pruning the admission state failed: %s", exc)
 
 
-def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | None = None,
+def create_app(settings: Runtime | Settings | None = None, *, webhook: GitHubWebhook | None = None,
                emit: Emit | None = None, routes: Routes | None = None) -> FastAPI:
     """The gateway app. Without arguments it reads Settings, loads the webhook block by name (and again every
     Settings.tenancy.webhook_cache_s seconds, as the bound secrets) and emits to the Prefect API of the environment;
-    tests pass their own (`webhook` is then never re-read)."""
-    settings = settings or Settings()
+    tests pass their own (`webhook` is then never re-read). `settings` may be the process's Runtime; otherwise the
+    app builds the one it passes to the REST API and MCP."""
+    runtime = Runtime.of(settings)
+    settings = runtime.settings
     state: dict[str, Any] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        store = PgVectorStore.from_settings(settings)
-        await asyncio.to_thread(lambda: ensure_schema(store.pool()))
-        state["pool"] = await store.open_async_pool()
+        await asyncio.to_thread(runtime.pool)  # the schema, ensured once for the process
+        state["pool"] = await runtime.store.open_async_pool()
         block = webhook
         if block is None:
             try:
@@ -252,8 +252,8 @@ def create_app(settings: Settings | None = None, *, webhook: GitHubWebhook | Non
     app.state.devmesh = state
     mount_docs(app)
     app.add_middleware(Deadline, seconds=settings.gateway.request_deadline_s)  # inside RequestContext (its id)
-    api = mount_api(app, state, settings)  # the REST API under /api/v1 (deployments/api)
-    mount_mcp(app, mcp_http_app(settings, gate=api.gate))  # MCP at /mcp, behind the same admission gate
+    api = mount_api(app, state, runtime)  # the REST API under /api/v1 (deployments/api)
+    mount_mcp(app, mcp_http_app(api.runtime, gate=api.gate))  # MCP at /mcp, behind the same admission gate
     app.add_middleware(RequestMetrics)
 
     @app.get("/healthz", summary="Is the gateway alive", tags=["gateway"])

@@ -1,7 +1,7 @@
 """devmesh as an MCP server (official `mcp` SDK): memory, search and the guarded DevOps operations as tools.
 
     python -m deployments.mcp_server --stdio     # DEVMESH_API_KEY, checked at start and again on every request
-    mcp_http_app(settings)                        # streamable HTTP (ASGI); a key per request: Bearer or X-API-Key
+    mcp_http_app(runtime)                         # streamable HTTP (ASGI); a key per request: Bearer or X-API-Key
 
 Every request runs as its key's principal: the key's tenant (no tool takes a tenant) and scopes — read
 (`context_get`, `search`, `find_similar`), write (`context_create`, `context_append`), operate (one tool per
@@ -119,9 +119,9 @@ class _Tool:
 class _Tools:
     """The tool table of one server: memory tools over a Memory per tenant, operation tools over the guard."""
 
-    def __init__(self, settings: Settings, connections: Connections | None, policy: OperationPolicy | None):
-        self.settings, self.connections, self.policy = settings, connections, policy
-        self.runtime = Runtime(settings)
+    def __init__(self, runtime: Runtime, connections: Connections | None, policy: OperationPolicy | None):
+        self.runtime, self.connections, self.policy = runtime, connections, policy
+        self.settings = runtime.settings
         self._memories: dict[str, Memory] = {}
         self._lock = threading.Lock()
         self.table = {t.spec.name: t for t in self._memory_tools() + self._operation_tools()}
@@ -219,7 +219,7 @@ class _Tools:
             except ValidationError as exc:
                 raise InputError(f"invalid arguments: {_problems(exc)}", item=entry.name) from None
             # the tenant's grant, unless this server was built with an override for the tenant (tasks.grants)
-            return submit_operation(request, self.settings,
+            return submit_operation(request, self.runtime,
                                     connections=override_for(self.connections, p.tenant, self.settings.tenant),
                                     policy=override_for(self.policy, p.tenant, self.settings.tenant))
 
@@ -240,13 +240,13 @@ def _error(message: str) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(text=redact(message)[:4000])], is_error=True)
 
 
-def build_server(principal_resolver: PrincipalResolver, settings: Settings | None = None,
+def build_server(principal_resolver: PrincipalResolver, runtime: Runtime | Settings | None = None,
                  connections: Connections | None = None, policy: OperationPolicy | None = None) -> Server:
     """The MCP server. `principal_resolver(ctx)` names the caller of each request (raises AuthFailed);
     `connections` / `policy` default to the blocks the operator granted the caller's tenant (tests pass their own:
-    a mapping {tenant: value}, or one value for the operator's tenant only, as tasks.grants.override_for says)."""
-    settings = settings or Settings()
-    tools = _Tools(settings, connections, policy)
+    a mapping {tenant: value}, or one value for the operator's tenant only, as tasks.grants.override_for says).
+    `runtime`: the process's Runtime (settings: one over them; None: the environment's)."""
+    tools = _Tools(Runtime.of(runtime), connections, policy)
 
     async def principal(ctx: ServerRequestContext) -> Principal:
         return await anyio.to_thread.run_sync(principal_resolver, ctx)
@@ -290,10 +290,6 @@ def build_server(principal_resolver: PrincipalResolver, settings: Settings | Non
         "devmesh: conversation memory, search over stored documents and conversations, and guarded DevOps "
         "operations (dry run by default; a policy decides; every call is audited)."),
         on_list_tools=on_list_tools, on_call_tool=on_call_tool)
-
-
-def _pool(settings: Settings):
-    return Runtime(settings).pool()
 
 
 # --- streamable HTTP ---------------------------------------------------------------------------------------------
@@ -342,12 +338,12 @@ class McpHttpApp:
     Requests are served while `run()` is entered (its own ASGI lifespan does that when served alone).
     """
 
-    def __init__(self, settings: Settings, *, connections: Connections | None = None,
+    def __init__(self, runtime: Runtime | Settings, *, connections: Connections | None = None,
                  policy: OperationPolicy | None = None, gate: AdmissionGate | None = None, max_body: int = MAX_BODY):
-        self.settings = settings
-        self.runtime = Runtime(settings)
+        self.runtime = Runtime.of(runtime)
+        self.settings = settings = self.runtime.settings
         self.max_body = max_body
-        self.server = build_server(_scope_principal, settings, connections, policy)
+        self.server = build_server(_scope_principal, self.runtime, connections, policy)
         self.gate = gate or AdmissionGate({}, settings.admission, self.runtime.pool)
         self.security = transport_security(settings)
         self._manager: StreamableHTTPSessionManager | None = None
@@ -442,9 +438,10 @@ class McpHttpApp:
         await send({"type": "lifespan.shutdown.complete"})
 
 
-def mcp_http_app(settings: Settings | None = None, **options) -> McpHttpApp:
-    """The streamable HTTP endpoint as an ASGI app (options: connections, policy, gate, max_body)."""
-    return McpHttpApp(settings or Settings(), **options)
+def mcp_http_app(runtime: Runtime | Settings | None = None, **options) -> McpHttpApp:
+    """The streamable HTTP endpoint as an ASGI app (options: connections, policy, gate, max_body) over the
+    process's Runtime (settings: one over them; None: the environment's)."""
+    return McpHttpApp(Runtime.of(runtime), **options)
 
 
 def mount(app, mcp: McpHttpApp, path: str = "/mcp") -> None:
@@ -470,15 +467,15 @@ def _stdio_resolver(pool, key: str) -> PrincipalResolver:
     return resolve
 
 
-async def serve_stdio(settings: Settings, key: str) -> None:
+async def serve_stdio(runtime: Runtime, key: str) -> None:
     """Serve MCP over stdin/stdout as the principal of `key` (AuthFailed before anything is served)."""
     from mcp.server.stdio import stdio_server
 
-    pool = await anyio.to_thread.run_sync(_pool, settings)
+    pool = await anyio.to_thread.run_sync(runtime.pool)
     principal = await anyio.to_thread.run_sync(authenticate, pool, key)
     log.info("devmesh MCP server on stdio for tenant %s, key %s (%s)", principal.tenant, principal.key_name,
              ",".join(principal.scopes))
-    server = build_server(_stdio_resolver(pool, key), settings)
+    server = build_server(_stdio_resolver(pool, key), runtime)
     async with stdio_server() as (read, write):
         await server.run(read, write, server.create_initialization_options())
 
@@ -493,7 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=None, help="HTTP port (default: DEVMESH_GATEWAY__PORT)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    settings = Settings()
+    runtime = Runtime()  # the process's one: its settings and store, passed down
+    settings = runtime.settings
     if args.http:
         import uvicorn
         from starlette.applications import Starlette
@@ -501,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         from deployments.gateway_server import uvicorn_config
 
         app = Starlette()
-        mount(app, mcp_http_app(settings))
+        mount(app, mcp_http_app(runtime))
         # the gateway's server settings: read timeouts, and uvicorn's own X-Forwarded-For trust off
         uvicorn.Server(uvicorn_config(settings, app=app, host=args.host, port=args.port)).run()
         return 0
@@ -510,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         print("devmesh mcp: set DEVMESH_API_KEY to an API key (devmesh keys create ...)", file=sys.stderr)
         return 2
     try:
-        anyio.run(serve_stdio, settings, key)
+        anyio.run(serve_stdio, runtime, key)
     except AuthFailed as exc:
         print(f"devmesh mcp: {exc}", file=sys.stderr)
         return 2

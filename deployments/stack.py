@@ -20,12 +20,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from blocks.errors import ConfigError
 from blocks.settings import Settings
+
+if TYPE_CHECKING:
+    from tasks.runtime import Runtime
 
 __all__ = ["Component", "prefect_database", "prefect_environment", "status", "up"]
 
@@ -226,13 +229,14 @@ def _check_webhook_secret() -> None:
             "to GitHub), or unset it to have one generated into the webhook block")
 
 
-def up(settings: Settings | None = None, *, gateway_port: int | None = None, prefect_port: int = PREFECT_PORT,
-       echo=print) -> int:
-    """Start the stack and block until Ctrl-C (or a component dies); returns the exit code."""
-    from blocks.postgres import PgVectorStore
-    from tasks.migrate import ensure_schema
+def up(settings: Runtime | Settings | None = None, *, gateway_port: int | None = None,
+       prefect_port: int = PREFECT_PORT, echo=print) -> int:
+    """Start the stack and block until Ctrl-C (or a component dies); returns the exit code. `settings` may be the
+    process's Runtime; otherwise `up` builds it."""
+    from tasks.runtime import Runtime
 
-    settings = settings or Settings()
+    runtime = Runtime.of(settings)
+    settings = runtime.settings
     _check_webhook_secret()
     env = prefect_environment(settings, prefect_port)
     home = Path(env["DEVMESH_HOME"])
@@ -240,8 +244,8 @@ def up(settings: Settings | None = None, *, gateway_port: int | None = None, pre
     for port in (prefect_port, gateway_port):
         if not _port_free(port):
             raise ConfigError(f"port {port} on 127.0.0.1 is in use (is devmesh already up? `devmesh status`)")
-    store = PgVectorStore.from_settings(settings)
-    ensure_schema(store.pool())  # starts (or joins) the embedded PostgreSQL; children join it
+    store = runtime.store
+    runtime.pool()  # the schema ensured; starts (or joins) the embedded PostgreSQL; children join it
     echo(f"database: {store.describe()}")
     prefect_env, prefect_db = prefect_database(settings, store)
     env.update(prefect_env)

@@ -99,7 +99,7 @@ class _Run:
     """What the tool calls of one assistant run share."""
 
     request: AssistantRequest
-    settings: Settings
+    runtime: Runtime
     scope: MemoryScope
     tools: dict[str, Tool]
     connections: Connections | None
@@ -131,7 +131,7 @@ def run_assistant(request: AssistantRequest, runtime: Runtime | Settings | None 
     ensure_model(pool, embedder.model_id, embedder.dimensions)  # so the first search of a tenant finds its model
     context_id, history = _context(pool, request)
     scope = MemoryScope(pool, request.tenant, request.user_id, context_id, embedder, settings.search)
-    run = _Run(request, settings, scope, {t.name: t for t in tools}, connections, policy,
+    run = _Run(request, runtime, scope, {t.name: t for t in tools}, connections, policy,
                secrets=[llm.api_key.get_secret_value(), *(connections.secrets() if connections else [])])
     system = _system_prompt(request, history, _related(scope, request.message))
 
@@ -241,7 +241,7 @@ def _operate(call: ToolCall, run: _Run) -> dict[str, Any]:
     def guard(dry_run: bool) -> dict[str, Any]:
         request = OperateRequest(operation=op.name, arguments=call.arguments, tenant=run.request.tenant,
                                  actor=run.actor, dry_run=dry_run, idempotency_key=key)
-        return run_operation(request, run.settings, connections=run.connections, policy=run.policy)
+        return run_operation(request, run.runtime, connections=run.connections, policy=run.policy)
 
     if not op.mutating:  # a read runs in "dry run" too; the policy never asks approval for one
         return _brief(guard(True))

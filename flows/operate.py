@@ -140,16 +140,17 @@ class _Guard:
         raise error
 
 
-def run_operation(request: OperateRequest, settings: Settings | None = None, *,
+def run_operation(request: OperateRequest, runtime: Runtime | Settings | None = None, *,
                   connections: Connections | None = None, policy: OperationPolicy | None = None,
                   defer_approval: bool = False) -> dict[str, Any]:
     """Run one operation through the guard; returns its summary. Raises OperationDenied / ApprovalRejected /
     the provider's error (scrubbed). `connections` and `policy` default to the blocks of the tenant's grant
     (tasks.grants); a caller passing them speaks for that tenant (tests, embedding: a surface serving several
     tenants picks them with tasks.grants.override_for). `defer_approval`: when approval is needed, return status
-    "approval_required" instead of pausing."""
-    settings = settings or Settings()
-    pool = Runtime(settings).pool()
+    "approval_required" instead of pausing. `runtime`: the caller's Runtime (settings: one over them; None: the
+    environment's)."""
+    runtime = Runtime.of(runtime)
+    settings, pool = runtime.settings, runtime.pool()
     op = get_operation(request.operation)
     inp = parse_input(op, request.arguments)
     args = inp.model_dump(mode="json")
@@ -275,21 +276,19 @@ def _await_approval(g: _Guard, policy: OperationPolicy, inp, conns: Connections,
 
 
 def decide(operation_id: str, token: str, decision: str, *, tenant: str = "default", comment: str | None = None,
-           settings: Settings | None = None) -> dict[str, Any]:
+           runtime: Runtime | Settings | None = None) -> dict[str, Any]:
     """Approve or reject a paused operation as an approver authenticated by their token (`devmesh approve`)."""
-    settings = settings or Settings()
-    pool = Runtime(settings).pool()
-    approver = authenticate_approver(pool, tenant, token)
-    return decide_as(approver, operation_id, decision, tenant=tenant, comment=comment, settings=settings)
+    runtime = Runtime.of(runtime)
+    approver = authenticate_approver(runtime.pool(), tenant, token)
+    return decide_as(approver, operation_id, decision, tenant=tenant, comment=comment, runtime=runtime)
 
 
 def decide_as(approver: Approver, operation_id: str, decision: str, *, tenant: str, comment: str | None = None,
-              settings: Settings | None = None) -> dict[str, Any]:
+              runtime: Runtime | Settings | None = None) -> dict[str, Any]:
     """Record a decision by an approver of `tenant` the caller already authenticated (the CLI by approver token,
     the REST API by an admin API key), audit it naming the approver by kind, id and name, then resume the paused
     run, which re-checks everything. Only an operation of `tenant` can be decided."""
-    settings = settings or Settings()
-    pool = Runtime(settings).pool()
+    pool = Runtime.of(runtime).pool()
     row = get_operation_row(pool, operation_id, tenant)
     if row is None:
         raise InputError("no such operation in this tenant", item=operation_id)
@@ -318,7 +317,7 @@ def _resume(flow_run_id, run_input: dict[str, Any], wait_s: float = 15.0) -> Non
             time.sleep(0.2)
 
 
-def submit_operation(request: OperateRequest, settings: Settings | None = None, *,
+def submit_operation(request: OperateRequest, runtime: Runtime | Settings | None = None, *,
                      connections: Connections | None = None, policy: OperationPolicy | None = None,
                      deployment: str = "operate/operate") -> dict[str, Any]:
     """For callers that must not block (REST, MCP, the assistant): run the operation now when the policy allows it
@@ -326,7 +325,7 @@ def submit_operation(request: OperateRequest, settings: Settings | None = None, 
     decision. Returns the summary, or {status: "awaiting_approval", operation_id, flow_run_id, plan, ...}."""
     key = request.idempotency_key or f"submit-{uuid.uuid4().hex}"
     request = request.model_copy(update={"idempotency_key": key})
-    planned = run_operation(request, settings, connections=connections, policy=policy, defer_approval=True)
+    planned = run_operation(request, runtime, connections=connections, policy=policy, defer_approval=True)
     if planned["status"] != "approval_required":
         return planned
     from prefect.deployments import run_deployment

@@ -70,16 +70,33 @@ def test_every_prefect_yaml_entrypoint_loads_a_flow():
             assert key in flow.parameters.properties, f"{deployment['name']}: unknown parameter {key}"
 
 
+def _calls(name: str, owner: str | None = None) -> list[str]:
+    """Where the code (blocks/, tasks/, flows/, deployments/; not tasks/runtime.py) calls `owner.name` (or `name`)."""
+    def matches(node: ast.AST) -> bool:
+        if not isinstance(node, ast.Call):
+            return False
+        if owner is None:
+            return (isinstance(node.func, ast.Name) and node.func.id == name) or (
+                isinstance(node.func, ast.Attribute) and node.func.attr == name)
+        return (isinstance(node.func, ast.Attribute) and node.func.attr == name
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == owner)
+
+    return [f"{path.relative_to(ROOT)}:{node.lineno}" for layer in ("blocks", "tasks", "flows", "deployments")
+            for path in (ROOT / layer).rglob("*.py") if path != ROOT / "tasks" / "runtime.py"
+            for node in ast.walk(ast.parse(path.read_text())) if matches(node)]
+
+
 def test_only_the_runtime_builds_a_store_from_settings():
-    """One Runtime per process (tasks/runtime.py) holds the store and its pool; modules below deployments/ get it
-    passed down instead of building their own from Settings."""
-    offences = [f"{path.relative_to(ROOT)}:{node.lineno}" for layer in ("blocks", "tasks", "flows")
-                for path in (ROOT / layer).rglob("*.py") if path != ROOT / "tasks" / "runtime.py"
-                for node in ast.walk(ast.parse(path.read_text()))
-                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and node.func.attr == "from_settings" and isinstance(node.func.value, ast.Name)
-                and node.func.value.id == "PgVectorStore"]
-    assert offences == []
+    """One Runtime per process (tasks/runtime.py) holds the store and its pool: the entry points (deployments/)
+    build it and pass it down; nothing builds its own store from Settings or ensures the schema itself."""
+    assert _calls("from_settings", "PgVectorStore") == []
+    assert _calls("ensure_schema") == []
+
+
+def test_the_call_finder_sees_calls():
+    assert _calls("ensure_model")  # a function called in flows/ and tasks/
+    assert _calls("open_async_pool", "store") == []  # gateway.py calls it on runtime.store: an attribute, not a name
+    assert _calls("load", "GitHubConnection")  # a classmethod called on its class name
 
 
 _SQL = re.compile(r"^\s*(SELECT|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|WITH\s+\w+\s+AS|CREATE\s|DROP\s|ALTER\s|"

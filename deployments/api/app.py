@@ -13,6 +13,7 @@ from deployments.api.errors import install_error_handlers
 from deployments.api.middleware import MAX_BODY, RequestContext
 from deployments.api.schemas import ErrorBody
 from deployments.api.state import ApiState
+from tasks.runtime import Runtime
 
 __all__ = ["PREFIX", "api_router", "mount_api"]
 
@@ -46,10 +47,12 @@ def _first_sentence(text: str) -> str:
     return line[:cut].rstrip(".")
 
 
-def mount_api(app: FastAPI, state: dict[str, Any], settings: Settings, *, max_body: int = MAX_BODY) -> ApiState:
-    """Add the API to `app`. `state` is shared with the host app (limiter, lockout, ops overrides: see
-    deployments/api/state.py); the API needs no lifespan of its own (it uses the process-wide sync pool)."""
-    api = ApiState(state, settings)
+def mount_api(app: FastAPI, state: dict[str, Any], runtime: Runtime | Settings, *,
+              max_body: int = MAX_BODY) -> ApiState:
+    """Add the API to `app`, over the host's Runtime (settings: one over them). `state` is shared with the host app
+    (limiter, lockout, ops overrides: see deployments/api/state.py); the API needs no lifespan of its own (it uses
+    the process-wide sync pool)."""
+    api = ApiState(state, runtime)
     app.state.devmesh_api = api
     app.include_router(api_router(), prefix=PREFIX)
     install_error_handlers(app)

@@ -46,7 +46,7 @@ def _decide(api: ApiState, principal, operation_id: str, decision: str, body: De
     row = _row(api, principal.tenant, operation_id)
     try:
         return decide_as(Approver("api_key", principal.key_id, principal.key_name), str(row["id"]), decision,
-                         tenant=principal.tenant, comment=body.comment if body else None, settings=api.settings)
+                         tenant=principal.tenant, comment=body.comment if body else None, runtime=api.runtime)
     except SelfApproval as exc:
         raise ApiError(403, "self_approval", exc.message, item=str(row["id"])) from None
     except InputError as exc:  # not awaiting approval, already decided, window closed

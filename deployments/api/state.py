@@ -37,10 +37,10 @@ class ApiState:
     pool's connections to a dead one, and errors name its log (a PANIC on a full disk). Finding the open pool costs
     reading postmaster.pid, not a connection."""
 
-    def __init__(self, shared: dict[str, Any], settings: Settings) -> None:
+    def __init__(self, shared: dict[str, Any], runtime: Runtime | Settings) -> None:
         self.shared = shared
-        self.runtime = Runtime(settings)
-        self.settings = settings
+        self.runtime = Runtime.of(runtime)
+        self.settings = settings = self.runtime.settings
         if "gate" not in shared:
             shared["gate"] = AdmissionGate(shared, settings.admission, self.pool)
 

@@ -66,7 +66,7 @@ def execute(name: str, body: ExecuteBody, principal: Reader, api: ApiState = Dep
     connections = api.ops_connections(op.provider, principal.tenant)
 
     def run(req: OperateRequest) -> dict[str, Any]:  # the tenant's grant, unless the app overrides it for the tenant
-        return run_operation(req, api.settings, connections=connections, policy=policy)
+        return run_operation(req, api.runtime, connections=connections, policy=policy)
 
     if body.dry_run:
         return run(request)
