@@ -1,7 +1,7 @@
 """Each vendor's client-library exceptions mapped once onto devmesh's error tree (blocks/errors.py), in one shape.
 
-    map_github_errors     PyGithub and requests                 (tasks/ops/github.py, flows/sync_repository.py)
-    map_kube_errors       kubernetes' ApiException and urllib3   (tasks/ops/kubernetes.py)
+    map_github_errors     PyGithub and requests                 (tasks/ops/github/, flows/sync_repository.py)
+    map_kube_errors       kubernetes' ApiException and urllib3   (tasks/ops/kubernetes/)
     map_aws_errors        botocore / boto3                       (tasks/ops/aws.py, blocks/embedders/bedrock.py)
     map_sdk_errors        the openai and anthropic SDKs          (blocks/embedders/openai.py, blocks/llm.py)
     map_httpx_errors      httpx transport failures               (blocks/embedders/voyage.py)

@@ -164,7 +164,7 @@ def test_only_the_guard_runs_operations_and_no_surface_takes_credentials():
     credentials or a policy) and hands it to run_operation/submit_operation, and no deployment serves a step."""
     step_names = {"execute_step", "verify_step"}
     provider_runs = set()
-    for path in (ROOT / "tasks" / "ops").glob("*.py"):
+    for path in (ROOT / "tasks" / "ops").rglob("*.py"):  # the provider packages too
         tree = ast.parse(path.read_text(encoding="utf-8"))
         provider_runs |= {n.name for n in tree.body if isinstance(n, ast.FunctionDef)
                           and n.name.startswith(("run_", "_", "verify_")) and ("run" in n.name or "verify" in n.name)}
