@@ -1,5 +1,14 @@
 """What every provider client shares (embedders, GitHub, Kubernetes, AWS): HTTP statuses to the error tree,
-Retry-After, secret scrubbing and one retry loop."""
+Retry-After, secret scrubbing and one retry loop.
+
+Why the loop is hand-written rather than tenacity (installed with Prefect): `call_with_retries` is ten lines, and
+what it decides is devmesh's, not a library's: retry a TransientError only (the error tree says which), wait what
+`backoff` says (Retry-After honoured, capped at MAX_RETRY_AFTER, else jittered exponential), log and trace each
+retry. Tenacity would take the same three callbacks and add its per-call machinery; measured by
+`python -m bench.retries` (2026-12-05, shared 2-core machine under load): 0.08 µs per successful call here against
+12.8 µs with tenacity, 5.4 µs against 38 µs for a call retried twice (sleeps stubbed). Both are nothing next to a
+provider round trip, so the figures only say tenacity buys nothing here; the choice is the smaller reading.
+"""
 
 from __future__ import annotations
 

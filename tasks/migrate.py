@@ -12,7 +12,10 @@ written once it succeeded; if it fails, an INVALID index it left is dropped, so 
 Such a statement in an ordinary migration is refused with an error naming the file, before anything runs.
 
 Hand-written rather than alembic/yoyo: the whole job is "run these files once, in order, each atomically, refuse
-an edited one", about 100 lines; alembic brings SQLAlchemy models and revision graphs devmesh does not use.
+an edited one", about 100 lines; alembic brings SQLAlchemy models and revision graphs devmesh does not use, and
+neither knows the no-transaction files above. The figure that matters is the reliability one: a migration cut short
+by a full disk leaves the previous schema and says so again on the next call
+(tests/reliability/test_database_faults.py, docs/reliability.md).
 """
 
 from __future__ import annotations
