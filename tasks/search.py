@@ -169,12 +169,16 @@ def vector_ranking(pool, model: tuple[int, int], vector: np.ndarray, request: Se
 def keyword_ranking(pool, request: SearchRequest, n: int, settings: SearchSettings) -> list[tuple[int, float]]:
     """[(chunk_id, BM25 score)] best first, exact, reading as few chunks as the query's terms allow.
 
-    MaxScore pruning (Turtle & Flood 1995) in two passes: a term adds at most idf * (k1 + 1) to any chunk.
-    Pass 1 scores (on all query terms) the chunks holding the rarest terms, up to a budget of document frequency:
-    its n-th score is a threshold. A chunk without those rare terms can only reach the threshold if it holds
-    common terms whose bounds add up to it; pass 2 asks the GIN index for exactly those chunks, as a boolean
-    tsquery (the threshold as a sum of AND-ed terms, _threshold_query), and scores them. GIN intersects the
-    common terms' posting lists, so few chunks are read instead of every chunk holding one common word.
+    MaxScore pruning (Turtle & Flood 1995) with a descending threshold: a term adds at most idf * (k1 + 1) to any
+    chunk. Round 1 scores (on all query terms) the chunks holding the rarest terms, up to a budget of document
+    frequency. Each later round picks a threshold theta and asks the GIN index, as a boolean tsquery
+    (_threshold_query: the terms whose bounds add up to theta, AND-ed), for the chunks that could reach theta and
+    were not scored before, and scores them. Once the n-th best score found is >= theta, no chunk left unscored can
+    enter the top n (its bound, hence its score, is below theta): the ranking is exact. The first theta is a share
+    of the sum of the bounds (_FIRST_THRESHOLD), so an early round reads only chunks holding several of the terms
+    together, which GIN finds by intersecting posting lists; while fewer than n reach it, theta falls by _DESCENT
+    (not below the n-th score found), and the last round (_MAX_ROUNDS) takes it down to the n-th score found. Before, one second round used round 1's n-th score,
+    often low (the rare terms' chunks are not the best ones), and then read every chunk holding one common word.
     """
     with pool.connection() as conn:
         conn.execute("SELECT set_config('statement_timeout', %s, true)", [_timeout_ms(settings)])
@@ -199,21 +203,42 @@ def keyword_ranking(pool, request: SearchRequest, n: int, settings: SearchSettin
         while essential < len(terms) and (essential == 0 or terms[essential][1] <= budget):
             budget -= terms[essential][1]
             essential += 1
-        head = " | ".join(literals[:essential])
-        ranked = rank(head)
+        scored = [" | ".join(literals[:essential])]  # tsqueries whose every match was scored
+        best = rank(scored[0])
         if essential == len(terms):
-            return ranked
-        # A chunk outside pass 1 enters the top n only with a score of at least the n-th (ties by id).
-        need = _margin(ranked[-1][1]) if len(ranked) == n else 0.0
-        rest = _threshold_query(literals[essential:], bounds[essential:], need)
-        if rest is None:  # no chunk without the rare terms can reach the top n
-            return ranked
-        more = rank(f"({rest}) & !({head})")
-        return sorted(ranked + more, key=lambda r: (-r[1], r[0]))[:n]
+            return best
+        theta = max(_nth(best, n), sum(bounds) * _FIRST_THRESHOLD)
+        everything = " | ".join(literals)
+        for round_ in range(_MAX_ROUNDS):
+            if round_ == _MAX_ROUNDS - 1:
+                theta = _nth(best, n)  # the last round: down to what is known (0: every chunk holding a term)
+            match = _threshold_query(literals, bounds, _margin(theta))
+            if match is not None:
+                # Excluding a scored tsquery excludes exactly the chunks it matched (cut or not): all were scored.
+                best = _top(best + rank(f"({match}) & !({' | '.join(f'({q})' for q in scored)})"), n)
+                scored.append(match)
+                if theta <= 0 or match == everything or _nth(best, n) >= theta:
+                    return best
+            theta = max(_nth(best, n), theta * _DESCENT)
+        # Not reached (the last round's theta is the n-th score found); should float rounding ever leave it, the
+        # chunks not scored yet are all read: exact still.
+        return _top(best + rank(f"({everything}) & !({' | '.join(f'({q})' for q in scored)})"), n)
 
 
-_DF_BUDGET = 2000  # chunks the first candidate terms may cover together
-_MAX_QUERY_TERMS = 256  # lexemes in pass 2's tsquery; beyond, its conjunctions are cut shorter
+_DF_BUDGET = 0  # chunks the first candidate terms may cover together (0: the rarest term alone)
+_FIRST_THRESHOLD = 0.25  # first theta, as a share of the sum of the query terms' bounds
+_DESCENT = 0.5  # theta's fall per round while fewer than n chunks were found
+_MAX_ROUNDS = 6  # rounds after the first; the last reads whatever could still enter the top n
+_MAX_QUERY_TERMS = 256  # lexemes in a threshold tsquery; beyond, its conjunctions are cut shorter
+
+
+def _nth(ranked: list[tuple[int, float]], n: int) -> float:
+    """The n-th best score found (0 when fewer than n chunks were found)."""
+    return ranked[n - 1][1] if len(ranked) >= n else 0.0
+
+
+def _top(ranked: list[tuple[int, float]], n: int) -> list[tuple[int, float]]:
+    return sorted(ranked, key=lambda r: (-r[1], r[0]))[:n]
 
 
 def _margin(score: float) -> float:

@@ -39,9 +39,14 @@ def _both(pool, request, n, settings, monkeypatch, budget):
     return exact, keyword_ranking(pool, request, n, settings.search)
 
 
-@pytest.mark.parametrize("cap", [256, 1])  # 1: the threshold tsquery is cut to its loosest form
-def test_pruned_ranking_equals_plain_bm25_on_generated_text(settings, tenant, pool, monkeypatch, cap):
+# cap 1: the threshold tsquery is cut to its loosest form; first/rounds: the descending threshold starting high
+# with few rounds (the last one jumps to the n-th score found), starting near 0, and one round (the old two passes).
+@pytest.mark.parametrize("cap, first, rounds", [(256, 0.25, 6), (1, 0.25, 6), (256, 0.9, 2), (256, 0.02, 6),
+                                                (256, 0.25, 1)])
+def test_pruned_ranking_equals_plain_bm25_on_generated_text(settings, tenant, pool, monkeypatch, cap, first, rounds):
     monkeypatch.setattr(search_module, "_MAX_QUERY_TERMS", cap)
+    monkeypatch.setattr(search_module, "_FIRST_THRESHOLD", first)
+    monkeypatch.setattr(search_module, "_MAX_ROUNDS", rounds)
     rng = random.Random(11)
     vocab = [f"w{i}" for i in range(200)]
     weights = [1 / (i + 1) for i in range(200)]  # Zipf: a few very common words, many rare ones
@@ -117,7 +122,7 @@ def test_pruned_ranking_equals_plain_bm25_on_every_scifact_query(pool, tenant, m
         request = SearchRequest(query=text, mode="keyword", tenant=tenant, limit=10)
         monkeypatch.setattr(search_module, "_DF_BUDGET", 10**12)  # plain BM25: every term a candidate term
         exact = keyword_ranking(pool, request, 50, settings.search)
-        for n, budget in ((10, 2000), (50, 1)):
+        for n, budget in ((10, 2000), (10, 0), (50, 0)):
             monkeypatch.setattr(search_module, "_DF_BUDGET", budget)
             pruned = keyword_ranking(pool, request, n, settings.search)
             assert _same_ranking(pruned, exact[:n]), (text, n, budget)
