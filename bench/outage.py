@@ -329,7 +329,8 @@ class OutageStack:
                 "flow_runs": {"deployment_id": {"any_": ids}}, "limit": 200, "offset": offset}).json()
             now = datetime.now(timezone.utc)
             runs += [{"id": r["id"], "route": (r.get("parameters") or {}).get("route"), "state": r.get("state_type"),
-                      "state_name": r.get("state_name"), "start_time": r.get("start_time")} for r in page
+                      "state_name": r.get("state_name"), "start_time": r.get("start_time"),
+                      "end_time": r.get("end_time")} for r in page
                      if r.get("state_type") != "SCHEDULED" or not r.get("expected_start_time")
                      or datetime.fromisoformat(r["expected_start_time"]) <= now]
             if len(page) < 200:
