@@ -21,7 +21,9 @@ Measured:
   PostgreSQL) used from the first send until the last delivery was processed, divided by the deliveries;
 - what a flow run costs to start: one handler run with nothing to do, before the burst (wall time from creation to
   running and to completed, CPU of the stack meanwhile), and the handler runs of the burst (completed / cancelled
-  at once by the deployment's concurrency limit);
+  at once by the deployment's concurrency limit), counted once they are final (waited for, with a deadline, after
+  the last delivery was processed): how the run that handled each delivery ended (attributed by the delivery's
+  `flow_run_id`, the claiming run's id), and how long after the last delivery the last of them ended;
 - during the burst: `devmesh op run` of a dry run (process start to answer), `devmesh op run --execute` of an
   operation needing no approval (request to finish), and an operation needing approval submitted as REST and MCP
   submit it (`flows.operate.submit_operation`: the `operate` deployment's run pauses), then `devmesh approve`: the
@@ -45,12 +47,13 @@ import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.outage import ROOT, WEBHOOKS, OutageStack
+from bench.outage import FINAL, ROOT, WEBHOOKS, OutageStack
 
 REPOS = [f"burst-org/repo-{i:02d}" for i in range(20)]
 MIX = (("issues", 45), ("issue_comment", 35), ("push", 20))  # percent of the deliveries
@@ -409,8 +412,27 @@ def rows_written(before: dict[str, int], after: dict[str, int], top: int = 8) ->
 
 # ---------------------------------------------------------------------------------------------- the burst
 
+def settle_handler_runs(stack: OutageStack, rows: dict[str, dict], before: set[str], *, timeout: float,
+                        log=print) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Once every delivery is processed: wait (up to `timeout` s) until the burst's handler runs — those that
+    processed a delivery and those created by then — are final, so that how each ended can be counted; returns the
+    burst's runs and {seconds waited, the handler run ids, the ids of those still not final}."""
+    handlers = {str(r["flow_run_id"]) for r in rows.values() if r.get("flow_run_id")}
+    watch = handlers | {r["id"] for r in stack.flow_runs() if r["id"] not in before}
+    started = time.monotonic()
+    while True:
+        runs = [r for r in stack.flow_runs() if r["id"] not in before]
+        pending = [r["id"] for r in runs if r["id"] in watch and r["state"] not in FINAL]
+        if not pending or time.monotonic() - started > timeout:
+            break
+        time.sleep(0.5)
+    waited = round(time.monotonic() - started, 1)
+    log(f"handler runs final {waited} s after the drain; not final: {len(pending)}")
+    return runs, {"seconds": waited, "handlers": sorted(handlers), "not_final": len(pending)}
+
+
 def burst(stack: OutageStack, fake, *, deliveries: int, seconds: float, drain_timeout_s: float,
-          ops: bool = True, log=print) -> dict[str, Any]:
+          ops: bool = True, runs_timeout_s: float = 180.0, log=print) -> dict[str, Any]:
     from psycopg.rows import dict_row
 
     token = prepare_operations(stack, fake) if ops else None
@@ -483,8 +505,12 @@ def burst(stack: OutageStack, fake, *, deliveries: int, seconds: float, drain_ti
         ops_thread.join(timeout=600)
     latencies = [rows[i]["processed_at"].timestamp() - acks[i] for i in ids if rows.get(i, {}).get("processed_at")]
     last = max((r["processed_at"].timestamp() for r in rows.values() if r.get("processed_at")), default=None)
-    runs = [r for r in stack.flow_runs() if r["id"] not in before_runs]
+    runs, ending = settle_handler_runs(stack, rows, before_runs, timeout=runs_timeout_s, log=log)
     by_id = {r["id"]: r for r in runs}
+    handled_by = Counter(by_id.get(str(r.get("flow_run_id")), {}).get("state", "(no such run)")
+                         for r in rows.values() if r.get("status") in ("processed", "failed"))
+    ends = [datetime.fromisoformat(by_id[h]["end_time"]).timestamp() for h in ending["handlers"]
+            if h in by_id and by_id[h].get("end_time")]
     handled = Counter(rows.get(i, {}).get("handled", 0) for i in ids)
     # searchable: a sample, each by its own word
     from blocks.settings import Settings
@@ -510,6 +536,9 @@ def burst(stack: OutageStack, fake, *, deliveries: int, seconds: float, drain_ti
         "handled_counts": {str(k): v for k, v in handled.items()},
         "processed_by_completed_run": sum(1 for i in ids if by_id.get(str(rows.get(i, {}).get("flow_run_id")),
                                                                       {}).get("state") == "COMPLETED"),
+        "handled_by_run_state": dict(handled_by), "handler_runs_that_processed": len(ending["handlers"]),
+        "runs_final_after_drain_s": ending["seconds"], "runs_not_final": ending["not_final"],
+        "last_handler_run_ended_after_last_processed_s": round(max(ends) - last, 2) if ends and last else None,
         "searchable_p50_s": _pct(latencies, 0.5), "searchable_p99_s": _pct(latencies, 0.99),
         "searchable_max_s": round(max(latencies), 2) if latencies else None,
         "last_searchable_after_last_send_s": round(last - last_send_wall, 2) if last else None,
@@ -603,7 +632,13 @@ def markdown(r: dict) -> str:
         ["answers", ", ".join(f"{k}: {v:,}" for k, v in sorted(r["statuses"].items()))],
         ["processed / failed", f"{r['processed']:,} / {r['failed']}"],
         ["times each delivery was handled", ", ".join(f"{k}×: {v:,}" for k, v in r["handled_counts"].items())],
-        ["processed by a run that completed", f"{r['processed_by_completed_run']:,}"],
+        ["processed by a run that completed (the runs waited for until final, then counted)",
+         f"{r['processed_by_completed_run']:,}; by how the handling run ended: "
+         f"{', '.join(f'{k} {v:,}' for k, v in r['handled_by_run_state'].items())}"],
+        ["handler runs that processed deliveries; all runs final after the drain; the last of them ended after "
+         "the last delivery was processed",
+         f"{r['handler_runs_that_processed']}; {_s(r['runs_final_after_drain_s'])} (not final: "
+         f"{r['runs_not_final']}); {_s(r['last_handler_run_ended_after_last_processed_s'])}"],
         ["searchable after the 202: p50 / p99 / max", f"{r['searchable_p50_s']} / {r['searchable_p99_s']} / "
                                                        f"{r['searchable_max_s']} s"],
         ["last searchable after the last send", _s(r["last_searchable_after_last_send_s"])],
@@ -656,9 +691,11 @@ def markdown(r: dict) -> str:
         f"open-loop over {p['seconds']:.0f} s from 127.0.0.1 to the stack of `devmesh up` (embedded PostgreSQL, "
         "Prefect server, one runner per work queue, gateway; local MiniLM embedder; GitHub a loopback fake). A "
         "handler run claims the emitted deliveries 100 at a time and embeds a batch together; the webhook "
-        "deployments have a concurrency limit of 1 (new runs cancelled while one drains) and a 60 s trailing "
-        "schedule. Searchable = the delivery's `processed_at`, set after its documents were committed. During "
-        f"the burst: guarded operations through the CLI and an approval. Load average at the start "
+        "deployments have a concurrency limit of 1 (new runs cancelled while one drains), a run that ends while "
+        "deliveries wait starts the next one once its slot is free, and a 60 s trailing schedule. Searchable = the "
+        "delivery's `processed_at`, set after its documents were committed. After the drain, the handler runs are "
+        "waited for until final before they are counted. During the burst: guarded operations through the CLI (a "
+        "dry run is answered by the stack's gateway) and an approval. Load average at the start "
         f"{p['load_average_at_start']} on {p['cores']} cores: "
         + ("**measured under load** (other work shared the machine)." if p['load_average_at_start'][0] > 1.5
            else "the machine otherwise idle (the stack and the sender share its cores)."), "",

@@ -192,7 +192,18 @@ class OutageStack:
                                 "--port", str(self.gateway_port)])
         self._wait_deployments(180)
         self._wait("gateway", f"{self.gateway}/healthz", None, 120)
+        self._write_stack_file()
         self.log(f"deployments, triggers and gateway up in {time.monotonic() - started:.1f} s")
+
+    def _write_stack_file(self) -> None:
+        """DEVMESH_HOME's stack.json, as `devmesh up` writes it once everything is up: `devmesh status` reads it, and
+        `devmesh op run` finds the gateway in it (deployments/operator_channel.py)."""
+        from deployments.stack import STACK_FILE
+
+        (self.home / STACK_FILE).write_text(json.dumps({
+            "started_at": time.time(), "prefect_api": self.api, "prefect_ui": self.api.removesuffix("/api"),
+            "gateway": self.gateway, "database": "embedded", "pids": {n: p.pid for n, p in self.procs.items()},
+            "supervisor": os.getpid(), "registration": "open"}, indent=2))
 
     def start_server(self, timeout: float = 180) -> float:
         """Start `prefect server start` on the stack's port and database; returns the seconds it took."""
@@ -233,6 +244,9 @@ class OutageStack:
                     pass
                 proc.wait(timeout=30)
         self.procs.clear()
+        from deployments.stack import STACK_FILE
+
+        (self.home / STACK_FILE).unlink(missing_ok=True)
         from bench.run import stop_servers_under
 
         stop_servers_under(self.home, log=self.log)
@@ -315,7 +329,8 @@ class OutageStack:
                 "flow_runs": {"deployment_id": {"any_": ids}}, "limit": 200, "offset": offset}).json()
             now = datetime.now(timezone.utc)
             runs += [{"id": r["id"], "route": (r.get("parameters") or {}).get("route"), "state": r.get("state_type"),
-                      "state_name": r.get("state_name"), "start_time": r.get("start_time")} for r in page
+                      "state_name": r.get("state_name"), "start_time": r.get("start_time"),
+                      "end_time": r.get("end_time")} for r in page
                      if r.get("state_type") != "SCHEDULED" or not r.get("expected_start_time")
                      or datetime.fromisoformat(r["expected_start_time"]) <= now]
             if len(page) < 200:

@@ -76,22 +76,34 @@ def op_run(
     tenant: Optional[str] = typer.Option(None, help="Tenant id."),
     as_flow: Optional[bool] = typer.Option(
         None, "--flow/--direct", help="Run as a Prefect flow run (needed for approvals) or in this process. Default: "
-        "a dry run in this process (it answers in a few seconds: it never waits for an approval), --execute as a "
-        "flow run."),
+        "a dry run by the running stack's gateway when `devmesh up` is up, else in this process (it answers in a few "
+        "seconds: it never waits for an approval); --execute as a flow run."),
 ) -> None:
     """Plan → policy → (approval) → execute → verify → audit; prints the summary as JSON."""
+    settings = Settings()
+    tenant = tenant or settings.tenant
+    user = os.environ.get("USER", "unknown")
+    if as_flow is None and not execute:
+        try:
+            raw = _arguments(args, args_file)
+        except (json.JSONDecodeError, InputError) as exc:
+            _fail(str(exc), 2)
+        summary = _dry_run_by_stack(settings, operation, raw, tenant, user, key)
+        if summary is not None:
+            print(json.dumps(summary, indent=2, default=str))
+            return
     from flows.operate import OperateRequest, operate, run_operation
     from tasks.ops.base import get_operation, parse_input
 
-    runtime = _runtime()
-    settings = runtime.settings
+    from tasks.runtime import Runtime
+
+    runtime = Runtime(settings)
     try:
         op = get_operation(operation)
         arguments = _arguments(args, args_file, wraps_manifest="manifest" in op.input_model.model_fields)
         parse_input(op, arguments)  # bad input is refused here, before any flow run starts
-        request = OperateRequest(operation=operation, arguments=arguments, tenant=tenant or settings.tenant,
-                                 dry_run=not execute, idempotency_key=key,
-                                 actor={"via": "cli", "user": os.environ.get("USER", "unknown")})
+        request = OperateRequest(operation=operation, arguments=arguments, tenant=tenant,
+                                 dry_run=not execute, idempotency_key=key, actor={"via": "cli", "user": user})
         if as_flow is None:
             as_flow = execute
         summary = operate(request) if as_flow else run_operation(request, runtime)
@@ -106,6 +118,32 @@ def op_run(
     except AppError as exc:
         _fail(str(exc), 1)
     print(json.dumps(summary, indent=2, default=str))
+
+
+# exit codes of the gateway's refusals of a dry run (deployments/api/operator.py); any other: 1
+_STACK_EXIT = {"invalid_arguments": 2, "invalid_input": 2, "validation_error": 2, "policy_denied": 3,
+               "approval_rejected": 4}
+
+
+def _dry_run_by_stack(settings: Settings, operation: str, arguments: dict, tenant: str, user: str,
+                      key: str | None) -> dict | None:
+    """The dry run by the running stack's gateway (deployments/operator_channel.py): its summary, or exit with the
+    refusal's code; None when the stack cannot be asked (the caller runs it in this process)."""
+    import httpx
+
+    from deployments.operator_channel import stack_dry_run
+
+    try:
+        answer = stack_dry_run(Path(settings.home), operation=operation, arguments=arguments, tenant=tenant,
+                               user=user, idempotency_key=key)
+    except httpx.HTTPError as exc:  # sent, but no answer: not run again here (it may have been audited)
+        _fail(f"the stack's gateway did not answer the dry run ({type(exc).__name__}); `devmesh status`, or run it "
+              "in this process with --direct", 1)
+    if answer is None:
+        return None
+    if answer.summary is not None:
+        return answer.summary
+    _fail(answer.message, _STACK_EXIT.get(answer.code or "", 2 if answer.status == 422 else 1))
 
 
 def _arguments(args: str | None, args_file: Path | None, *, wraps_manifest: bool = False) -> dict:

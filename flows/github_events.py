@@ -6,8 +6,9 @@ stragglers. The discussions of a batch (issues, comments, pull requests) are ing
 small deliveries cost one embedding call and one write instead of 100 flow runs; a push fetches its files alone. A
 delivery whose payload or documents fail is marked failed with the reason; the others of its batch are processed.
 The deployments run it with a concurrency limit of 1 that cancels new runs while one runs (prefect.yaml): the burst
-of events a burst of deliveries emits does not pile up runs, and a trailing schedule picks up what arrived just as
-a run finished.
+of events a burst of deliveries emits does not pile up runs; a run that ends while deliveries wait (one arrived after
+its last claim, and the run its event triggered was cancelled because this one still held the slot) starts the next
+run itself once its slot is free (`hand_over`); the trailing schedule is the last resort.
 
 `github-event`: one delivery by id (a re-run of a failed one, the redrive).
 
@@ -38,7 +39,7 @@ from tasks.github_docs import comment_doc, comment_id, issue_doc, issue_id, pull
 from tasks.webhooks import BatchLease, ClaimLost, Lease, claim_batch, claim_processing, get_delivery
 from tasks.runtime import Runtime
 
-__all__ = ["drain_deliveries", "github_event", "github_events", "handle_batch", "handle_delivery"]
+__all__ = ["drain_deliveries", "github_event", "github_events", "hand_over", "handle_batch", "handle_delivery"]
 
 ZERO_SHA = "0" * 40
 MAX_PUSH_COMMITS = 20  # a push payload lists at most 20 commits; a longer push is compared instead
@@ -288,12 +289,42 @@ def drain_deliveries(route: str, settings: Settings | None = None, github: Any =
     return {**totals, "route": route, "failures": failures}
 
 
+def hand_over(flow, flow_run, state) -> str | None:
+    """After a handler run ended (its hook: Prefect calls it once the final state is set, so the deployment's
+    concurrency slot is free again): when deliveries of its route are claimable, start the next run of its deployment;
+    returns that run's id, else None.
+
+    Why: a delivery emitted after the run's last (empty) claim but before its final state triggers a run that the
+    deployment's concurrency limit cancels at once (CANCEL_NEW: the finishing run still holds the slot), and it would
+    wait for the 60 s schedule. The new run is created after the slot was released, so it is not cancelled; a
+    delivery emitted after this check triggers a run of its own, which is not cancelled either. One run per ended
+    run at most (its id is the idempotency key), and none when nothing waits, so an idle route starts nothing."""
+    route = (flow_run.parameters or {}).get("route")
+    if not flow_run.deployment_id or not route:
+        return None
+    from tasks.webhooks import claimable
+
+    waiting = claimable(Runtime(Settings()).pool(), route)
+    if not waiting:
+        return None
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run_from_deployment(
+            flow_run.deployment_id, parameters=dict(flow_run.parameters), idempotency_key=f"hand-over-{flow_run.id}")
+    import logging
+
+    logging.getLogger(__name__).info("%s deliveries of %s waiting as run %s ended: started run %s", waiting, route,
+                                     flow_run.id, run.id)
+    return str(run.id)
+
+
 class DeliveriesFailed(AppError):
     """Some deliveries of a handler run failed; their rows say why (last_error), the others were processed."""
 
 
 @flow(name="github-events", flow_run_name="github-events-{route}",
-      task_runner=ThreadPoolTaskRunner(max_workers=2))
+      task_runner=ThreadPoolTaskRunner(max_workers=2), on_completion=[hand_over], on_failure=[hand_over])
 def github_events(route: str = "github-discussions", batch_size: int = 100, linger_s: float = 5.0,
                   branches: list[str] | None = None) -> dict:
     """Process every pending webhook delivery of `route` (the deployment's name), in batches, until none is left;

@@ -189,6 +189,13 @@ def claim_batch(pool: ConnectionPool, route: str, claimer: str, limit: int = 100
     return BatchLease(pool, rows, claimer, rows[0]["claimed_at"], lease)
 
 
+def claimable(pool: ConnectionPool, route: str, lease: timedelta = CLAIM_LEASE) -> int:
+    """How many deliveries of `route` a handler run could claim now (emitted, nobody holds them)."""
+    with pool.connection() as conn:
+        return conn.execute("SELECT count(*) FROM webhook_deliveries WHERE route = %s AND status = 'emitted'"
+                            " AND (claimed_at IS NULL OR claimed_at < now() - %s)", [route, lease]).fetchone()[0]
+
+
 _BATCH_FENCE = "delivery_id = ANY(%(ids)s) AND flow_run_id = %(run)s AND claimed_at = %(at)s"
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
 from blocks.settings import Settings
-from deployments.api import contexts, embeddings, operations, orgs, search, tools
+from deployments.api import contexts, embeddings, operations, operator, orgs, search, tools
 from deployments.api.errors import install_error_handlers
 from deployments.api.middleware import MAX_BODY, RequestContext
 from deployments.api.schemas import ErrorBody
@@ -33,7 +33,7 @@ def api_router() -> APIRouter:
     """Every route of the API, relative to PREFIX; a route without a summary gets its docstring's first sentence
     (FastAPI's default is the function's name: "Contexts", "Store")."""
     router = APIRouter(responses=ERRORS)
-    for module in (orgs, contexts, embeddings, search, tools, operations):
+    for module in (orgs, contexts, embeddings, search, tools, operations, operator):
         for route in module.router.routes:
             if isinstance(route, APIRoute) and not route.summary and route.description:
                 route.summary = _first_sentence(route.description)

@@ -185,3 +185,11 @@ def parse_input(op: Operation, arguments: dict[str, Any] | BaseModel) -> OpInput
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(input)'}: {e['msg']}" for e in exc.errors())
         raise InputError(f"invalid arguments: {problems}", item=op.name) from None
+
+
+def cli_arguments(op: Operation, data: dict[str, Any]) -> dict[str, Any]:
+    """The arguments as `devmesh op run` gives them: for an operation taking a `manifest`, a plain Kubernetes object
+    (apiVersion, kind ...) is that manifest, {"manifest": <the object>}; anything else stays as it is."""
+    if "manifest" in op.input_model.model_fields and "manifest" not in data and {"apiVersion", "kind"} <= set(data):
+        return {"manifest": data}
+    return data

@@ -317,6 +317,7 @@ ROUTE_CASES = {
     ("POST", "/api/v1/operations/{operation_id}/reject"): lambda w: [
         _404(w, w.b_post(f"/operations/{w.ids[k]}/reject")) for k in ("operation_id", "approved_operation_id")],
     ("GET", "/api/v1/audit"): lambda w: _audit_case(w),
+    ("POST", "/api/v1/operator/dry-run"): lambda w: _operator_case(w),
     ("POST", "/webhooks/github"): lambda w: _webhook_case(w),
     # not tenant surfaces: liveness (a global count of pending deliveries), Prometheus text for the operator
     # (labels carry tenant slugs: serve /metrics on an internal address only), the static OpenAPI documents
@@ -407,6 +408,16 @@ def _webhook_case(w):
     replay = w.http.post("/webhooks/github", content=payload, headers={**headers, "X-Hub-Signature-256": _sign(payload)})
     assert replay.status_code == 200 and replay.json()["status"] == "duplicate", replay.text  # A's row kept as is
     _assert_clean(w, unsigned.text + replay.text, w.ids["delivery_id"])
+
+
+def _operator_case(w):
+    """The operator's dry-run route (deployments/api/operator.py) names its tenant in the body: B's key, as a key or
+    as the operator header, does not open it (401; 404 where the gateway has no operator credential)."""
+    body = {"operation": "aws.describe", "arguments": {}, "tenant": w.a.slug, "user": "b"}
+    for headers in (w.b.headers, {"X-Devmesh-Operator": w.b.key}):
+        r = w.http.post(f"{API}/operator/dry-run", json=body, headers=headers)
+        assert r.status_code in (401, 404), r.text
+        _assert_clean(w, r.text, json.dumps(body))
 
 
 def _healthz_case(w):
