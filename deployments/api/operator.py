@@ -69,7 +69,7 @@ def dry_run(body: DryRunBody, api: ApiState = Depends(api_state)) -> dict[str, A
     request = OperateRequest(operation=op.name, arguments=arguments, tenant=body.tenant, dry_run=True,
                              idempotency_key=body.idempotency_key, actor={"via": "cli", "user": body.user})
     try:
-        return run_operation(request, api.settings)
+        return run_operation(request, api.runtime)
     except OperationDenied as exc:
         raise ApiError(403, "policy_denied", str(exc), item=op.name) from None
     except ApprovalRejected as exc:
