@@ -85,14 +85,16 @@ def _body(query: str, mode: str) -> bytes:
     return json.dumps({"query": query, "mode": mode, "limit": 10}).encode()
 
 
-async def _credentials(port: int) -> dict[str, str]:
-    """Register the bench organization (slug = the bench tenant) and make a key the limiter never stops."""
+async def _credentials(port: int, invite: str) -> dict[str, str]:
+    """Register the bench organization (slug = the bench tenant, which already holds the rows: only an operator's
+    invite for that slug may hand it over) and make a key the limiter never stops."""
     conn = await HttpConnection.open(port)
     try:
         status, body = await conn.request("POST", "/api/v1/auth/register/organization",
                                           {"Content-Type": "application/json"}, json.dumps({
                                               "name": "bench", "slug": TENANT, "admin_email": "bench@example.org",
-                                              "admin_name": "bench", "password": PASSWORD}).encode())
+                                              "admin_name": "bench", "password": PASSWORD,
+                                              "invite": invite}).encode())
         if status != 201:
             raise RuntimeError(f"registration answered {status}: {body[:300]!r}")
         admin = {"Authorization": f"Bearer {json.loads(body)['api_key']}", "Content-Type": "application/json"}
@@ -173,11 +175,15 @@ def _direct(settings, queries: list[str], mode: str, n: int) -> dict:
     return _percentiles(latencies)
 
 
-def _prepare(settings, rows: int, log) -> tuple[list[str], dict]:
-    """The bench rows in the bench tenant (loaded unless already there), the query texts, and a clean org slot."""
+def _prepare(settings, rows: int, log) -> tuple[list[str], dict, str]:
+    """The bench rows in the bench tenant (loaded unless already there), the query texts, a clean org slot and the
+    operator's invite for it."""
+    from datetime import timedelta
+
     from blocks.embedders.local import MODEL_ID
     from blocks.postgres import PgVectorStore
     from bench.store import load_devmesh, make_data
+    from tasks.claims import mint_invite
     from tasks.migrate import ensure_schema
 
     pool = PgVectorStore.from_settings(settings).pool()
@@ -191,14 +197,15 @@ def _prepare(settings, rows: int, log) -> tuple[list[str], dict]:
     if loaded < rows:
         log(f"rest: loading {rows:,} rows (bulk path)")
         setup = {**load_devmesh(pool, data), "origin": data.origin}
-    return data.query_texts, setup
+    _, invite = mint_invite(pool, slug=TENANT, expires_in=timedelta(hours=1), created_by={"via": "bench"})
+    return data.query_texts, setup, invite
 
 
 def measure_rest(settings, rows: int = 100_000, clients: int = 200, seconds: float = 30, log=print) -> dict:
     """REST search latency (sequential, per mode) and concurrent throughput through the real gateway process."""
     from blocks.postgres import PgVectorStore
 
-    queries, setup = _prepare(settings, rows, log)
+    queries, setup, invite = _prepare(settings, rows, log)
     # search_now resolves the store per call; pinned to the resolved URL it finds the open pool, as the API does
     pinned = settings.model_copy(update={"database_url": PgVectorStore.from_settings(settings).resolve_url()})
     port = _free_port()
@@ -213,7 +220,7 @@ def measure_rest(settings, rows: int = 100_000, clients: int = 200, seconds: flo
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise RuntimeError("the gateway did not start") from None
                 time.sleep(0.3)
-        headers = asyncio.run(_credentials(port))
+        headers = asyncio.run(_credentials(port, invite))
         log(f"rest: gateway up on :{port}; warming the embedder with {WARMUP} searches")
         asyncio.run(_sequential(port, headers, queries[::-1], "hybrid", WARMUP))
         sequential = []
