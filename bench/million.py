@@ -341,7 +341,7 @@ def _sizes(pool) -> dict:
     model_id, _ = resolve_model(pool, MODEL_ID)
     mib = {}
     with pool.connection() as conn:
-        for name in ("documents", "chunks", "embeddings", "term_stats"):
+        for name in ("documents", "chunks", "embeddings", "term_stats", "chunk_postings"):
             mib[f"{name}_total_mib"] = conn.execute("SELECT pg_total_relation_size(%s::regclass)", [name]).fetchone()[0]
         for name in (model_index_name(model_id), "chunks_tsv"):
             mib[f"{name}_mib"] = conn.execute("SELECT pg_relation_size(%s::regclass)", [name]).fetchone()[0]

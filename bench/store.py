@@ -302,6 +302,6 @@ def run_store(pool, data: BenchData, log=print) -> dict:
     _checkpoint(pool)
     log("store: devmesh write_documents (bulk path: HNSW and GIN indexes dropped, then rebuilt)")
     out["devmesh"] = load_devmesh(pool, data)
-    out["devmesh"]["bytes"] = _size(pool, "documents", "chunks", "embeddings", "term_stats", "tenant_stats")
+    out["devmesh"]["bytes"] = _size(pool, "documents", "chunks", "embeddings", "term_stats", "tenant_stats", "chunk_postings")
     _checkpoint(pool)
     return out

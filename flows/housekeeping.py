@@ -1,4 +1,5 @@
-"""Scheduled housekeeping: verify and checkpoint the audit trail; redrive webhook deliveries no run processed; forget old ones."""
+"""Scheduled housekeeping: verify and checkpoint the audit trail; redrive webhook deliveries no run processed; forget
+old ones; compact the keyword index."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from blocks.errors import AppError
 from blocks.settings import Settings
 from tasks.audit import audit_key
 from tasks.audit_checkpoint import verify_against_checkpoint
+from tasks.postings import compact_postings, tenants_to_compact
 from tasks.webhooks import prune_deliveries, stale_deliveries
 from tasks.runtime import Runtime
 
-__all__ = ["AuditBroken", "prune_webhook_deliveries", "redrive_webhook_deliveries", "verify_audit_trail"]
+__all__ = ["AuditBroken", "compact_keyword_index", "prune_webhook_deliveries", "redrive_webhook_deliveries",
+           "verify_audit_trail"]
 
 
 class AuditBroken(AppError):
@@ -50,6 +53,16 @@ def verify_audit_trail() -> dict:
     get_run_logger().info("audit trail ok: %s records, head %s%s", report.records, report.head_hash[:16],
                           f"; {summary['legacy']}" if "legacy" in summary else "")
     return summary
+
+
+@flow(name="compact-keyword-index")
+def compact_keyword_index(segments_per_lexeme: int = 8) -> dict[str, int]:
+    """Rebuild the postings of every tenant whose postings still hold deleted chunks' entries (their lexemes stay
+    there, unreturned, until this runs) or average more than `segments_per_lexeme` segments; {tenant: rows}."""
+    pool = _pool()
+    done = {tenant: compact_postings(pool, tenant) for tenant in tenants_to_compact(pool, segments_per_lexeme)}
+    get_run_logger().info("compacted the keyword postings of %d tenant(s)", len(done))
+    return done
 
 
 @flow(name="prune-webhook-deliveries")

@@ -1,4 +1,8 @@
-"""Search: vector (HNSW, iterative scans), keyword (BM25 over Postgres lexemes) and hybrid (RRF)."""
+"""Search: vector (HNSW, iterative scans), keyword (BM25 over Postgres lexemes) and hybrid (RRF).
+
+Keyword search has two exact paths: without filters, the tenant's packed postings (tasks/postings.py), read once
+and scored in numpy; with filters (documents, metadata, time), the chunks the GIN index finds, pruned by MaxScore
+(gin_keyword_ranking), because the filters are conditions on chunks."""
 
 from __future__ import annotations
 
@@ -17,8 +21,10 @@ from blocks.pg_failure import search_deadline
 from blocks.settings import SearchSettings
 from blocks.storable import StorableModel
 from tasks.fusion import convex, rescore_turns, turn_candidates
+from tasks.postings import postings_ranking
 
-__all__ = ["SearchRequest", "SearchHit", "configure_hnsw", "vector_ranking", "keyword_ranking", "rrf", "run_search"]
+__all__ = ["SearchRequest", "SearchHit", "configure_hnsw", "vector_ranking", "keyword_ranking", "gin_keyword_ranking",
+           "rrf", "run_search"]
 
 SearchMode = Literal["vector", "keyword", "hybrid"]
 
@@ -167,6 +173,16 @@ def vector_ranking(pool, model: tuple[int, int], vector: np.ndarray, request: Se
 
 
 def keyword_ranking(pool, request: SearchRequest, n: int, settings: SearchSettings) -> list[tuple[int, float]]:
+    """[(chunk_id, BM25 score)] best first, exact: from the postings when the request has no filters, else from
+    the GIN index (gin_keyword_ranking)."""
+    if _filters(request)[1]:
+        return gin_keyword_ranking(pool, request, n, settings)
+    with pool.connection() as conn:
+        conn.execute("SELECT set_config('statement_timeout', %s, true)", [_timeout_ms(settings)])
+        return postings_ranking(conn, request.query, request.tenant, n, settings)
+
+
+def gin_keyword_ranking(pool, request: SearchRequest, n: int, settings: SearchSettings) -> list[tuple[int, float]]:
     """[(chunk_id, BM25 score)] best first, exact, reading as few chunks as the query's terms allow.
 
     MaxScore pruning (Turtle & Flood 1995) with a descending threshold: a term adds at most idf * (k1 + 1) to any

@@ -1,4 +1,5 @@
-"""Housekeeping flows: deliveries no trigger ran are redriven once; old ones are pruned; the audit head."""
+"""Housekeeping flows: deliveries no trigger ran are redriven once; old ones are pruned; the audit head; deleted
+chunks' keyword postings are compacted away."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import uuid
 
 from psycopg.types.json import Jsonb
 
-from flows.housekeeping import prune_webhook_deliveries, redrive_webhook_deliveries, verify_audit_trail
+from flows.housekeeping import (compact_keyword_index, prune_webhook_deliveries, redrive_webhook_deliveries,
+                                 verify_audit_trail)
+from flows.ingest import DocumentSpec, IngestRequest, ingest_documents
+from tasks.store import delete_documents
 from tasks.audit import append_audit
 from tasks.webhooks import get_delivery
 
@@ -48,3 +52,18 @@ def test_verify_audit_trail_reports_the_head(settings, pool, tenant, prefect_har
     record = append_audit(pool, tenant=tenant, actor={"agent": "t"}, operation="aws.s3_list", status="succeeded")
     out = verify_audit_trail()
     assert out["ok"] and out["head_seq"] >= record["seq"]
+
+
+def test_compaction_forgets_deleted_chunks_postings(settings, pool, tenant, prefect_harness):
+    docs = [DocumentSpec(document_id="keep", text="rollout undo"), DocumentSpec(document_id="gone", text="xylophonic")]
+    ingest_documents(IngestRequest(tenant=tenant, documents=docs), settings)
+    delete_documents(pool, tenant, ["gone"])
+
+    def lexemes() -> set[str]:
+        with pool.connection() as conn:
+            return {r[0] for r in conn.execute("SELECT lexeme FROM chunk_postings WHERE tenant_id = %s", [tenant])}
+
+    assert "xylophon" in lexemes()  # left behind by the delete, never returned by a search
+    assert tenant in compact_keyword_index()
+    assert lexemes() == {"rollout", "undo"}
+    assert tenant not in compact_keyword_index()

@@ -71,6 +71,7 @@ TENANT_TABLES = {
     "chunks": "tenant_id = %(tenant)s",
     "embeddings": "tenant_id = %(tenant)s",
     "term_stats": "tenant_id = %(tenant)s",
+    "chunk_postings": "tenant_id = %(tenant)s",
     "tenant_stats": "tenant_id = %(tenant)s",
     "contexts": "tenant_id = %(tenant)s",
     "context_messages": "tenant_id = %(tenant)s",

@@ -1,5 +1,5 @@
-"""Exactness of the pruned BM25 ranking (tasks.search.keyword_ranking): the same top n as plain BM25 over every
-chunk holding a query term, on generated data always and on every SciFact test query where ../shared exists."""
+"""Exactness of the pruned BM25 ranking (tasks.search.gin_keyword_ranking, the filtered path) and of the postings
+path (tasks.search.keyword_ranking without filters): the same top n as plain BM25 over every chunk holding a query term, on generated data always and on every SciFact test query where ../shared exists."""
 
 from __future__ import annotations
 
@@ -34,9 +34,9 @@ def _same_ranking(pruned, exact) -> bool:
 def _both(pool, request, n, settings, monkeypatch, budget):
     """(plain BM25: every term a candidate term, pruned with this first budget)."""
     monkeypatch.setattr(search_module, "_DF_BUDGET", 10**12)
-    exact = keyword_ranking(pool, request, n, settings.search)
+    exact = search_module.gin_keyword_ranking(pool, request, n, settings.search)
     monkeypatch.setattr(search_module, "_DF_BUDGET", budget)
-    return exact, keyword_ranking(pool, request, n, settings.search)
+    return exact, search_module.gin_keyword_ranking(pool, request, n, settings.search)
 
 
 # cap 1: the threshold tsquery is cut to its loosest form; first/rounds: the descending threshold starting high
@@ -121,8 +121,10 @@ def test_pruned_ranking_equals_plain_bm25_on_every_scifact_query(pool, tenant, m
     for text in queries:
         request = SearchRequest(query=text, mode="keyword", tenant=tenant, limit=10)
         monkeypatch.setattr(search_module, "_DF_BUDGET", 10**12)  # plain BM25: every term a candidate term
-        exact = keyword_ranking(pool, request, 50, settings.search)
+        exact = search_module.gin_keyword_ranking(pool, request, 50, settings.search)
         for n, budget in ((10, 2000), (10, 0), (50, 0)):
             monkeypatch.setattr(search_module, "_DF_BUDGET", budget)
-            pruned = keyword_ranking(pool, request, n, settings.search)
+            pruned = search_module.gin_keyword_ranking(pool, request, n, settings.search)
             assert _same_ranking(pruned, exact[:n]), (text, n, budget)
+        for n in (10, 50):  # the postings path (no filters): every chunk holding a term, scored in numpy
+            assert _same_ranking(keyword_ranking(pool, request, n, settings.search), exact[:n]), (text, n, "postings")

@@ -132,8 +132,8 @@ def test_maxscore_pruning_returns_the_exact_bm25_top_n(settings, tenant, pool, m
         request = SearchRequest(query=" ".join(rng.sample(vocab[:60], 3) + rng.sample(vocab[60:], 2)),
                                 mode="keyword", tenant=tenant, limit=10)
         monkeypatch.setattr(search_module, "_DF_BUDGET", 10**9)  # every term a candidate term: plain BM25
-        exact = search_module.keyword_ranking(pool, request, 10, settings.search)
+        exact = search_module.gin_keyword_ranking(pool, request, 10, settings.search)
         monkeypatch.setattr(search_module, "_DF_BUDGET", 1)  # prune as hard as possible
-        pruned = search_module.keyword_ranking(pool, request, 10, settings.search)
+        pruned = search_module.gin_keyword_ranking(pool, request, 10, settings.search)
         assert [round(s, 9) for _, s in pruned] == [round(s, 9) for _, s in exact]
         assert [c for c, _ in pruned] == [c for c, _ in exact]

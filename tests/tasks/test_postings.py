@@ -1,0 +1,124 @@
+"""The postings path of keyword search (tasks/postings.py, tasks/sql/019_bm25_postings.sql): exact BM25 against
+the GIN path whatever the history of the tenant's chunks — many small inserts, deletions, compaction — and no
+tenant's postings reach another tenant's search."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+from flows.ingest import DocumentSpec, IngestRequest, ingest_documents
+from tasks.postings import compact_postings, tenants_to_compact
+from tasks.search import SearchRequest, gin_keyword_ranking, keyword_ranking
+from tasks.store import delete_documents
+from tests.tasks.test_keyword_pruning import _same_ranking
+
+
+def _docs(rng: random.Random, prefix: str, count: int) -> list[DocumentSpec]:
+    vocab = [f"w{i}" for i in range(150)]
+    weights = [1 / (i + 1) for i in range(150)]  # Zipf: a few very common words, many rare ones
+    return [DocumentSpec(document_id=f"{prefix}{i}", text=" ".join(rng.choices(vocab, weights, k=rng.randint(3, 50))))
+            for i in range(count)]
+
+
+def _queries(rng: random.Random, count: int) -> list[str]:
+    return [" ".join(f"w{rng.randint(0, 149)}" for _ in range(rng.randint(1, 6))) for _ in range(count)]
+
+
+def _assert_same_as_gin(pool, settings, tenant: str, queries: list[str]) -> int:
+    """Every query ranks alike on both paths, at 10 and 50 hits; returns how many queries found something."""
+    found = 0
+    for text in queries:
+        request = SearchRequest(query=text, mode="keyword", tenant=tenant)
+        for n in (10, 50):
+            exact = gin_keyword_ranking(pool, request, n, settings.search)
+            got = keyword_ranking(pool, request, n, settings.search)
+            assert _same_ranking(got, exact), (text, n, got[:3], exact[:3])
+            assert len(got) == len(exact)
+        found += bool(exact)
+    return found
+
+
+def _segments(pool, tenant: str) -> tuple[int, int, int]:
+    """(rows, lexemes, entries) of the tenant's postings."""
+    with pool.connection() as conn:
+        return conn.execute("SELECT count(*), count(DISTINCT lexeme), coalesce(sum(n), 0) FROM chunk_postings"
+                            " WHERE tenant_id = %s", [tenant]).fetchone()
+
+
+def test_postings_rank_like_gin_through_small_inserts_deletes_and_compaction(settings, tenant, pool):
+    rng = random.Random(3)
+    ingest_documents(IngestRequest(tenant=tenant, documents=_docs(rng, "bulk", 300)), settings)
+    for i in range(12):  # one small ingest at a time: a segment per lexeme each
+        ingest_documents(IngestRequest(tenant=tenant, documents=_docs(rng, f"small{i}-", 2)), settings)
+    queries = _queries(rng, 25)
+    rows, lexemes, _ = _segments(pool, tenant)
+    assert rows > lexemes  # several segments for some lexemes
+    assert _assert_same_as_gin(pool, settings, tenant, queries) >= 20
+
+    # deleted chunks leave their entries behind until compaction; search must not return them nor miss the rest
+    delete_documents(pool, tenant, [f"bulk{i}" for i in range(0, 300, 2)])
+    assert tenant in tenants_to_compact(pool)
+    _, _, stale_entries = _segments(pool, tenant)
+    _assert_same_as_gin(pool, settings, tenant, queries)
+
+    written = compact_postings(pool, tenant)
+    rows, lexemes, entries = _segments(pool, tenant)
+    assert written == rows == lexemes  # one segment per lexeme
+    with pool.connection() as conn:
+        live = conn.execute("SELECT sum(df) FROM term_stats WHERE tenant_id = %s", [tenant]).fetchone()[0]
+    assert entries == live < stale_entries
+    assert tenant not in tenants_to_compact(pool)
+    _assert_same_as_gin(pool, settings, tenant, queries)
+
+
+def test_a_deleted_top_hit_is_replaced_by_the_next_best(settings, tenant, pool):
+    # 30 chunks hold the rare word; deleting the best 25 leaves fewer live hits than the spare the search scores
+    docs = [DocumentSpec(document_id=f"d{i}", text=("zymurgy " * (30 - i)) + "filler words here") for i in range(30)]
+    ingest_documents(IngestRequest(tenant=tenant, documents=docs), settings)
+    delete_documents(pool, tenant, [f"d{i}" for i in range(25)])
+    request = SearchRequest(query="zymurgy", mode="keyword", tenant=tenant)
+    got = keyword_ranking(pool, request, 5, settings.search)
+    assert got == gin_keyword_ranking(pool, request, 5, settings.search)
+    assert len(got) == 5
+
+
+def test_no_tenant_reads_another_tenants_postings(settings, tenant, pool):
+    other = f"{tenant}-other"
+    ingest_documents(IngestRequest(tenant=other, documents=[DocumentSpec(document_id="secret",
+                                                                         text="quokkazebra launch codes")]), settings)
+    ingest_documents(IngestRequest(tenant=tenant, documents=[DocumentSpec(document_id="mine", text="launch plan")]),
+                     settings)
+    assert keyword_ranking(pool, SearchRequest(query="quokkazebra", tenant=tenant), 10, settings.search) == []
+    hits = keyword_ranking(pool, SearchRequest(query="launch codes quokkazebra", tenant=tenant), 10, settings.search)
+    assert len(hits) == 1
+    compact_postings(pool, tenant)  # a compaction rebuilds only its own tenant
+    assert _segments(pool, other)[0] == 3
+
+
+def test_compaction_loses_no_chunk_written_while_it_runs(settings, tenant, pool):
+    rng = random.Random(9)
+    ingest_documents(IngestRequest(tenant=tenant, documents=_docs(rng, "base", 200)), settings)
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer():
+        try:
+            for i in range(8):
+                ingest_documents(IngestRequest(tenant=tenant, documents=_docs(random.Random(i), f"live{i}-", 5)),
+                                 settings)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    while not done.is_set():
+        compact_postings(pool, tenant)
+    thread.join()
+    assert not errors
+    with pool.connection() as conn:
+        live = conn.execute("SELECT sum(df) FROM term_stats WHERE tenant_id = %s", [tenant]).fetchone()[0]
+    assert _segments(pool, tenant)[2] == live  # every live chunk's entries, none twice
+    _assert_same_as_gin(pool, settings, tenant, _queries(rng, 15))
