@@ -11,7 +11,7 @@ from flows.ingest import DocumentSpec, IngestRequest, ingest_documents
 from tasks.postings import compact_postings, tenants_to_compact
 from tasks.search import SearchRequest, gin_keyword_ranking, keyword_ranking
 from tasks.store import delete_documents
-from tests.tasks.test_keyword_pruning import _same_ranking
+from tests.ranking import same_ranking as _same_ranking
 
 
 def _docs(rng: random.Random, prefix: str, count: int) -> list[DocumentSpec]:
