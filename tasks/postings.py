@@ -31,7 +31,7 @@ s AS (SELECT sum(n_chunks)::bigint AS n_chunks, sum(total_len)::bigint AS total_
       WHERE tenant_id = %(tenant)s),
 t AS (SELECT t.lexeme, sum(t.df)::bigint AS df FROM term_stats t JOIN q USING (lexeme) WHERE t.tenant_id = %(tenant)s
       GROUP BY t.lexeme HAVING sum(t.df) > 0)
-SELECT t.lexeme, t.df, s.n_chunks, s.total_len, p.ids, p.tfs, p.lens
+SELECT t.lexeme, t.df, s.n_chunks, s.total_len, p.entries
 FROM t CROSS JOIN s JOIN chunk_postings p ON p.tenant_id = %(tenant)s AND p.lexeme = t.lexeme"""
 LIVE = "SELECT id FROM chunks WHERE tenant_id = %(tenant)s AND id = ANY(%(ids)s)"
 COMPACT = "SELECT devmesh_compact_postings(%(tenant)s)"
@@ -42,6 +42,7 @@ SELECT p.tenant_id FROM (SELECT tenant_id, sum(n) AS n, count(*) AS rows, count(
                          FROM chunk_postings GROUP BY tenant_id) p
 LEFT JOIN (SELECT tenant_id, sum(df) AS df FROM term_stats GROUP BY tenant_id) s USING (tenant_id)
 WHERE p.n > coalesce(s.df, 0) OR p.rows > %(segments)s * p.lexemes ORDER BY 1"""
+_ENTRY = np.dtype([("id", ">i8"), ("tf", ">i2"), ("length", ">i4")])  # 14 bytes, as the trigger packs them
 _MIN_SPARE = 10  # hits scored beyond the n asked for, in case some were deleted since the last compaction
 
 
@@ -52,13 +53,14 @@ def postings_ranking(conn, query: str, tenant: str, n: int, settings: SearchSett
     idf: dict[str, float] = {}
     ids, scores = [], []
     with conn.cursor(binary=True) as cur:
-        for lexeme, df, total, total_len, pid, tf, length in cur.execute(POSTINGS, {"query": query, "tenant": tenant}):
+        for lexeme, df, total, total_len, entries in cur.execute(POSTINGS, {"query": query, "tenant": tenant}):
             if lexeme not in idf:
                 idf[lexeme] = math.log(1 + (total - df + 0.5) / (df + 0.5))
             avgdl = max(total_len / max(total, 1), 1.0)
-            tf = np.frombuffer(tf, ">i2").astype(np.float64)
-            norm = k1 * (1 - b + b * np.frombuffer(length, ">i4") / avgdl)
-            ids.append(np.frombuffer(pid, ">i8"))
+            entries = np.frombuffer(entries, _ENTRY)
+            tf = entries["tf"].astype(np.float64)
+            norm = k1 * (1 - b + b * entries["length"] / avgdl)
+            ids.append(entries["id"].astype(np.int64))
             scores.append(idf[lexeme] * tf * (k1 + 1) / (tf + norm))
     if not ids:
         return []

@@ -1,7 +1,7 @@
 -- 019: BM25 postings, so that an unfiltered keyword search scores every chunk holding a query term without
 -- reading chunks or evaluating a tsquery per chunk (tasks/postings.py reads and scores them).
--- One row per (tenant, lexeme, segment): the chunks one INSERT statement added that hold the lexeme, packed as
--- big-endian arrays (ids int8, term frequencies int2, chunk lengths int4 = token_count) of n entries each.
+-- One row per (tenant, lexeme, segment): the chunks one INSERT statement added that hold the lexeme, as n packed
+-- big-endian records of 14 bytes (chunk id int8, term frequency int2, chunk length int4 = token_count).
 -- Written by the statement trigger that already counts document frequencies, in the chunks' own transaction:
 -- a search sees a chunk's postings exactly when it sees the chunk. Deleting chunks leaves their entries behind
 -- (rewriting packed rows per delete would cost more than the delete): searches drop ids that are no longer
@@ -12,14 +12,11 @@ CREATE TABLE chunk_postings (
     lexeme    text    NOT NULL,
     segment   bigint  NOT NULL,  -- the lowest chunk id of the segment (one statement's chunks are its own)
     n         integer NOT NULL,
-    ids       bytea   NOT NULL,
-    tfs       bytea   NOT NULL,
-    lens      bytea   NOT NULL,
+    entries   bytea   NOT NULL,
     PRIMARY KEY (tenant_id, lexeme, segment)
 );
 -- Stored uncompressed: reading them is then a copy (pglz gains little on ids and costs a pass per read).
-ALTER TABLE chunk_postings ALTER COLUMN ids SET STORAGE EXTERNAL, ALTER COLUMN tfs SET STORAGE EXTERNAL,
-    ALTER COLUMN lens SET STORAGE EXTERNAL;
+ALTER TABLE chunk_postings ALTER COLUMN entries SET STORAGE EXTERNAL;
 
 -- Writers of a tenant's chunks hold its postings lock (class 0x706f7374, 'post') shared; a compaction holds it
 -- alone, so no insert commits postings between its delete and its rebuild.
@@ -33,14 +30,12 @@ BEGIN
         SELECT tenant_id, sh, count(*), sum(token_count) FROM new_rows GROUP BY tenant_id ORDER BY tenant_id
     ON CONFLICT (tenant_id, shard) DO UPDATE
         SET n_chunks = s.n_chunks + excluded.n_chunks, total_len = s.total_len + excluded.total_len;
-    -- the aggregates of one group read its rows in one order: the three arrays stay aligned
     WITH p AS MATERIALIZED (
         SELECT r.tenant_id, u.lexeme, min(r.id) AS segment, count(*)::integer AS n,
-               string_agg(int8send(r.id), ''::bytea) AS ids,
-               string_agg(int2send(coalesce(array_length(u.positions, 1), 1)::smallint), ''::bytea) AS tfs,
-               string_agg(int4send(r.token_count), ''::bytea) AS lens
+               string_agg(int8send(r.id) || int2send(coalesce(array_length(u.positions, 1), 1)::smallint)
+                          || int4send(r.token_count), ''::bytea) AS entries
         FROM new_rows r, unnest(r.tsv) AS u GROUP BY 1, 2),
-    postings AS (INSERT INTO chunk_postings (tenant_id, lexeme, segment, n, ids, tfs, lens) SELECT * FROM p)
+    postings AS (INSERT INTO chunk_postings (tenant_id, lexeme, segment, n, entries) SELECT * FROM p)
     INSERT INTO term_stats AS t (tenant_id, lexeme, shard, df)
         SELECT tenant_id, lexeme, sh, n FROM p ORDER BY 1, 2
     ON CONFLICT (tenant_id, lexeme, shard) DO UPDATE SET df = t.df + excluded.df;
@@ -56,10 +51,10 @@ DECLARE
 BEGIN
     PERFORM pg_advisory_xact_lock(1886352244, hashtext(tenant));
     DELETE FROM chunk_postings WHERE tenant_id = tenant;
-    INSERT INTO chunk_postings (tenant_id, lexeme, segment, n, ids, tfs, lens)
-        SELECT c.tenant_id, u.lexeme, min(c.id), count(*)::integer, string_agg(int8send(c.id), ''::bytea),
-               string_agg(int2send(coalesce(array_length(u.positions, 1), 1)::smallint), ''::bytea),
-               string_agg(int4send(c.token_count), ''::bytea)
+    INSERT INTO chunk_postings (tenant_id, lexeme, segment, n, entries)
+        SELECT c.tenant_id, u.lexeme, min(c.id), count(*)::integer,
+               string_agg(int8send(c.id) || int2send(coalesce(array_length(u.positions, 1), 1)::smallint)
+                          || int4send(c.token_count), ''::bytea)
         FROM chunks c, unnest(c.tsv) AS u WHERE c.tenant_id = tenant GROUP BY 1, 2;
     GET DIAGNOSTICS written = ROW_COUNT;
     RETURN written;
