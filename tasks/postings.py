@@ -9,7 +9,8 @@ the compaction's trigger (`devmesh_compact_postings`, in SQL).
 Cost: reading n postings is a copy of 14 n bytes (uncompressed bytea) and a few vector operations: at 100,000
 chunks a SciFact query reads ~50,000 entries in a few milliseconds, whatever the number of hits asked for, so a
 hybrid search's 50 keyword candidates cost what 10 do. Entries of deleted chunks stay until the tenant is
-compacted: the top is checked against `chunks` (one index probe per hit) and refilled from the next best.
+compacted: when the query's lexemes hold more entries than their live document frequencies (term_stats, read in
+the same snapshot), the top is checked against `chunks` (one index probe per hit) and refilled from the next best.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ s AS (SELECT sum(n_chunks)::bigint AS n_chunks, sum(total_len)::bigint AS total_
       WHERE tenant_id = %(tenant)s),
 t AS (SELECT t.lexeme, sum(t.df)::bigint AS df FROM term_stats t JOIN q USING (lexeme) WHERE t.tenant_id = %(tenant)s
       GROUP BY t.lexeme HAVING sum(t.df) > 0)
-SELECT t.lexeme, t.df, s.n_chunks, s.total_len, p.entries
+SELECT t.lexeme, t.df, s.n_chunks, s.total_len, p.n, p.entries
 FROM t CROSS JOIN s JOIN chunk_postings p ON p.tenant_id = %(tenant)s AND p.lexeme = t.lexeme"""
 LIVE = "SELECT id FROM chunks WHERE tenant_id = %(tenant)s AND id = ANY(%(ids)s)"
 COMPACT = "SELECT devmesh_compact_postings(%(tenant)s)"
@@ -51,11 +52,14 @@ def postings_ranking(conn, query: str, tenant: str, n: int, settings: SearchSett
     of `query`; the same scores as tasks.search's SQL path up to float summation order."""
     k1, b = settings.bm25_k1, settings.bm25_b
     idf: dict[str, float] = {}
+    extra: dict[str, int] = {}  # per lexeme: entries beyond its live document frequency (deleted chunks')
     ids, scores = [], []
     with conn.cursor(binary=True) as cur:
-        for lexeme, df, total, total_len, entries in cur.execute(POSTINGS, {"query": query, "tenant": tenant}):
+        for lexeme, df, total, total_len, n_entries, entries in cur.execute(POSTINGS, {"query": query, "tenant": tenant}):
             if lexeme not in idf:
                 idf[lexeme] = math.log(1 + (total - df + 0.5) / (df + 0.5))
+                extra[lexeme] = -df
+            extra[lexeme] += n_entries
             avgdl = max(total_len / max(total, 1), 1.0)
             entries = np.frombuffer(entries, _ENTRY)
             tf = entries["tf"].astype(np.float64)
@@ -65,6 +69,8 @@ def postings_ranking(conn, query: str, tenant: str, n: int, settings: SearchSett
     if not ids:
         return []
     chunk_ids, totals = _sum_by_id(np.concatenate(ids), np.concatenate(scores))
+    if not any(extra.values()):  # in this snapshot every entry read is a live chunk's: nothing to check
+        return [(int(chunk_ids[i]), float(totals[i])) for i in _best(chunk_ids, totals, n)]
     want = n + max(_MIN_SPARE, n)
     while True:
         top = _best(chunk_ids, totals, want)
