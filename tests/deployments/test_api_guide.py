@@ -144,7 +144,7 @@ def test_a_search_past_the_timeout_is_cancelled_with_a_clear_error(settings, poo
 
         def hold_lock():  # an exclusive lock the search must wait for: it waits past its statement_timeout
             with pool.connection() as conn, conn.transaction():
-                conn.execute("LOCK TABLE chunks, embeddings IN ACCESS EXCLUSIVE MODE")
+                conn.execute("LOCK TABLE chunks, embeddings, chunk_postings IN ACCESS EXCLUSIVE MODE")
                 locked.set()
                 release.wait(30)
 
