@@ -78,3 +78,19 @@ def locomo_sample(sample_id="conv-x"):
             {"question": "No evidence at all?", "answer": "x", "evidence": ["D7:1"], "category": 4},
         ],
     }
+
+
+def save_s3_put_blocks(region: str, bucket: str = "acme-data") -> None:
+    """Inside moto's mock_aws: create `bucket`, save the AWS credentials block `devmesh-aws` and a policy block
+    `devmesh-policy` allowing aws.s3_put_object to buckets acme-* in `region` (the CLI operation tests' setup)."""
+    import boto3
+    from prefect_aws import AwsCredentials
+
+    from blocks.policy import OperationPolicy
+
+    boto3.client("s3", region_name=region).create_bucket(
+        Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
+    AwsCredentials(aws_access_key_id="AKIATEST", aws_secret_access_key="test-secret-value",
+                   region_name=region).save("devmesh-aws", overwrite=True)
+    OperationPolicy(operations=["aws.s3_put_object"], aws_regions=[region], aws_buckets=["acme-*"]
+                    ).save("devmesh-policy", overwrite=True)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 
-import boto3
 import pytest
 from moto import mock_aws
-from prefect_aws import AwsCredentials
 from typer.testing import CliRunner
 
-from blocks.policy import OperationPolicy
 from deployments.cli import app
+from tests.factories import save_s3_put_blocks
 
 runner = CliRunner()
 REGION = "eu-west-1"
@@ -20,12 +18,7 @@ REGION = "eu-west-1"
 @pytest.fixture
 def aws_blocks(prefect_harness, settings):
     with mock_aws():
-        boto3.client("s3", region_name=REGION).create_bucket(
-            Bucket="acme-data", CreateBucketConfiguration={"LocationConstraint": REGION})
-        AwsCredentials(aws_access_key_id="AKIATEST", aws_secret_access_key="test-secret-value",
-                       region_name=REGION).save("devmesh-aws", overwrite=True)
-        OperationPolicy(operations=["aws.s3_put_object"], aws_regions=[REGION], aws_buckets=["acme-*"]
-                        ).save("devmesh-policy", overwrite=True)
+        save_s3_put_blocks(REGION)
         yield
 
 

@@ -10,19 +10,17 @@ from __future__ import annotations
 import json
 import socket
 
-import boto3
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 from moto import mock_aws
-from prefect_aws import AwsCredentials
 from typer.testing import CliRunner
 
-from blocks.policy import OperationPolicy
 from deployments.cli import app
 from deployments.operator_channel import HEADER, OPERATOR_PATH, operator_token
 from deployments.stack import STACK_FILE
 from tasks.audit import read_audit
+from tests.factories import save_s3_put_blocks
 from tests.rest import gateway
 from tests.serving import serve
 
@@ -35,12 +33,7 @@ ARGS = {"bucket": "acme-data", "key": "a.txt", "body": "hello"}
 @pytest.fixture
 def granted(prefect_harness, settings, tenant):
     with mock_aws():
-        boto3.client("s3", region_name=REGION).create_bucket(
-            Bucket="acme-data", CreateBucketConfiguration={"LocationConstraint": REGION})
-        AwsCredentials(aws_access_key_id="AKIATEST", aws_secret_access_key="test-secret-value",
-                       region_name=REGION).save("devmesh-aws", overwrite=True)
-        OperationPolicy(operations=["aws.s3_put_object"], aws_regions=[REGION], aws_buckets=["acme-*"]
-                        ).save("devmesh-policy", overwrite=True)
+        save_s3_put_blocks(REGION)
         out = runner.invoke(app, ["tenants", "grant", tenant, "--policy", "devmesh-policy", "--aws-block",
                                   "devmesh-aws"])
         assert out.exit_code == 0, out.output
