@@ -82,7 +82,7 @@ def _load_corpus(store: PgVectorStore, tenant: str, model_id: int, embedder, doc
     for batch in _batches(todo, DOCS_PER_WRITE):
         needed |= hashes_needing_embedding(pool, tenant, model_id, [d.chunks[0].content_hash for d in batch])
     total, from_file, embedded = StoreResult(), 0, 0
-    with bulk_load(pool, model_id, embedder.dimensions, len(needed)) as bulk:
+    with bulk_load(pool, model_id, embedder.dimensions, len(needed), tenant=tenant) as bulk:
         for i, batch in enumerate(_batches(todo, DOCS_PER_WRITE)):
             vectors, missing = {}, {}
             for doc in batch:

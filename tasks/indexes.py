@@ -14,6 +14,7 @@ from psycopg_pool import ConnectionPool
 
 from blocks.errors import StoreUnavailable
 from blocks.postgres import PgVectorStore, embedded_url
+from tasks.postings import defer_postings, rebuild_postings
 
 __all__ = [
     "model_index_name", "drop_model_index", "build_model_index", "count_model_rows", "model_index_exists",
@@ -170,9 +171,10 @@ def index_lock(pool: ConnectionPool, model_id: int, *, keyword: bool = True, wai
 
 
 @contextmanager
-def bulk_load(pool: ConnectionPool, model_id: int, dimensions: int, new_rows: int, *,
+def bulk_load(pool: ConnectionPool, model_id: int, dimensions: int, new_rows: int, *, tenant: str | None = None,
               memory_cap_mb: int | None = None) -> Iterator[bool]:
     """Around a load of `new_rows` embeddings: drop the indexes if it is a bulk load, rebuild them after (always).
+    A bulk load into `tenant` defers that tenant's BM25 postings too (tasks/postings.py) and rebuilds them after.
 
     Indexes found missing (an earlier bulk load was cut short) are rebuilt after this load too, whatever its size,
     unless another load holds their lock (it is loading in bulk and rebuilds them when done). A bulk load whose
@@ -186,9 +188,12 @@ def bulk_load(pool: ConnectionPool, model_id: int, dimensions: int, new_rows: in
         # missing: an earlier bulk load died before rebuilding them (server crash, full disk), or one is under way
         missing = not drop and not (model_index_exists(conn, model_id) and keyword_index_exists(conn))
     lock = index_lock(pool, model_id) if drop or missing else None  # None: a bulk load under way holds them
+    deferred = drop and lock is not None and tenant is not None
     if drop and lock is not None:
         drop_model_index(lock.conn, model_id)
         drop_keyword_index(lock.conn)
+    if deferred:
+        defer_postings(pool, tenant)
     try:
         yield lock is not None
     except BaseException as exc:
@@ -196,7 +201,7 @@ def bulk_load(pool: ConnectionPool, model_id: int, dimensions: int, new_rows: in
         # ingest sees them missing and rebuilds them. Otherwise try, without masking the error under way.
         if lock is not None and not isinstance(exc, StoreUnavailable):
             try:
-                _rebuild_indexes(lock, dimensions, memory_cap_mb)
+                _rebuild_indexes(lock, dimensions, memory_cap_mb, tenant if deferred else None)
             except Exception as rebuild_error:  # noqa: BLE001 - the first error is the one to report
                 exc.add_note(f"the search indexes were not rebuilt ({rebuild_error}); the next ingest rebuilds them")
         if lock is not None:
@@ -204,15 +209,18 @@ def bulk_load(pool: ConnectionPool, model_id: int, dimensions: int, new_rows: in
         raise
     if lock is not None:
         try:
-            _rebuild_indexes(lock, dimensions, memory_cap_mb)
+            _rebuild_indexes(lock, dimensions, memory_cap_mb, tenant if deferred else None)
         finally:
             lock.close()
 
 
-def _rebuild_indexes(lock: _IndexLock, dimensions: int, memory_cap_mb: int | None) -> None:
-    """Build the indexes on the connection holding their locks."""
+def _rebuild_indexes(lock: _IndexLock, dimensions: int, memory_cap_mb: int | None,
+                     deferred_tenant: str | None = None) -> None:
+    """Build the indexes on the connection holding their locks (and the postings a bulk load deferred)."""
     build_model_index(lock.conn, lock.model_id, dimensions, memory_cap_mb=memory_cap_mb)
     build_keyword_index(lock.conn)
+    if deferred_tenant is not None:
+        rebuild_postings(lock.conn, deferred_tenant)
     analyze(lock.conn)
 
 

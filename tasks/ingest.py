@@ -84,7 +84,7 @@ def store_documents(store: PgVectorStore, pool, embedder: Embedder, model_id: in
     needed = hashes_needing_embedding(pool, tenant, model_id, [c.content_hash for d in todo for c in d.chunks])
     total, errors = StoreResult(), []
     cap = index_memory_cap_mb(store, ingest.index_memory_mb)
-    with bulk_load(pool, model_id, embedder.dimensions, len(needed), memory_cap_mb=cap) as bulk, \
+    with bulk_load(pool, model_id, embedder.dimensions, len(needed), tenant=tenant, memory_cap_mb=cap) as bulk, \
             collect_usage() as usages:
         try:
             calls, embedded = _embed_and_write(store, pool, embedder, model_id, tenant, todo, needed, ingest, total,

@@ -11,6 +11,8 @@ chunks a SciFact query reads ~50,000 entries in a few milliseconds, whatever the
 hybrid search's 50 keyword candidates cost what 10 do. Entries of deleted chunks stay until the tenant is
 compacted: when the query's lexemes hold more entries than their live document frequencies (term_stats, read in
 the same snapshot), the top is checked against `chunks` (one index probe per hit) and refilled from the next best.
+While a bulk load defers a tenant's postings (migration 034; tasks/indexes.bulk_load rebuilds them when done),
+postings_ranking says so and the search takes the GIN path.
 """
 
 from __future__ import annotations
@@ -22,43 +24,54 @@ from psycopg_pool import ConnectionPool
 
 from blocks.settings import SearchSettings
 
-__all__ = ["postings_ranking", "compact_postings", "tenants_to_compact"]
+__all__ = ["postings_ranking", "defer_postings", "compact_postings", "rebuild_postings", "tenants_to_compact"]
 
-# The query's lexemes with their document frequency, the tenant's totals, and the lexemes' postings (a lexeme
-# with several segments comes once per segment).
+# The query's lexemes with their document frequency, the tenant's totals, whether a bulk load deferred its
+# postings (migration 034), and the lexemes' postings (a lexeme with several segments comes once per segment;
+# one without any, NULL: only while deferred).
 POSTINGS = """
 WITH q AS (SELECT DISTINCT lexeme FROM unnest(tsvector_to_array(to_tsvector('english', %(query)s))) AS lexeme),
-s AS (SELECT sum(n_chunks)::bigint AS n_chunks, sum(total_len)::bigint AS total_len FROM tenant_stats
-      WHERE tenant_id = %(tenant)s),
+s AS (SELECT sum(n_chunks)::bigint AS n_chunks, sum(total_len)::bigint AS total_len,
+             EXISTS (SELECT FROM postings_deferred WHERE tenant_id = %(tenant)s) AS deferred
+      FROM tenant_stats WHERE tenant_id = %(tenant)s),
 t AS (SELECT t.lexeme, sum(t.df)::bigint AS df FROM term_stats t JOIN q USING (lexeme) WHERE t.tenant_id = %(tenant)s
       GROUP BY t.lexeme HAVING sum(t.df) > 0)
-SELECT t.lexeme, t.df, s.n_chunks, s.total_len, p.n, p.entries
-FROM t CROSS JOIN s JOIN chunk_postings p ON p.tenant_id = %(tenant)s AND p.lexeme = t.lexeme"""
+SELECT t.lexeme, t.df, s.n_chunks, s.total_len, s.deferred, p.n, p.entries
+FROM t CROSS JOIN s LEFT JOIN chunk_postings p ON p.tenant_id = %(tenant)s AND p.lexeme = t.lexeme"""
+DEFER = "INSERT INTO postings_deferred (tenant_id) VALUES (%(tenant)s) ON CONFLICT DO NOTHING"
 LIVE = "SELECT id FROM chunks WHERE tenant_id = %(tenant)s AND id = ANY(%(ids)s)"
 COMPACT = "SELECT devmesh_compact_postings(%(tenant)s)"
 # Tenants whose postings hold entries of deleted chunks (more entries than the live document frequencies add up
-# to), or whose lexemes average more than `segments` segments (many small inserts).
+# to), or whose lexemes average more than `segments` segments (many small inserts), or whose postings a bulk load
+# deferred and did not rebuild (it was cut short).
 TO_COMPACT = """
 SELECT p.tenant_id FROM (SELECT tenant_id, sum(n) AS n, count(*) AS rows, count(DISTINCT lexeme) AS lexemes
                          FROM chunk_postings GROUP BY tenant_id) p
 LEFT JOIN (SELECT tenant_id, sum(df) AS df FROM term_stats GROUP BY tenant_id) s USING (tenant_id)
-WHERE p.n > coalesce(s.df, 0) OR p.rows > %(segments)s * p.lexemes ORDER BY 1"""
+WHERE p.n > coalesce(s.df, 0) OR p.rows > %(segments)s * p.lexemes
+UNION SELECT tenant_id FROM postings_deferred ORDER BY 1"""
 _ENTRY = np.dtype([("id", ">i8"), ("tf", ">i2"), ("length", ">i4")])  # 14 bytes, as the trigger packs them
 _MIN_SPARE = 10  # hits scored beyond the n asked for, in case some were deleted since the last compaction
 
 
-def postings_ranking(conn, query: str, tenant: str, n: int, settings: SearchSettings) -> list[tuple[int, float]]:
+def postings_ranking(conn, query: str, tenant: str, n: int, settings: SearchSettings) -> list[tuple[int, float]] | None:
     """[(chunk_id, BM25 score)] best first (ties: lower id first), over every chunk of `tenant` holding a term
-    of `query`; the same scores as tasks.search's SQL path up to float summation order."""
+    of `query`; the same scores as tasks.search's SQL path up to float summation order. None while a bulk load
+    defers the tenant's postings (the caller ranks on the GIN path)."""
     k1, b = settings.bm25_k1, settings.bm25_b
     idf: dict[str, float] = {}
     extra: dict[str, int] = {}  # per lexeme: entries beyond its live document frequency (deleted chunks')
     ids, scores = [], []
     with conn.cursor(binary=True) as cur:
-        for lexeme, df, total, total_len, n_entries, entries in cur.execute(POSTINGS, {"query": query, "tenant": tenant}):
+        for lexeme, df, total, total_len, deferred, n_entries, entries in cur.execute(
+                POSTINGS, {"query": query, "tenant": tenant}):
+            if deferred:
+                return None
             if lexeme not in idf:
                 idf[lexeme] = math.log(1 + (total - df + 0.5) / (df + 0.5))
                 extra[lexeme] = -df
+            if entries is None:  # a live lexeme without postings (not while undeferred): its df stays unmatched
+                continue
             extra[lexeme] += n_entries
             avgdl = max(total_len / max(total, 1), 1.0)
             entries = np.frombuffer(entries, _ENTRY)
@@ -104,11 +117,25 @@ def _best(ids: np.ndarray, totals: np.ndarray, m: int) -> np.ndarray:
     return cut[order][:m]
 
 
-def compact_postings(pool: ConnectionPool, tenant: str) -> int:
-    """Rebuild `tenant`'s postings from its chunks (drops deleted chunks' entries, merges segments); the rows
-    written. Writers of the tenant wait for it (they hold its postings lock shared)."""
+def defer_postings(pool: ConnectionPool, tenant: str) -> None:
+    """From now until compact_postings(tenant): `tenant`'s inserts write no postings and its keyword searches
+    take the GIN path (a bulk load's bracket, tasks/indexes.bulk_load)."""
     with pool.connection() as conn:
-        return conn.execute(COMPACT, {"tenant": tenant}).fetchone()[0]
+        conn.execute(DEFER, {"tenant": tenant})
+
+
+def compact_postings(pool: ConnectionPool, tenant: str) -> int:
+    """Rebuild `tenant`'s postings from its chunks (drops deleted chunks' entries, merges segments, ends a
+    deferral); the rows written. Writers of the tenant wait for it (they hold its postings lock shared)."""
+    with pool.connection() as conn:
+        return rebuild_postings(conn, tenant)
+
+
+def rebuild_postings(conn, tenant: str) -> int:
+    """compact_postings on `conn`, committed."""
+    written = conn.execute(COMPACT, {"tenant": tenant}).fetchone()[0]
+    conn.commit()
+    return written
 
 
 def tenants_to_compact(pool: ConnectionPool, segments: int = 8) -> list[str]:

@@ -2,7 +2,8 @@
 
 Keyword search has two exact paths: without filters, the tenant's packed postings (tasks/postings.py), read once
 and scored in numpy; with filters (documents, metadata, time), the chunks the GIN index finds, pruned by MaxScore
-(gin_keyword_ranking), because the filters are conditions on chunks."""
+(gin_keyword_ranking), because the filters are conditions on chunks. A tenant whose postings a bulk load defers
+takes the GIN path too until the load has rebuilt them."""
 
 from __future__ import annotations
 
@@ -179,7 +180,8 @@ def keyword_ranking(pool, request: SearchRequest, n: int, settings: SearchSettin
         return gin_keyword_ranking(pool, request, n, settings)
     with pool.connection() as conn:
         conn.execute("SELECT set_config('statement_timeout', %s, true)", [_timeout_ms(settings)])
-        return postings_ranking(conn, request.query, request.tenant, n, settings)
+        ranked = postings_ranking(conn, request.query, request.tenant, n, settings)
+    return ranked if ranked is not None else gin_keyword_ranking(pool, request, n, settings)
 
 
 def gin_keyword_ranking(pool, request: SearchRequest, n: int, settings: SearchSettings) -> list[tuple[int, float]]:

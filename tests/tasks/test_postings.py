@@ -8,7 +8,9 @@ import random
 import threading
 
 from flows.ingest import DocumentSpec, IngestRequest, ingest_documents
-from tasks.postings import compact_postings, tenants_to_compact
+from tasks.indexes import bulk_load
+from tasks.postings import compact_postings, postings_ranking, tenants_to_compact
+from tasks.registry import ensure_model
 from tasks.search import SearchRequest, gin_keyword_ranking, keyword_ranking
 from tasks.store import delete_documents
 from tests.ranking import same_ranking as _same_ranking
@@ -37,6 +39,16 @@ def _assert_same_as_gin(pool, settings, tenant: str, queries: list[str]) -> int:
             assert len(got) == len(exact)
         found += bool(exact)
     return found
+
+
+def _live_df(pool, tenant: str) -> int:
+    with pool.connection() as conn:
+        return conn.execute("SELECT coalesce(sum(df), 0) FROM term_stats WHERE tenant_id = %s", [tenant]).fetchone()[0]
+
+
+def _deferred(pool, tenant: str) -> bool:
+    with pool.connection() as conn:
+        return conn.execute("SELECT EXISTS (SELECT FROM postings_deferred WHERE tenant_id = %s)", [tenant]).fetchone()[0]
 
 
 def _segments(pool, tenant: str) -> tuple[int, int, int]:
@@ -122,3 +134,45 @@ def test_compaction_loses_no_chunk_written_while_it_runs(settings, tenant, pool)
         live = conn.execute("SELECT sum(df) FROM term_stats WHERE tenant_id = %s", [tenant]).fetchone()[0]
     assert _segments(pool, tenant)[2] == live  # every live chunk's entries, none twice
     _assert_same_as_gin(pool, settings, tenant, _queries(rng, 15))
+
+
+def test_a_bulk_load_defers_its_tenants_postings_and_rebuilds_them(settings, tenant, pool, fake_embedder):
+    rng = random.Random(5)
+    other = f"{tenant}-other"
+    ingest_documents(IngestRequest(tenant=tenant, documents=_docs(rng, "before", 60)), settings)
+    ingest_documents(IngestRequest(tenant=other, documents=_docs(rng, "other", 20)), settings)
+    queries = _queries(rng, 15)
+    model_id = ensure_model(pool, fake_embedder.model_id, fake_embedder.dimensions)
+    with bulk_load(pool, model_id, fake_embedder.dimensions, new_rows=10**9, tenant=tenant) as bulk:
+        assert bulk and _deferred(pool, tenant) and not _deferred(pool, other)
+        entries_before = _segments(pool, tenant)[2]
+        ingest_documents(IngestRequest(tenant=tenant, documents=_docs(rng, "loaded", 80)), settings)
+        ingest_documents(IngestRequest(tenant=other, documents=_docs(rng, "other-more", 5)), settings)
+        assert _segments(pool, tenant)[2] == entries_before  # the load wrote no postings for its tenant...
+        assert _segments(pool, other)[2] == _live_df(pool, other)  # ...and every other tenant's as before
+        request = SearchRequest(query=queries[0], mode="keyword", tenant=tenant)
+        with pool.connection() as conn:
+            assert postings_ranking(conn, request.query, tenant, 10, settings.search) is None
+        # meanwhile the tenant's searches take the GIN path: the loaded chunks are found
+        assert _assert_same_as_gin(pool, settings, tenant, queries) >= 10
+        assert any(tenant == t for t in tenants_to_compact(pool))
+    assert not _deferred(pool, tenant)
+    assert _segments(pool, tenant)[2] == _live_df(pool, tenant)  # rebuilt: every live chunk's entries once
+    with pool.connection() as conn:
+        assert postings_ranking(conn, queries[0], tenant, 10, settings.search) is not None
+    assert _assert_same_as_gin(pool, settings, tenant, queries) >= 10
+    assert tenant not in tenants_to_compact(pool)
+
+
+def test_postings_a_cut_short_load_left_deferred_are_rebuilt_by_compaction(settings, tenant, pool):
+    rng = random.Random(6)
+    with pool.connection() as conn:  # what a bulk load killed between its start and its rebuild leaves
+        conn.execute("INSERT INTO postings_deferred (tenant_id) VALUES (%s)", [tenant])
+    ingest_documents(IngestRequest(tenant=tenant, documents=_docs(rng, "orphan", 50)), settings)
+    assert _segments(pool, tenant)[2] == 0
+    queries = _queries(rng, 10)
+    assert _assert_same_as_gin(pool, settings, tenant, queries) >= 5  # exact meanwhile, on the GIN path
+    assert tenant in tenants_to_compact(pool)
+    compact_postings(pool, tenant)
+    assert not _deferred(pool, tenant) and _segments(pool, tenant)[2] == _live_df(pool, tenant)
+    assert _assert_same_as_gin(pool, settings, tenant, queries) >= 5
