@@ -8,11 +8,13 @@ takes the GIN path too until the load has rebuilt them."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Literal
 
 import numpy as np
-from psycopg import sql
+from psycopg import Connection, sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -150,14 +152,36 @@ def configure_hnsw(conn, n: int, settings: SearchSettings) -> None:
                  [str(max(settings.ef_search, n)), str(settings.max_scan_tuples), _timeout_ms(settings)])
 
 
+@contextmanager
+def _connection(db: ConnectionPool | Connection, settings: SearchSettings, ef: int | None = None) -> Iterator[Connection]:
+    """The connection a ranking runs on: `db` itself when it is one (run_search's, configured once for the whole
+    search: one transaction, one checkout), else one from the pool `db`, configured here for this ranking (the
+    search's statement_timeout; ef_search for `ef` nearest neighbours if given)."""
+    if isinstance(db, Connection):
+        yield db
+        return
+    with db.connection() as conn:
+        _configure(conn, settings, ef)
+        yield conn
+
+
+def _configure(conn: Connection, settings: SearchSettings, ef: int | None) -> None:
+    """This transaction's statement_timeout, and its HNSW settings for `ef` nearest neighbours unless None."""
+    if ef is not None:
+        configure_hnsw(conn, ef, settings)
+    else:
+        conn.execute("SELECT set_config('statement_timeout', %s, true)", [_timeout_ms(settings)])
+
+
 def _timeout_ms(settings: SearchSettings) -> str:
     """statement_timeout of a search transaction ('0': none)."""
     return str(max(1, round(settings.timeout_s * 1000))) if settings.timeout_s is not None else "0"
 
 
-def vector_ranking(pool, model: tuple[int, int], vector: np.ndarray, request: SearchRequest, n: int,
-                   settings: SearchSettings) -> list[tuple[int, float]]:
-    """[(chunk_id, cosine similarity)] nearest first, filtered, from the model's HNSW index."""
+def vector_ranking(db: ConnectionPool | Connection, model: tuple[int, int], vector: np.ndarray, request: SearchRequest,
+                   n: int, settings: SearchSettings) -> list[tuple[int, float]]:
+    """[(chunk_id, cosine similarity)] nearest first, filtered, from the model's HNSW index (on a connection of
+    the pool `db`, or on the connection `db` run_search configured)."""
     model_id, dims = model
     vector = np.asarray(vector, dtype=np.float32)
     if vector.shape != (dims,):
@@ -167,25 +191,26 @@ def vector_ranking(pool, model: tuple[int, int], vector: np.ndarray, request: Se
     join = sql.SQL("JOIN chunks c ON c.id = e.chunk_id") if params else sql.SQL("")
     query = sql.SQL(VECTOR_RANKING).format(dims=sql.Literal(dims), model_id=sql.Literal(model_id), filters=filters,
                                            join=join)
-    with pool.connection() as conn:
-        configure_hnsw(conn, n, settings)
+    with _connection(db, settings, ef=n) as conn:
         rows = conn.execute(query, {**params, "q": vector, "tenant": request.tenant, "n": n}).fetchall()
     return [(r[0], float(r[1])) for r in rows]
 
 
-def keyword_ranking(pool, request: SearchRequest, n: int, settings: SearchSettings) -> list[tuple[int, float]]:
+def keyword_ranking(db: ConnectionPool | Connection, request: SearchRequest, n: int,
+                    settings: SearchSettings) -> list[tuple[int, float]]:
     """[(chunk_id, BM25 score)] best first, exact: from the postings when the request has no filters, else from
-    the GIN index (gin_keyword_ranking)."""
+    the GIN index (gin_keyword_ranking). `db`: as vector_ranking's."""
     if _filters(request)[1]:
-        return gin_keyword_ranking(pool, request, n, settings)
-    with pool.connection() as conn:
-        conn.execute("SELECT set_config('statement_timeout', %s, true)", [_timeout_ms(settings)])
+        return gin_keyword_ranking(db, request, n, settings)
+    with _connection(db, settings) as conn:
         ranked = postings_ranking(conn, request.query, request.tenant, n, settings)
-    return ranked if ranked is not None else gin_keyword_ranking(pool, request, n, settings)
+        return ranked if ranked is not None else gin_keyword_ranking(conn, request, n, settings)
 
 
-def gin_keyword_ranking(pool, request: SearchRequest, n: int, settings: SearchSettings) -> list[tuple[int, float]]:
-    """[(chunk_id, BM25 score)] best first, exact, reading as few chunks as the query's terms allow.
+def gin_keyword_ranking(db: ConnectionPool | Connection, request: SearchRequest, n: int,
+                        settings: SearchSettings) -> list[tuple[int, float]]:
+    """[(chunk_id, BM25 score)] best first, exact, reading as few chunks as the query's terms allow (`db`: as
+    vector_ranking's).
 
     MaxScore pruning (Turtle & Flood 1995) with a descending threshold: a term adds at most idf * (k1 + 1) to any
     chunk. Round 1 scores (on all query terms) the chunks holding the rarest terms, up to a budget of document
@@ -198,8 +223,7 @@ def gin_keyword_ranking(pool, request: SearchRequest, n: int, settings: SearchSe
     (not below the n-th score found), and the last round (_MAX_ROUNDS) takes it down to the n-th score found. Before, one second round used round 1's n-th score,
     often low (the rare terms' chunks are not the best ones), and then read every chunk holding one common word.
     """
-    with pool.connection() as conn:
-        conn.execute("SELECT set_config('statement_timeout', %s, true)", [_timeout_ms(settings)])
+    with _connection(db, settings) as conn:
         rows = conn.execute(QUERY_TERMS, {"query": request.query, "tenant": request.tenant}).fetchall()
         if not rows:
             return []
@@ -333,7 +357,7 @@ def _relevance(similarity: float | None, score: float, top: float) -> str:
     return "high" if ratio >= 0.75 else "medium" if ratio >= 0.4 else "low"
 
 
-def _fuse(pool: ConnectionPool, request: SearchRequest, settings: SearchSettings, sims: dict[int, float],
+def _fuse(conn: Connection, request: SearchRequest, settings: SearchSettings, sims: dict[int, float],
           kw: dict[int, float]) -> list[tuple[int, float]]:
     """The hybrid ranking: RRF, or the convex fusion with conversation turns re-scored (tasks/fusion.py)."""
     weights = [request.vector_weight if request.vector_weight is not None else settings.vector_weight,
@@ -346,8 +370,7 @@ def _fuse(pool: ConnectionPool, request: SearchRequest, settings: SearchSettings
     if not fused or settings.turn_neighbour_weight + settings.turn_window_weight + settings.speaker_boost == 0:
         return fused
     filters, params = _filters(request)
-    with pool.connection() as conn:
-        fused, candidates = turn_candidates(conn, request.tenant, fused, settings.turn_window, filters, params)
+    fused, candidates = turn_candidates(conn, request.tenant, fused, settings.turn_window, filters, params)
     return rescore_turns(fused, candidates, request.query,
                          neighbour_weight=settings.turn_neighbour_weight, window=settings.turn_window,
                          window_weight=settings.turn_window_weight, speaker_boost=settings.speaker_boost)
@@ -363,22 +386,25 @@ def run_search(pool: ConnectionPool, request: SearchRequest, *, settings: Search
 
 def _run_search(pool: ConnectionPool, request: SearchRequest, settings: SearchSettings,
                 model: tuple[int, int] | None, vector: np.ndarray | None) -> list[SearchHit]:
+    """Every query of one search on one connection, in one transaction configured once."""
     n = max(settings.candidates, request.limit)
+    nearest = n if request.mode == "hybrid" else request.limit
     sims: dict[int, float] = {}
     kw: dict[int, float] = {}
-    if request.mode != "keyword":
-        if model is None or vector is None:
-            raise ConfigError(f"{request.mode} search needs an embedding model and a query vector")
-        sims = dict(vector_ranking(pool, model, vector, request, n if request.mode == "hybrid" else request.limit, settings))
-    if request.mode != "vector":
-        kw = dict(keyword_ranking(pool, request, n if request.mode == "hybrid" else request.limit, settings))
-    if request.mode == "vector":
-        ranked = list(sims.items())
-    elif request.mode == "keyword":
-        ranked = list(kw.items())
-    else:
-        ranked = _fuse(pool, request, settings, sims, kw)
+    if request.mode != "keyword" and (model is None or vector is None):
+        raise ConfigError(f"{request.mode} search needs an embedding model and a query vector")
     with pool.connection() as conn:
+        _configure(conn, settings, nearest if request.mode != "keyword" else None)
+        if request.mode != "keyword":
+            sims = dict(vector_ranking(conn, model, vector, request, nearest, settings))
+        if request.mode != "vector":
+            kw = dict(keyword_ranking(conn, request, n if request.mode == "hybrid" else request.limit, settings))
+        if request.mode == "vector":
+            ranked = list(sims.items())
+        elif request.mode == "keyword":
+            ranked = list(kw.items())
+        else:
+            ranked = _fuse(conn, request, settings, sims, kw)
         missing = [cid for cid, _ in ranked if cid not in sims]
         if model is not None and vector is not None and missing:
             q = sql.SQL(SIMILARITIES).format(dims=sql.Literal(model[1]), model_id=sql.Literal(model[0]))
