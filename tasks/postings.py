@@ -99,8 +99,7 @@ def _sum_by_id(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndar
     lo, hi = int(ids.min()), int(ids.max())
     if hi - lo < 4 * len(ids) + 1_000_000:  # ids of a tenant are mostly close together: count into a dense array
         dense = np.bincount(ids - lo, weights=scores, minlength=hi - lo + 1)
-        present = np.bincount(ids - lo, minlength=hi - lo + 1) > 0
-        where = np.flatnonzero(present)
+        where = np.flatnonzero(dense)  # a term adds > 0 (tf >= 1; idf > 0 as df <= n_chunks): 0 only where absent
         return where + lo, dense[where]
     unique, inverse = np.unique(ids, return_inverse=True)
     return unique, np.bincount(inverse, weights=scores)

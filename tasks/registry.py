@@ -27,11 +27,16 @@ WHERE t.tenant_id = %(tenant)s"""
 SET_EMBEDDER = ("UPDATE embedding_models SET embedder = %(embedder)s WHERE id = %(model_id)s"
                 " AND embedder IS DISTINCT FROM %(embedder)s")
 HAS_VECTORS = "SELECT EXISTS (SELECT 1 FROM embeddings WHERE tenant_id = %(tenant)s)"
-# The model a search uses, in one round trip: the one named, else the tenant's default.
+# The model a search uses, in one round trip: the one named, else the tenant's default, else (a tenant that never
+# switched) the model named `fallback`, the configured embedder's; the last column says whether it is that one.
 SEARCH_MODEL = """
-SELECT m.id, m.name, m.dimensions, m.embedder FROM embedding_models m
+SELECT m.id, m.name, m.dimensions, m.embedder, false AS fallback FROM embedding_models m
 WHERE m.name = %(name)s
-   OR (%(name)s::text IS NULL AND m.id = (SELECT default_model_id FROM tenant_models WHERE tenant_id = %(tenant)s))"""
+   OR (%(name)s::text IS NULL AND m.id = (SELECT default_model_id FROM tenant_models WHERE tenant_id = %(tenant)s))
+UNION ALL
+SELECT m.id, m.name, m.dimensions, m.embedder, true FROM embedding_models m
+WHERE %(name)s::text IS NULL AND m.name = %(fallback)s
+ORDER BY fallback LIMIT 1"""
 
 
 class ModelInfo(tuple):
@@ -106,11 +111,13 @@ def set_embedder_name(pool: ConnectionPool, model_id: int, embedder: str) -> Non
         conn.execute(SET_EMBEDDER, {"model_id": model_id, "embedder": embedder})
 
 
-def search_model(pool: ConnectionPool, tenant: str, name: str | None) -> ModelInfo | None:
-    """The stored model `name`, or (no name) the tenant's default; None when there is no such model."""
+def search_model(pool: ConnectionPool, tenant: str, name: str | None,
+                 fallback: str | None = None) -> tuple[ModelInfo, bool] | None:
+    """(the stored model `name`, or (no name) the tenant's default, else the stored model `fallback`; whether it
+    is the fallback), or None when there is no such model."""
     with pool.connection() as conn:
-        row = conn.execute(SEARCH_MODEL, {"tenant": tenant, "name": name}).fetchone()
-    return ModelInfo(row) if row else None
+        row = conn.execute(SEARCH_MODEL, {"tenant": tenant, "name": name, "fallback": fallback}).fetchone()
+    return (ModelInfo(row[:4]), row[4]) if row else None
 
 
 def tenant_has_vectors(pool: ConnectionPool, tenant: str) -> bool:

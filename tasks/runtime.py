@@ -7,7 +7,7 @@ from __future__ import annotations
 from prefect.context import FlowRunContext
 from psycopg_pool import ConnectionPool
 
-from blocks.embedders import Embedder, load_embedder
+from blocks.embedders import Embedder, load_embedder, loaded_embedder
 from blocks.errors import ConfigError, StoreUnavailable
 from blocks.postgres import PgVectorStore
 from blocks.settings import Settings
@@ -67,8 +67,18 @@ class Runtime:
         tenant's default model, else the configured embedder's. ConfigError when the model is not stored (`item`
         is "model" when it was named) or when no embedder here produces it."""
         pool = self.pool()
-        info = search_model(pool, tenant, name)
-        if info is None:
+        # The configured embedder's model is the fallback, asked in the same query once the embedder is loaded
+        # (a block slug is not loaded, nor the Prefect API called, for a tenant whose default has its own).
+        configured = loaded_embedder(self.settings.embedder)
+        found = search_model(pool, tenant, name, fallback=configured.model_id if configured else None)
+        if found is not None and found[1]:  # the tenant never switched: the configured embedder's model
+            info = found[0]
+            embedder, model, stored = configured, (info.id, info.dimensions), info.name
+        elif found is not None:
+            info = found[0]
+            embedder = load_embedder(info.embedder or self.settings.embedder)
+            model, stored = (info.id, info.dimensions), info.name
+        else:
             if name is not None:
                 try:
                     resolve_model(pool, name)  # raises the error that names the stored models
@@ -77,9 +87,6 @@ class Runtime:
                     raise
             embedder = load_embedder(self.settings.embedder)
             model, stored = resolve_model(pool, embedder.model_id), embedder.model_id
-        else:
-            embedder = load_embedder(info.embedder or self.settings.embedder)
-            model, stored = (info.id, info.dimensions), info.name
         if embedder.model_id != stored:
             raise ConfigError(
                 f"model {stored!r} is stored, but its embedder gives {embedder.model_id!r}; "

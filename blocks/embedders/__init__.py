@@ -48,6 +48,11 @@ def load_embedder(name: str) -> Embedder:
     return embedder
 
 
+def loaded_embedder(name: str) -> Embedder | None:
+    """The embedder `name` if this process has loaded it already, else None (nothing is loaded)."""
+    return _cache.get(name)
+
+
 def register_embedder(name: str, embedder: Embedder) -> None:
     """Make an embedder instance loadable by `name` in this process (custom providers, tests)."""
     if not isinstance(embedder, Embedder):

@@ -54,3 +54,17 @@ def test_model_for_an_unregistered_default_is_a_config_error_without_item(settin
         # the configured embedder's model was never stored: nothing to search, and the client named no model
         Runtime(settings.model_copy(update={"embedder": name})).model_for(tenant, None)
     assert info.value.item is None
+
+
+def test_model_for_prefers_the_tenants_default_over_the_loaded_configured_embedders(settings, tenant, pool,
+                                                                                    fake_embedder):
+    runtime = Runtime(settings)
+    configured = ensure_model(pool, fake_embedder.model_id, fake_embedder.dimensions)
+    runtime.model_for(tenant, None)  # loads the configured embedder: its model is now asked in the same query
+    name = f"default-of-{tenant}"
+    register_embedder(name, FakeEmbedder(model_name=name, dims=8))
+    default = _make_default(pool, tenant, name, name)
+    embedder, model = runtime.model_for(tenant, None)
+    assert embedder.model_id == name and model == (default, 8)
+    embedder, model = runtime.model_for(f"{tenant}-never-switched", None)
+    assert embedder.model_id == fake_embedder.model_id and model == (configured, fake_embedder.dimensions)
