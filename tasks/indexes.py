@@ -192,9 +192,9 @@ def bulk_load(pool: ConnectionPool, model_id: int, dimensions: int, new_rows: in
     if drop and lock is not None:
         drop_model_index(lock.conn, model_id)
         drop_keyword_index(lock.conn)
-    if deferred:
-        defer_postings(pool, tenant)
     try:
+        if deferred:
+            defer_postings(pool, tenant)
         yield lock is not None
     except BaseException as exc:
         # A dead or full database cannot build them (and waiting for a connection would hide the error): the next

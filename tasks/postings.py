@@ -61,7 +61,8 @@ def postings_ranking(conn, query: str, tenant: str, n: int, settings: SearchSett
     k1, b = settings.bm25_k1, settings.bm25_b
     idf: dict[str, float] = {}
     extra: dict[str, int] = {}  # per lexeme: entries beyond its live document frequency (deleted chunks')
-    ids, scores = [], []
+    parts, weights, counts = [], [], []
+    avgdl = 1.0
     with conn.cursor(binary=True) as cur:
         for lexeme, df, total, total_len, deferred, n_entries, entries in cur.execute(
                 POSTINGS, {"query": query, "tenant": tenant}):
@@ -70,18 +71,21 @@ def postings_ranking(conn, query: str, tenant: str, n: int, settings: SearchSett
             if lexeme not in idf:
                 idf[lexeme] = math.log(1 + (total - df + 0.5) / (df + 0.5))
                 extra[lexeme] = -df
-            if entries is None:  # a live lexeme without postings (not while undeferred): its df stays unmatched
+            if entries is None:  # no postings for a live lexeme (only while deferred): its df stays unmatched
                 continue
             extra[lexeme] += n_entries
-            avgdl = max(total_len / max(total, 1), 1.0)
-            entries = np.frombuffer(entries, _ENTRY)
-            tf = entries["tf"].astype(np.float64)
-            norm = k1 * (1 - b + b * entries["length"] / avgdl)
-            ids.append(entries["id"].astype(np.int64))
-            scores.append(idf[lexeme] * tf * (k1 + 1) / (tf + norm))
-    if not ids:
+            avgdl = max(total_len / max(total, 1), 1.0)  # the tenant's: the same on every row
+            parts.append(entries)
+            weights.append(idf[lexeme])
+            counts.append(len(entries) // _ENTRY.itemsize)
+    if not parts:
         return []
-    chunk_ids, totals = _sum_by_id(np.concatenate(ids), np.concatenate(scores))
+    # every row's entries scored at once: one array, each entry weighted by its lexeme's idf
+    entries = np.frombuffer(b"".join(parts), _ENTRY)
+    tf = entries["tf"].astype(np.float64)
+    norm = k1 * (1 - b + b * entries["length"] / avgdl)
+    scores = np.repeat(np.asarray(weights), counts) * tf * (k1 + 1) / (tf + norm)
+    chunk_ids, totals = _sum_by_id(entries["id"].astype(np.int64), scores)
     if not any(extra.values()):  # in this snapshot every entry read is a live chunk's: nothing to check
         return [(int(chunk_ids[i]), float(totals[i])) for i in _best(chunk_ids, totals, n)]
     want = n + max(_MIN_SPARE, n)
@@ -99,7 +103,9 @@ def _sum_by_id(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndar
     lo, hi = int(ids.min()), int(ids.max())
     if hi - lo < 4 * len(ids) + 1_000_000:  # ids of a tenant are mostly close together: count into a dense array
         dense = np.bincount(ids - lo, weights=scores, minlength=hi - lo + 1)
-        where = np.flatnonzero(dense)  # a term adds > 0 (tf >= 1; idf > 0 as df <= n_chunks): 0 only where absent
+        # a term adds > 0 (tf >= 1; idf > 0 as df <= n_chunks): 0 only where absent (a float compare, then the
+        # nonzero of the booleans: several times faster than the nonzero of the floats)
+        where = np.flatnonzero(dense > 0)
         return where + lo, dense[where]
     unique, inverse = np.unique(ids, return_inverse=True)
     return unique, np.bincount(inverse, weights=scores)

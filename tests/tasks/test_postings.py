@@ -1,6 +1,6 @@
 """The postings path of keyword search (tasks/postings.py, tasks/sql/019_bm25_postings.sql): exact BM25 against
-the GIN path whatever the history of the tenant's chunks — many small inserts, deletions, compaction — and no
-tenant's postings reach another tenant's search."""
+the GIN path whatever the history of the tenant's chunks — many small inserts, deletions, compaction, a bulk load
+that deferred them (034_postings_deferred.sql) — and no tenant's postings reach another tenant's search."""
 
 from __future__ import annotations
 
