@@ -50,6 +50,7 @@ from tasks.models import finish_switch, start_switch
 from tasks.ops.base import Connections
 from blocks.postgres import PgVectorStore
 from tasks.ratelimit import Admission
+from tasks.postings import defer_postings
 from tasks.registry import resolve_model
 from tasks.tenancy import authenticate
 from tasks.usage import record_usage
@@ -72,6 +73,7 @@ TENANT_TABLES = {
     "embeddings": "tenant_id = %(tenant)s",
     "term_stats": "tenant_id = %(tenant)s",
     "chunk_postings": "tenant_id = %(tenant)s",
+    "postings_deferred": "tenant_id = %(tenant)s",
     "tenant_stats": "tenant_id = %(tenant)s",
     "contexts": "tenant_id = %(tenant)s",
     "context_messages": "tenant_id = %(tenant)s",
@@ -237,6 +239,7 @@ def _populate_a(http, pool, a) -> dict:
     owner = uuid.uuid4()  # an ingest of A's in flight: its claim on a text, the vector already published
     assert claim(pool, a.slug, model_id, ["0" * 64], owner) == {"0" * 64}
     publish(pool, a.slug, model_id, owner, {"0" * 64: np.ones(64, dtype=np.float32)})
+    defer_postings(pool, a.slug)  # a bulk load of A's under way: A's keyword searches take the GIN path
     empty = [t for t, (n, _) in _digest(pool, a.slug).items() if n == 0]
     assert not empty, f"the set-up made no row of tenant A in {empty}"
     return ids

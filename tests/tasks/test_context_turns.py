@@ -116,11 +116,13 @@ def test_a_turn_no_ranking_found_joins_through_its_neighbour_within_the_filters(
     request = C.context_scope(tenant, ctx.id, "dreaming of working with")
     settings = SearchSettings(turn_window=1)
     # Both rankings returned turn 0 only: turn 1, its neighbour, competes on turn 0's score.
-    fused = dict(search._fuse(pool, request, settings, {by_turn[0]: 0.9}, {by_turn[0]: 3.0}))
+    with pool.connection() as conn:
+        fused = dict(search._fuse(conn, request, settings, {by_turn[0]: 0.9}, {by_turn[0]: 3.0}))
     assert set(fused) == {by_turn[0], by_turn[1]}
     assert fused[by_turn[1]] == pytest.approx(settings.turn_neighbour_weight * 1.0 + settings.turn_window_weight / 3)
     later = request.model_copy(update={"created_after": datetime.now(timezone.utc) + timedelta(days=1)})
-    assert set(dict(search._fuse(pool, later, settings, {by_turn[0]: 0.9}, {by_turn[0]: 3.0}))) == {by_turn[0]}
+    with pool.connection() as conn:
+        assert set(dict(search._fuse(conn, later, settings, {by_turn[0]: 0.9}, {by_turn[0]: 3.0}))) == {by_turn[0]}
 
 
 def test_the_speaker_a_query_names_is_favoured(pool, tenant, fake_embedder):
