@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextvars
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import numpy as np
 from prefect import task
 from prefect.cache_policies import NONE
@@ -9,7 +12,7 @@ from prefect.cache_policies import NONE
 from blocks.embedders.base import Embedder
 from blocks.errors import InputError, ProviderError, is_transient
 
-__all__ = ["embed_texts", "embed_batch", "embed_query", "check_texts", "EmbedStats"]
+__all__ = ["embed_texts", "embed_batch", "embed_query", "embed_query_soon", "check_texts", "EmbedStats"]
 
 
 class EmbedStats:
@@ -81,3 +84,18 @@ def embed_query(embedder: Embedder, text: str) -> np.ndarray:
             _query_cache.pop(next(iter(_query_cache)))
         _query_cache[key] = vector
     return vector
+
+
+# Query embeddings started ahead of the search that needs them (stdlib's default size: the local model runs with
+# the GIL released, a hosted one waits on its provider).
+_ahead = ThreadPoolExecutor(thread_name_prefix="devmesh-query-embed")
+
+
+def embed_query_soon(embedder: Embedder, text: str) -> np.ndarray | Future:
+    """The query vector if it is memoised, else a Future of it, embedding on a worker thread: a hybrid search ranks
+    by keyword meanwhile (tasks.search.run_search takes either). The worker runs in a copy of the caller's context:
+    ContextVars (hosted usage collectors, Prefect's run context for logs) follow the call."""
+    vector = _query_cache.get((embedder.model_id, text))
+    if vector is not None:
+        return vector
+    return _ahead.submit(contextvars.copy_context().run, embed_query, embedder, text)

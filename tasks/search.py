@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Literal
@@ -377,15 +378,16 @@ def _fuse(conn: Connection, request: SearchRequest, settings: SearchSettings, si
 
 
 def run_search(pool: ConnectionPool, request: SearchRequest, *, settings: SearchSettings,
-               model: tuple[int, int] | None = None, vector: np.ndarray | None = None) -> list[SearchHit]:
-    """Rank, fuse and hydrate hits; `vector` is the embedded query (needed unless mode is keyword). A ranking
+               model: tuple[int, int] | None = None, vector: np.ndarray | Future | None = None) -> list[SearchHit]:
+    """Rank, fuse and hydrate hits; `vector` is the embedded query (needed unless mode is keyword), or a Future
+    of it (tasks.embed.embed_query_soon: a hybrid search ranks by keyword while the query embeds). A ranking
     query running past settings.timeout_s is cancelled: SearchTimeout."""
     with search_deadline(settings.timeout_s):
         return _run_search(pool, request, settings, model, vector)
 
 
 def _run_search(pool: ConnectionPool, request: SearchRequest, settings: SearchSettings,
-                model: tuple[int, int] | None, vector: np.ndarray | None) -> list[SearchHit]:
+                model: tuple[int, int] | None, vector: np.ndarray | Future | None) -> list[SearchHit]:
     """Every query of one search on one connection, in one transaction configured once."""
     n = max(settings.candidates, request.limit)
     nearest = n if request.mode == "hybrid" else request.limit
@@ -395,10 +397,12 @@ def _run_search(pool: ConnectionPool, request: SearchRequest, settings: SearchSe
         raise ConfigError(f"{request.mode} search needs an embedding model and a query vector")
     with pool.connection() as conn:
         _configure(conn, settings, nearest if request.mode != "keyword" else None)
+        if request.mode != "vector":  # first: it needs no vector
+            kw = dict(keyword_ranking(conn, request, n if request.mode == "hybrid" else request.limit, settings))
+        if isinstance(vector, Future):
+            vector = vector.result()  # the embedder's own error, if it failed
         if request.mode != "keyword":
             sims = dict(vector_ranking(conn, model, vector, request, nearest, settings))
-        if request.mode != "vector":
-            kw = dict(keyword_ranking(conn, request, n if request.mode == "hybrid" else request.limit, settings))
         if request.mode == "vector":
             ranked = list(sims.items())
         elif request.mode == "keyword":

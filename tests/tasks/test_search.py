@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from pydantic import ValidationError
@@ -43,6 +45,47 @@ def test_hybrid_hit_carries_both_scores(settings, corpus):
     assert hit.document_id == "s3"
     assert hit.similarity is not None and 0 < hit.similarity <= 1.0001
     assert hit.keyword_score is not None and hit.keyword_score > 0
+
+
+def test_hybrid_ranks_by_keyword_while_the_query_embeds(settings, corpus, pool, fake_embedder, monkeypatch):
+    """search_now embeds a hybrid query on a worker thread while the keyword ranking runs: here the embedder waits
+    for the keyword ranking to start, so a search that embedded first would wait out the 10 s and fail."""
+    import tasks.search as search_module
+    from tests.factories import FakeEmbedder
+
+    started = threading.Event()
+    ranking, embed = search_module.keyword_ranking, FakeEmbedder.embed
+    overlapped = []
+
+    def keyword_ranking(*args, **kwargs):
+        started.set()
+        return ranking(*args, **kwargs)
+
+    def embed_after_keyword(self, texts):
+        overlapped.append(started.wait(10))
+        return embed(self, texts)
+
+    monkeypatch.setattr(search_module, "keyword_ranking", keyword_ranking)
+    monkeypatch.setattr(FakeEmbedder, "embed", embed_after_keyword)
+    request = SearchRequest(query="kubectl rollout undo, ranked while embedding", tenant=corpus)
+    hits = search_now(request, settings)
+    assert overlapped == [True]
+    assert hits[0].document_id == "rollback" and hits[0].similarity is not None
+    vector = embed(fake_embedder, [request.query])[0]
+    direct = run_search(pool, request, settings=settings.search, model=resolve_model(pool, fake_embedder.model_id),
+                        vector=vector)
+    assert [(h.chunk_id, round(h.score, 9)) for h in hits] == [(h.chunk_id, round(h.score, 9)) for h in direct]
+
+
+def test_a_failing_query_embedding_fails_the_hybrid_search_with_its_own_error(settings, corpus, monkeypatch):
+    from tests.factories import FakeEmbedder
+
+    def broken(self, texts):
+        raise InputError("the embedder refused this query", item="query")
+
+    monkeypatch.setattr(FakeEmbedder, "embed", broken)
+    with pytest.raises(InputError, match="refused this query"):
+        search_now(SearchRequest(query="a query nobody embedded before", tenant=corpus), settings)
 
 
 def test_keyword_search_needs_a_shared_term(settings, corpus):
