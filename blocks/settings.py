@@ -54,6 +54,9 @@ class SearchSettings(BaseModel):
     ef_search: int = Field(100, ge=1, le=1000, description="HNSW candidate list size at query time.")
     candidates: int = Field(50, ge=1, le=1000, description="Rows each ranking contributes to hybrid fusion.")
     max_scan_tuples: int = Field(20000, ge=1, description="Cap of pgvector iterative scans for filtered search.")
+    postings_cache_mb: int = Field(
+        64, ge=0, le=65536, description="BM25 postings segments kept decoded in each process, in MiB (0: none); "
+        "a segment is immutable, so a hit is exact (tasks/postings.py).")
     timeout_s: float | None = Field(
         30.0, gt=0, le=3600, description="Longest a search's ranking query may run (PostgreSQL statement_timeout); "
         "past it the search fails with SearchTimeout (HTTP 504). None: unbounded. "

@@ -176,3 +176,41 @@ def test_postings_a_cut_short_load_left_deferred_are_rebuilt_by_compaction(setti
     compact_postings(pool, tenant)
     assert not _deferred(pool, tenant) and _segments(pool, tenant)[2] == _live_df(pool, tenant)
     assert _assert_same_as_gin(pool, settings, tenant, queries) >= 5
+
+
+def test_the_postings_cache_serves_only_rows_that_are_still_there(settings, tenant, pool, monkeypatch):
+    """A search keeps the postings rows it read (tasks.postings' LRU, keyed by each row's ctid and xmin): a repeated
+    search reads no postings bytes, and after deletes, small inserts and a compaction every search still ranks like
+    the GIN path (new and rewritten rows have new ctids, so the cache cannot answer for them)."""
+    import psycopg
+
+    from tasks import postings
+
+    rng = random.Random(11)
+    ingest_documents(IngestRequest(tenant=tenant, documents=_docs(rng, "doc", 200)), settings)
+    queries = _queries(rng, 15)
+    assert settings.search.postings_cache_mb > 0
+    _assert_same_as_gin(pool, settings, tenant, queries)  # fills the cache
+    real_entries = postings.ENTRIES
+    monkeypatch.setattr(postings, "ENTRIES", "SELECT no_such_function()")  # any read of postings bytes fails
+    _assert_same_as_gin(pool, settings, tenant, queries)
+    assert any(key[0] == tenant for key in postings._cache)
+
+    delete_documents(pool, tenant, [f"doc{i}" for i in range(0, 200, 3)])
+    ingest_documents(IngestRequest(tenant=tenant, documents=_docs(rng, "late", 5)), settings)
+    compact_postings(pool, tenant)
+    try:
+        _assert_same_as_gin(pool, settings, tenant, queries)
+        raise AssertionError("the compacted rows were answered from the cache")
+    except psycopg.errors.UndefinedFunction:
+        pass
+    monkeypatch.setattr(postings, "ENTRIES", real_entries)
+    _assert_same_as_gin(pool, settings, tenant, queries)
+
+    # a row gone between the two reads (a compaction committed in between): the search reads the postings again
+    monkeypatch.setattr(postings, "_cached_entries", lambda *args: None)
+    _assert_same_as_gin(pool, settings, tenant, queries)
+    # and with no cache at all
+    monkeypatch.setattr(settings.search, "postings_cache_mb", 0)
+    monkeypatch.setattr(postings, "ENTRIES", "SELECT no_such_function()")
+    _assert_same_as_gin(pool, settings, tenant, queries)
