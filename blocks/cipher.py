@@ -8,7 +8,8 @@ What an encrypted context protects, and what it leaks (by design, so that search
   removed, sorted, with repetitions), so that the full-text index and BM25 statistics stay correct; that
   reveals which words were said and how often, not their order. The BM25 postings (chunk_postings) hold the
   same lexemes with their counts; a deleted context's entries stay there, never returned by a search, until the
-  hourly compact-keyword-index run rebuilds the tenant's postings. The embeddings are computed from the
+  hourly compact-keyword-index run rebuilds the tenant's postings (a process's cache of postings rows keeps
+  them at most 10 minutes longer, tasks/postings.py CACHE_TTL_S). The embeddings are computed from the
   plaintext and reveal its meaning to anyone who can compare vectors (embedding inversion recovers much of
   a short text). Roles, speaker and tool names, message sizes and times, user/agent/session ids, the
   context's metadata and chunk boundaries are plaintext too.

@@ -18,6 +18,8 @@ Each process keeps the postings rows it read (SearchSettings.postings_cache_mb, 
 never updated, only inserted and deleted (by a compaction), so its ctid and xmin name its bytes, and a search reads
 first where its lexemes' rows are, then only the bytes it does not hold. Reading the bytes was about 1.4 of a
 keyword search's 3.4 ms at 100k, in the server and in the client, and common lexemes are shared by most queries.
+A row stays at most CACHE_TTL_S: a compaction's removal of deleted chunks' lexemes reaches every process's memory
+within that time too (blocks/cipher.py).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import math
 import threading
 
 import numpy as np
-from cachetools import LRUCache
+from cachetools import TTLCache
 from psycopg_pool import ConnectionPool
 
 from blocks.settings import SearchSettings
@@ -63,7 +65,8 @@ WHERE p.n > coalesce(s.df, 0) OR p.rows > %(segments)s * p.lexemes
 UNION SELECT tenant_id FROM postings_deferred ORDER BY 1"""
 _ENTRY = np.dtype([("id", ">i8"), ("tf", ">i2"), ("length", ">i4")])  # 14 bytes, as the trigger packs them
 _MIN_SPARE = 10  # hits scored beyond the n asked for, in case some were deleted since the last compaction
-_cache: LRUCache | None = None  # (tenant, lexeme, segment, n, ctid, xmin) -> entries, this process's
+CACHE_TTL_S = 600
+_cache: TTLCache | None = None  # (tenant, lexeme, segment, n, ctid, xmin) -> entries, this process's
 _cache_lock = threading.Lock()
 
 
@@ -128,17 +131,17 @@ def _postings(conn, query: str, tenant: str, cache_mb: int) -> list[tuple] | Non
     return [(*r[:6], None if r[7] is None else found[(r[0], r[6], r[5], r[7], r[8])]) for r in rows]
 
 
-def _segment_cache(cache_mb: int) -> LRUCache | None:
+def _segment_cache(cache_mb: int) -> TTLCache | None:
     global _cache
     if cache_mb <= 0:
         return None
     with _cache_lock:
         if _cache is None or _cache.maxsize != cache_mb * 2**20:
-            _cache = LRUCache(maxsize=cache_mb * 2**20, getsizeof=len)
+            _cache = TTLCache(maxsize=cache_mb * 2**20, ttl=CACHE_TTL_S, getsizeof=len)
         return _cache
 
 
-def _cached_entries(cur, tenant: str, rows: list[tuple], cache: LRUCache) -> dict[tuple, bytes] | None:
+def _cached_entries(cur, tenant: str, rows: list[tuple], cache: TTLCache) -> dict[tuple, bytes] | None:
     """{(lexeme, segment, n, ctid, xmin): entries} for the rows of POSTINGS_WHERE: from `cache`, else read by
     ctid and kept. None if a row is gone (deleted since the first read). Keys carry the tenant: the rows are this
     tenant's (both reads filter on it), and so is every entry taken from the cache for them."""
