@@ -87,7 +87,7 @@ def _md_search(r: dict) -> str:
         "the same vectors (numpy); a hit as similar as the exact 10th neighbour counts. One warm-up pass first.", "",
         "**Vector**", "",
         _table(["ef_search", "queries", "p50 ms", "p99 ms", "recall@10"], vec), "",
-        f"**Hybrid** (RRF of vector and BM25, {h['candidates']} candidates each, ef_search {h['ef_search']}): "
+        f"**Hybrid** (vector and BM25 fused as `search.fusion` says, see Parameters; {h['candidates']} candidates each, ef_search {h['ef_search']}): "
         f"{h['queries']} queries, p50 **{_n(h['p50_ms'], 1)} ms**, p99 {_n(h['p99_ms'], 1)} ms. "
         f"Keyword (BM25) alone on {k['queries']} queries (the same texts): p50 {_n(k['p50_ms'], 1)} ms, p99 {_n(k['p99_ms'], 1)} ms.", "",
         f"**Query embedding** (local int8 MiniLM, {e['threads']} threads, one query per call, warm): "
@@ -267,7 +267,11 @@ def _md_rest(r: dict) -> str:
         f"## {TITLES['rest']}", "",
         f"`bench/rest.py`: `POST /api/v1/search` on {r['rows']:,} chunks through the gateway (uvicorn, its own "
         "process, loopback), local embedder warm, API key auth and rate limiting on; each mode also measured "
-        "in-process through `search_now` on the same queries (the REST layer's share is the difference).", "",
+        "in-process through `search_now` on the same queries (the REST layer's share is the difference). The "
+        "sequential hybrid requests embed each query for the first time (the gateway process keeps the last 1,024 "
+        "query vectors, tasks/embed.py); the vector requests repeat the first 100 of those texts (keyword embeds "
+        "nothing), and the "
+        "concurrent clients cycle through all the query texts, so most of their embeddings come from that cache.", "",
         _table(["mode", "requests", "p50 ms", "p95 ms", "p99 ms", "search_now p50 ms", "REST overhead p50 ms"], seq),
         "", f"{r['concurrent'][0]['clients'] if r['concurrent'] else 0} concurrent clients (keep-alive, closed loop):",
         "", _table(["mode", "clients", "requests", "req/s", "p50 ms", "p99 ms", "errors"], con), ""])
@@ -336,8 +340,10 @@ def _md_concurrency(r: dict) -> str:
         f"## {TITLES['concurrency']}", "",
         f"`bench.ingest_concurrency`: {r['rows']:,} chunks per run, split between 1, 2 and 4 processes that each "
         f"call `tasks.store.write_documents` ({r['write_chunks']} chunks a call) into the same tenant with the HNSW "
-        "and GIN indexes live, all started together. BM25 statistics are sharded per writer (migration 018), so "
-        f"the writers no longer queue on one tenant's term rows. Statistics exact afterwards: {r['stats_exact']}.", "",
+        "and GIN indexes live, all started together, after one unmeasured run of the same size (so that no count "
+        "writes into an empty HNSW graph, whose inserts are cheaper). BM25 statistics are sharded per writer "
+        "(migration 018), so the writers no longer queue on one tenant's term rows. Statistics exact afterwards: "
+        f"{r['stats_exact']}.", "",
         _table(["processes", "seconds", "rows/s", "speed-up"], rows), ""])
 
 
