@@ -10,7 +10,7 @@ from prefect.artifacts import create_table_artifact
 from blocks.errors import ConfigError
 from blocks.metrics import SEARCH_LATENCY
 from blocks.settings import Settings
-from tasks.embed import embed_query, embed_query_soon
+from tasks.embed import embed_search_query
 from tasks.registry import tenant_has_vectors
 from tasks.runtime import Runtime
 from tasks.search import SearchHit, SearchRequest, run_search
@@ -40,9 +40,8 @@ def _search_now(request: SearchRequest, runtime: Runtime, empty_if_unembedded: b
             return []
         raise
     # hybrid: the query embeds on a worker thread while its keyword ranking runs (~4 ms of ~10 saved at 100k)
-    embed = embed_query_soon if request.mode == "hybrid" else embed_query
-    vector = embed(embedder, request.query)
-    return run_search(pool, request, settings=runtime.settings.search, model=model, vector=vector)
+    return run_search(pool, request, settings=runtime.settings.search, model=model,
+                      vector=embed_search_query(embedder, request.query, request.mode))
 
 
 EXCERPT_CHARS = 200  # of a hit's text in the run's table artifact

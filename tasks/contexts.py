@@ -26,7 +26,7 @@ from tasks.context_models import (
     ListContextsRequest, Message, SimilarContext, chunk_fields, context_from_row, context_label, context_uuid,
     decode_cursor, document_id, encode_cursor, metadata_bytes, open_message, parse_input, searchable_metadata,
 )
-from tasks.embed import embed_query, embed_query_soon
+from tasks.embed import embed_search_query
 from tasks.registry import resolve_model
 from tasks.search import SearchHit, SearchRequest, configure_hnsw, run_search
 
@@ -316,8 +316,8 @@ def search_contexts(pool: ConnectionPool, request: SearchRequest, *, embedder: E
         if embedder is None:
             raise InputError(f"{request.mode} search needs an embedder", item="search")
         model = resolve_model(pool, request.model or embedder.model_id)
-        embed = embed_query_soon if request.mode == "hybrid" else embed_query  # see flows.search
-        hits = run_search(pool, request, settings=settings, model=model, vector=embed(embedder, request.query))
+        hits = run_search(pool, request, settings=settings, model=model,
+                          vector=embed_search_query(embedder, request.query, request.mode))
     for hit in hits:
         if "sealed" in hit.metadata:
             key = cipher or load_cipher(hit.metadata["key_name"])

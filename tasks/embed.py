@@ -12,7 +12,7 @@ from prefect.cache_policies import NONE
 from blocks.embedders.base import Embedder
 from blocks.errors import InputError, ProviderError, is_transient
 
-__all__ = ["embed_texts", "embed_batch", "embed_query", "embed_query_soon", "check_texts", "EmbedStats"]
+__all__ = ["embed_texts", "embed_batch", "embed_query", "embed_search_query", "check_texts", "EmbedStats"]
 
 
 class EmbedStats:
@@ -91,11 +91,12 @@ def embed_query(embedder: Embedder, text: str) -> np.ndarray:
 _ahead = ThreadPoolExecutor(thread_name_prefix="devmesh-query-embed")
 
 
-def embed_query_soon(embedder: Embedder, text: str) -> np.ndarray | Future:
-    """The query vector if it is memoised, else a Future of it, embedding on a worker thread: a hybrid search ranks
-    by keyword meanwhile (tasks.search.run_search takes either). The worker runs in a copy of the caller's context:
-    ContextVars (hosted usage collectors, Prefect's run context for logs) follow the call."""
+def embed_search_query(embedder: Embedder, text: str, mode: str) -> np.ndarray | Future:
+    """The query vector a search in `mode` needs: a hybrid search gets a Future of it unless it is memoised, and the
+    query embeds on a worker thread while the keyword ranking runs (tasks.search.run_search takes either); a vector
+    search gets it now. The worker runs in a copy of the caller's context: ContextVars (hosted usage collectors,
+    Prefect's run context for logs) follow the call."""
     vector = _query_cache.get((embedder.model_id, text))
-    if vector is not None:
-        return vector
+    if vector is not None or mode != "hybrid":
+        return vector if vector is not None else embed_query(embedder, text)
     return _ahead.submit(contextvars.copy_context().run, embed_query, embedder, text)

@@ -120,15 +120,17 @@ def _postings(conn, query: str, tenant: str, cache_mb: int) -> list[tuple] | Non
     params = {"query": query, "tenant": tenant}
     with conn.cursor(binary=True) as cur:
         rows = cur.execute(POSTINGS if cache is None else POSTINGS_WHERE, params).fetchall()
-        if rows and rows[0][4]:
-            return None
-        if cache is None:
-            return rows
-        found = _cached_entries(cur, tenant, rows, cache)
-        if found is None:  # a compaction committed between the two reads (each statement sees its own snapshot)
-            rows = cur.execute(POSTINGS, params).fetchall()
-            return None if rows and rows[0][4] else rows
-    return [(*r[:6], None if r[7] is None else found[(r[0], r[6], r[5], r[7], r[8])]) for r in rows]
+        if cache is not None and not _deferred(rows):
+            entries = _cached_entries(cur, tenant, rows, cache)
+            # None: a row was deleted between the two reads (a compaction committed; each statement has its own
+            # snapshot), so read them again, bytes included
+            rows = cur.execute(POSTINGS, params).fetchall() if entries is None else \
+                [(*r[:6], e) for r, e in zip(rows, entries)]
+    return None if _deferred(rows) else rows
+
+
+def _deferred(rows: list[tuple]) -> bool:
+    return bool(rows) and bool(rows[0][4])
 
 
 def _segment_cache(cache_mb: int) -> TTLCache | None:
@@ -141,25 +143,24 @@ def _segment_cache(cache_mb: int) -> TTLCache | None:
         return _cache
 
 
-def _cached_entries(cur, tenant: str, rows: list[tuple], cache: TTLCache) -> dict[tuple, bytes] | None:
-    """{(lexeme, segment, n, ctid, xmin): entries} for the rows of POSTINGS_WHERE: from `cache`, else read by
-    ctid and kept. None if a row is gone (deleted since the first read). Keys carry the tenant: the rows are this
-    tenant's (both reads filter on it), and so is every entry taken from the cache for them."""
-    wanted = [(r[0], r[6], r[5], r[7], r[8]) for r in rows if r[7] is not None]
+def _cached_entries(cur, tenant: str, rows: list[tuple], cache: TTLCache) -> list[bytes | None] | None:
+    """Each POSTINGS_WHERE row's entries (None for a lexeme without postings): from `cache`, else read by ctid and
+    kept. None if a row is gone (deleted since the first read). Keys carry the tenant: the rows are this tenant's
+    (both reads filter on it), and so is every entry taken from the cache for them."""
+    keys = [None if r[7] is None else (tenant, r[0], r[6], r[5], r[7], r[8]) for r in rows]  # ends (ctid, xmin)
     with _cache_lock:
-        found = {k: cache.get((tenant, *k)) for k in wanted}
-    missing = [k for k, v in found.items() if v is None]
+        found = [None if k is None else cache.get(k) for k in keys]
+    missing = [k for k, e in zip(keys, found) if k is not None and e is None]
     if not missing:
         return found
-    read = {(r[0], r[1]): r[2] for r in cur.execute(ENTRIES, {"tids": [k[3] for k in missing], "tenant": tenant})}
-    if any((k[3], k[4]) not in read for k in missing):
+    read = {(r[0], r[1]): r[2] for r in cur.execute(ENTRIES, {"tids": [k[4] for k in missing], "tenant": tenant})}
+    if any(k[4:] not in read for k in missing):
         return None
     with _cache_lock:
         for k in missing:
-            found[k] = entries = read[(k[3], k[4])]
-            if len(entries) <= cache.maxsize:
-                cache[(tenant, *k)] = entries
-    return found
+            if len(read[k[4:]]) <= cache.maxsize:
+                cache[k] = read[k[4:]]
+    return [read[k[4:]] if k is not None and e is None else e for k, e in zip(keys, found)]
 
 
 def _sum_by_id(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -380,7 +380,7 @@ def _fuse(conn: Connection, request: SearchRequest, settings: SearchSettings, si
 def run_search(pool: ConnectionPool, request: SearchRequest, *, settings: SearchSettings,
                model: tuple[int, int] | None = None, vector: np.ndarray | Future | None = None) -> list[SearchHit]:
     """Rank, fuse and hydrate hits; `vector` is the embedded query (needed unless mode is keyword), or a Future
-    of it (tasks.embed.embed_query_soon: a hybrid search ranks by keyword while the query embeds). A ranking
+    of it (tasks.embed.embed_search_query: a hybrid search ranks by keyword while the query embeds). A ranking
     query running past settings.timeout_s is cancelled: SearchTimeout."""
     with search_deadline(settings.timeout_s):
         return _run_search(pool, request, settings, model, vector)
