@@ -214,3 +214,20 @@ def test_the_postings_cache_serves_only_rows_that_are_still_there(settings, tena
     monkeypatch.setattr(settings.search, "postings_cache_mb", 0)
     monkeypatch.setattr(postings, "ENTRIES", "SELECT no_such_function()")
     _assert_same_as_gin(pool, settings, tenant, queries)
+
+
+def test_the_postings_cache_never_answers_one_tenant_with_anothers_rows(settings, tenant, pool):
+    """The cache is the process's, shared by every tenant it serves: another tenant's search of the same words fills
+    it first, and this tenant still ranks only its own chunks, exactly."""
+    other = f"{tenant}-cached"
+    words = "quokka rollout canary"
+    ingest_documents(IngestRequest(tenant=other, documents=[
+        DocumentSpec(document_id=f"theirs{i}", text=f"{words} theirs {i}") for i in range(5)]), settings)
+    ingest_documents(IngestRequest(tenant=tenant, documents=[DocumentSpec(document_id="mine", text="canary only")]),
+                     settings)
+    assert len(keyword_ranking(pool, SearchRequest(query=words, tenant=other), 10, settings.search)) == 5
+    _assert_same_as_gin(pool, settings, tenant, [words, "quokka", "canary rollout"])
+    hits = keyword_ranking(pool, SearchRequest(query=words, tenant=tenant), 10, settings.search)
+    with pool.connection() as conn:
+        mine = {r[0] for r in conn.execute("SELECT id FROM chunks WHERE tenant_id = %s", [tenant])}
+    assert len(hits) == 1 and hits[0][0] in mine
