@@ -107,7 +107,9 @@ def test_real_issue_delivery_is_accepted_persisted_and_emitted_once(gateway, poo
     started = time.perf_counter()
     first = post(client, body, delivery=delivery)
     assert first.status_code == 202, first.text
-    assert time.perf_counter() - started < 1.0  # the benchmark measures the real p99; this only catches a hang
+    # the benchmark measures the real p99; this only catches a hang (1 s failed once under a loaded CI: 1.4 s for
+    # the first delivery through cold paths, in the external-PostgreSQL run)
+    assert time.perf_counter() - started < 15.0
     assert first.json() == {"delivery_id": delivery, "event": "github.issues.opened", "status": "accepted",
                             "route": "github-discussions"}
     again = post(client, body, delivery=delivery)
