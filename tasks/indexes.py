@@ -4,7 +4,6 @@ first and rebuild them after."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -12,6 +11,7 @@ import psycopg
 from psycopg import Connection, sql
 from psycopg_pool import ConnectionPool
 
+from blocks.embedded_conf import machine_memory
 from blocks.errors import StoreUnavailable
 from blocks.postgres import PgVectorStore, embedded_url
 from tasks.postings import defer_postings, rebuild_postings
@@ -63,11 +63,8 @@ def index_memory_cap_mb(store: PgVectorStore, configured_mb: int | None = None) 
 
 
 def _machine_cap_mb() -> int:
-    try:
-        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        return HNSW_BUILD_MEMORY_MB[0]
-    return max(ram // 4 // 2**20, 64)
+    ram = machine_memory()
+    return HNSW_BUILD_MEMORY_MB[0] if ram is None else max(ram // 4 // 2**20, 64)
 
 
 def _pool_cap_mb(pool: ConnectionPool) -> int:

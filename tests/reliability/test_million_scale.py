@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 
 import numpy as np
 import pytest
@@ -84,10 +83,11 @@ def test_hnsw_build_memory_sizes():
 def test_hnsw_build_memory_is_capped_by_the_server():
     from pydantic import SecretStr
 
+    from blocks.embedded_conf import machine_memory
     from blocks.postgres import PgVectorStore
     from tasks.indexes import index_memory_cap_mb
 
-    ram_mb = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**20
+    ram_mb = machine_memory() // 2**20  # the machine's, or its container's limit if lower
     embedded = PgVectorStore(home="unused")
     external = PgVectorStore(url=SecretStr("postgresql://db.example:5432/devmesh"))
     assert index_memory_cap_mb(embedded) == ram_mb // 4  # this machine's server: a quarter of its RAM
