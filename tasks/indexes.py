@@ -171,7 +171,8 @@ def index_lock(pool: ConnectionPool, model_id: int, *, keyword: bool = True, wai
 def bulk_load(pool: ConnectionPool, model_id: int, dimensions: int, new_rows: int, *, tenant: str | None = None,
               memory_cap_mb: int | None = None) -> Iterator[bool]:
     """Around a load of `new_rows` embeddings: drop the indexes if it is a bulk load, rebuild them after (always).
-    A bulk load into `tenant` defers that tenant's BM25 postings too (tasks/postings.py) and rebuilds them after.
+    A bulk load into `tenant` defers that tenant's BM25 postings and document frequencies too (tasks/postings.py)
+    and rebuilds them after.
 
     Indexes found missing (an earlier bulk load was cut short) are rebuilt after this load too, whatever its size,
     unless another load holds their lock (it is loading in bulk and rebuilds them when done). A bulk load whose

@@ -11,8 +11,8 @@ chunks a SciFact query reads ~50,000 entries in a few milliseconds, whatever the
 hybrid search's 50 keyword candidates cost what 10 do. Entries of deleted chunks stay until the tenant is
 compacted: when the query's lexemes hold more entries than their live document frequencies (term_stats, read in
 the same snapshot), the top is checked against `chunks` (one index probe per hit) and refilled from the next best.
-While a bulk load defers a tenant's postings (migration 034; tasks/indexes.bulk_load rebuilds them when done),
-postings_ranking says so and the search takes the GIN path.
+While a bulk load defers a tenant's postings and document frequencies (migrations 034 and 035;
+tasks/indexes.bulk_load rebuilds both when done), postings_ranking says so and the search takes the GIN path.
 
 Each process keeps the postings rows it read (SearchSettings.postings_cache_mb, an LRU bounded by bytes): a row is
 never updated, only inserted and deleted (by a compaction), so its ctid and xmin name its bytes, and a search reads
@@ -37,7 +37,8 @@ __all__ = ["postings_ranking", "defer_postings", "compact_postings", "rebuild_po
 
 # The query's lexemes with their document frequency, the tenant's totals, whether a bulk load deferred its
 # postings (migration 034), and the lexemes' postings (a lexeme with several segments comes once per segment;
-# one without any, NULL: only while deferred).
+# one without any, NULL: only while deferred). No lexeme with a live frequency: one row, lexeme NULL (whether
+# deferred still says so: a deferred tenant's term_stats are not kept, 035).
 POSTINGS = """
 WITH q AS (SELECT DISTINCT lexeme FROM unnest(tsvector_to_array(to_tsvector('english', %(query)s))) AS lexeme),
 s AS (SELECT sum(n_chunks)::bigint AS n_chunks, sum(total_len)::bigint AS total_len,
@@ -46,7 +47,7 @@ s AS (SELECT sum(n_chunks)::bigint AS n_chunks, sum(total_len)::bigint AS total_
 t AS (SELECT t.lexeme, sum(t.df)::bigint AS df FROM term_stats t JOIN q USING (lexeme) WHERE t.tenant_id = %(tenant)s
       GROUP BY t.lexeme HAVING sum(t.df) > 0)
 SELECT t.lexeme, t.df, s.n_chunks, s.total_len, s.deferred, p.n, p.entries
-FROM t CROSS JOIN s LEFT JOIN chunk_postings p ON p.tenant_id = %(tenant)s AND p.lexeme = t.lexeme"""
+FROM s LEFT JOIN t ON true LEFT JOIN chunk_postings p ON p.tenant_id = %(tenant)s AND p.lexeme = t.lexeme"""
 # The same rows, each naming its postings row (ctid, xmin) instead of carrying its bytes; then those bytes.
 POSTINGS_WHERE = POSTINGS.replace("p.n, p.entries", "p.n, p.segment, p.ctid::text, p.xmin::text")
 ENTRIES = """SELECT ctid::text, xmin::text, entries FROM chunk_postings
@@ -126,7 +127,7 @@ def _postings(conn, query: str, tenant: str, cache_mb: int) -> list[tuple] | Non
             # snapshot), so read them again, bytes included
             rows = cur.execute(POSTINGS, params).fetchall() if entries is None else \
                 [(*r[:6], e) for r, e in zip(rows, entries)]
-    return None if _deferred(rows) else rows
+    return None if _deferred(rows) else [r for r in rows if r[0] is not None]
 
 
 def _deferred(rows: list[tuple]) -> bool:
@@ -188,15 +189,15 @@ def _best(ids: np.ndarray, totals: np.ndarray, m: int) -> np.ndarray:
 
 
 def defer_postings(pool: ConnectionPool, tenant: str) -> None:
-    """From now until compact_postings(tenant): `tenant`'s inserts write no postings and its keyword searches
-    take the GIN path (a bulk load's bracket, tasks/indexes.bulk_load)."""
+    """From now until compact_postings(tenant): `tenant`'s inserts and deletes write no postings nor document
+    frequencies, and its keyword searches take the GIN path (a bulk load's bracket, tasks/indexes.bulk_load)."""
     with pool.connection() as conn:
         conn.execute(DEFER, {"tenant": tenant})
 
 
 def compact_postings(pool: ConnectionPool, tenant: str) -> int:
-    """Rebuild `tenant`'s postings from its chunks (drops deleted chunks' entries, merges segments, ends a
-    deferral); the rows written. Writers of the tenant wait for it (they hold its postings lock shared)."""
+    """Rebuild `tenant`'s postings and term_stats from its chunks (drops deleted chunks' entries, merges segments
+    and shards, ends a deferral); the postings rows written. Writers of the tenant wait for it (they hold its postings lock shared)."""
     with pool.connection() as conn:
         return rebuild_postings(conn, tenant)
 

@@ -43,13 +43,20 @@ WITH nearest AS MATERIALIZED (
 SELECT chunk_id, 1 - distance FROM nearest ORDER BY distance, chunk_id"""
 # BM25 (Robertson/Sparck Jones idf with +1, as Lucene) over the english lexemes of each chunk; document
 # frequencies and lengths come from term_stats/tenant_stats, so only chunks matching a query term are read.
-# Both tables hold up to 16 shards per key (018_bm25_stats_shards.sql): the figures are their sums.
+# Both tables hold up to 16 shards per key (018_bm25_stats_shards.sql): the figures are their sums. While a bulk
+# load defers the tenant's term_stats (035_bulk_term_stats.sql), DEFERRED_DF counts the query's lexemes in the
+# tenant's chunks instead (those matching the query, then their lexemes): exact, at the cost of a second read.
 QUERY_TERMS = """
 WITH q AS (SELECT DISTINCT lexeme FROM unnest(tsvector_to_array(to_tsvector('english', %(query)s))) AS lexeme),
-s AS (SELECT sum(n_chunks)::bigint AS n_chunks, sum(total_len)::bigint AS total_len FROM tenant_stats
-      WHERE tenant_id = %(tenant)s)
-SELECT t.lexeme, sum(t.df)::bigint, s.n_chunks, s.total_len FROM term_stats t JOIN q USING (lexeme) CROSS JOIN s
-WHERE t.tenant_id = %(tenant)s GROUP BY t.lexeme, s.n_chunks, s.total_len HAVING sum(t.df) > 0"""
+s AS (SELECT sum(n_chunks)::bigint AS n_chunks, sum(total_len)::bigint AS total_len,
+             EXISTS (SELECT FROM postings_deferred WHERE tenant_id = %(tenant)s) AS deferred
+      FROM tenant_stats WHERE tenant_id = %(tenant)s)
+SELECT q.lexeme, (SELECT sum(t.df)::bigint FROM term_stats t WHERE t.tenant_id = %(tenant)s AND t.lexeme = q.lexeme),
+       s.n_chunks, s.total_len, s.deferred
+FROM q CROSS JOIN s"""
+DEFERRED_DF = """
+SELECT u.lexeme, count(*) FROM chunks c, unnest(tsvector_to_array(c.tsv)) AS u(lexeme)
+WHERE c.tenant_id = %(tenant)s AND c.tsv @@ %(match)s::tsquery AND u.lexeme = ANY(%(lexemes)s) GROUP BY 1"""
 # setweight + ts_filter keep only the query's lexemes of a chunk's tsvector (weights mark them), so each
 # candidate yields a handful of rows instead of one per distinct lexeme.
 KEYWORD_RANKING = """
@@ -226,12 +233,17 @@ def gin_keyword_ranking(db: ConnectionPool | Connection, request: SearchRequest,
     """
     with _connection(db, settings) as conn:
         rows = conn.execute(QUERY_TERMS, {"query": request.query, "tenant": request.tenant}).fetchall()
-        if not rows:
+        if not rows or not rows[0][2]:
             return []
-        total, total_len = rows[0][2], rows[0][3]
+        total, total_len, deferred = rows[0][2], rows[0][3], rows[0][4]
+        frequencies = conn.execute(DEFERRED_DF, {
+            "tenant": request.tenant, "lexemes": [r[0] for r in rows],
+            "match": " | ".join(_tsquery_literal(r[0]) for r in rows)}).fetchall() if deferred else rows
         avgdl = max(total_len / max(total, 1), 1.0)
-        terms = sorted(((lex, df, math.log(1 + (total - df + 0.5) / (df + 0.5))) for lex, df, *_ in rows),
-                       key=lambda t: (-t[2], t[0]))
+        terms = sorted(((lex, df, math.log(1 + (total - df + 0.5) / (df + 0.5))) for lex, df, *_ in frequencies
+                        if df and df > 0), key=lambda t: (-t[2], t[0]))
+        if not terms:
+            return []
         bounds = [idf * (settings.bm25_k1 + 1) for _, _, idf in terms]
         literals = [_tsquery_literal(t[0]) for t in terms]
         filters, params = _filters(request)

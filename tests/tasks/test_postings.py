@@ -1,6 +1,6 @@
 """The postings path of keyword search (tasks/postings.py, tasks/sql/019_bm25_postings.sql): exact BM25 against
 the GIN path whatever the history of the tenant's chunks — many small inserts, deletions, compaction, a bulk load
-that deferred them (034_postings_deferred.sql) — and no tenant's postings reach another tenant's search."""
+that deferred them and the document frequencies (034_postings_deferred.sql, 035_bulk_term_stats.sql) — and no tenant's postings reach another tenant's search."""
 
 from __future__ import annotations
 
@@ -44,6 +44,16 @@ def _assert_same_as_gin(pool, settings, tenant: str, queries: list[str]) -> int:
 def _live_df(pool, tenant: str) -> int:
     with pool.connection() as conn:
         return conn.execute("SELECT coalesce(sum(df), 0) FROM term_stats WHERE tenant_id = %s", [tenant]).fetchone()[0]
+
+
+def _wrong_df(pool, tenant: str) -> int:
+    """Lexemes whose document frequency in term_stats is not the count of the tenant's chunks holding them."""
+    with pool.connection() as conn:
+        return conn.execute("""
+            SELECT count(*) FROM (SELECT lexeme, sum(df) AS df FROM term_stats WHERE tenant_id = %(t)s GROUP BY 1) t
+            FULL JOIN (SELECT l AS lexeme, count(*) AS df FROM chunks, unnest(tsvector_to_array(tsv)) AS l
+                       WHERE tenant_id = %(t)s GROUP BY l) r USING (lexeme)
+            WHERE coalesce(t.df, 0) <> coalesce(r.df, 0)""", {"t": tenant}).fetchone()[0]
 
 
 def _deferred(pool, tenant: str) -> bool:
@@ -145,23 +155,49 @@ def test_a_bulk_load_defers_its_tenants_postings_and_rebuilds_them(settings, ten
     model_id = ensure_model(pool, fake_embedder.model_id, fake_embedder.dimensions)
     with bulk_load(pool, model_id, fake_embedder.dimensions, new_rows=10**9, tenant=tenant) as bulk:
         assert bulk and _deferred(pool, tenant) and not _deferred(pool, other)
-        entries_before = _segments(pool, tenant)[2]
+        entries_before, df_before = _segments(pool, tenant)[2], _live_df(pool, tenant)
         ingest_documents(IngestRequest(tenant=tenant, documents=_docs(rng, "loaded", 80)), settings)
+        delete_documents(pool, tenant, [f"before{i}" for i in range(0, 60, 3)])
         ingest_documents(IngestRequest(tenant=other, documents=_docs(rng, "other-more", 5)), settings)
-        assert _segments(pool, tenant)[2] == entries_before  # the load wrote no postings for its tenant...
+        assert _segments(pool, tenant)[2] == entries_before  # the load wrote no postings for its tenant,
+        assert _live_df(pool, tenant) == df_before  # nor document frequencies, for its inserts or its deletes...
         assert _segments(pool, other)[2] == _live_df(pool, other)  # ...and every other tenant's as before
+        assert _wrong_df(pool, other) == 0
         request = SearchRequest(query=queries[0], mode="keyword", tenant=tenant)
         with pool.connection() as conn:
             assert postings_ranking(conn, request.query, tenant, 10, settings.search) is None
-        # meanwhile the tenant's searches take the GIN path: the loaded chunks are found
+        # meanwhile the tenant's searches take the GIN path: the loaded chunks are found, with the frequencies
+        # counted in its chunks, the very scores the rebuilt statistics give below
         assert _assert_same_as_gin(pool, settings, tenant, queries) >= 10
+        during = [keyword_ranking(pool, SearchRequest(query=q, mode="keyword", tenant=tenant), 20, settings.search)
+                  for q in queries]
         assert any(tenant == t for t in tenants_to_compact(pool))
     assert not _deferred(pool, tenant)
+    assert _wrong_df(pool, tenant) == 0  # rebuilt from the chunks
     assert _segments(pool, tenant)[2] == _live_df(pool, tenant)  # rebuilt: every live chunk's entries once
     with pool.connection() as conn:
         assert postings_ranking(conn, queries[0], tenant, 10, settings.search) is not None
     assert _assert_same_as_gin(pool, settings, tenant, queries) >= 10
+    for text, ranked in zip(queries, during):
+        after = keyword_ranking(pool, SearchRequest(query=text, mode="keyword", tenant=tenant), 20, settings.search)
+        assert _same_ranking(ranked, after), (text, ranked[:3], after[:3])
     assert tenant not in tenants_to_compact(pool)
+
+
+def test_a_new_tenants_first_bulk_load_is_searchable_while_it_runs(settings, tenant, pool, fake_embedder):
+    # no term_stats row at all while the first load runs: the postings read must still see the deferral
+    rng = random.Random(8)
+    queries = _queries(rng, 10)
+    model_id = ensure_model(pool, fake_embedder.model_id, fake_embedder.dimensions)
+    with bulk_load(pool, model_id, fake_embedder.dimensions, new_rows=10**9, tenant=tenant):
+        ingest_documents(IngestRequest(tenant=tenant, documents=_docs(rng, "first", 40)), settings)
+        assert _live_df(pool, tenant) == 0
+        during = [keyword_ranking(pool, SearchRequest(query=q, mode="keyword", tenant=tenant), 10, settings.search)
+                  for q in queries]
+    assert sum(bool(r) for r in during) >= 5
+    for text, ranked in zip(queries, during):
+        after = keyword_ranking(pool, SearchRequest(query=text, mode="keyword", tenant=tenant), 10, settings.search)
+        assert _same_ranking(ranked, after), (text, ranked[:3], after[:3])
 
 
 def test_postings_a_cut_short_load_left_deferred_are_rebuilt_by_compaction(settings, tenant, pool):
