@@ -3,7 +3,7 @@ exactly, from one read of those terms' postings, with numpy.
 
 Why by hand: the inverted index a BM25 engine keeps (tantivy, Lucene) would be a second store beside PostgreSQL,
 which the workers of a distributed deployment share; `pg_textsearch` is not in the server devmesh embeds. What is
-hand-written is only the scoring of a few arrays (the formula of tasks/search.py's SQL path, term for term) and
+hand-written is only the scoring of a few arrays (the formula of tasks/gin_keyword.py's SQL path, term for term) and
 the compaction's trigger (`devmesh_compact_postings`, in SQL).
 
 Cost: reading n postings is a copy of 14 n bytes (uncompressed bytea) and a few vector operations: at 100,000

@@ -1,4 +1,4 @@
-"""Exactness of the pruned BM25 ranking (tasks.search.gin_keyword_ranking, the filtered path) and of the postings
+"""Exactness of the pruned BM25 ranking (tasks.gin_keyword.gin_keyword_ranking, the filtered path) and of the postings
 path (tasks.search.keyword_ranking without filters): the same top n as plain BM25 over every chunk holding a query term, on generated data always and on every SciFact test query where ../shared exists."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import random
 import numpy as np
 import pytest
 
-import tasks.search as search_module
+import tasks.gin_keyword as gin_module
 from flows.ingest import DocumentSpec, IngestRequest, ingest_documents
 from tasks.chunk import Chunk
 from tasks.evaluate import document_text, load_beir
@@ -23,10 +23,10 @@ from tests.ranking import same_ranking as _same_ranking
 
 def _both(pool, request, n, settings, monkeypatch, budget):
     """(plain BM25: every term a candidate term, pruned with this first budget)."""
-    monkeypatch.setattr(search_module, "_DF_BUDGET", 10**12)
-    exact = search_module.gin_keyword_ranking(pool, request, n, settings.search)
-    monkeypatch.setattr(search_module, "_DF_BUDGET", budget)
-    return exact, search_module.gin_keyword_ranking(pool, request, n, settings.search)
+    monkeypatch.setattr(gin_module, "_DF_BUDGET", 10**12)
+    exact = gin_module.gin_keyword_ranking(pool, request, n, settings.search)
+    monkeypatch.setattr(gin_module, "_DF_BUDGET", budget)
+    return exact, gin_module.gin_keyword_ranking(pool, request, n, settings.search)
 
 
 # cap 1: the threshold tsquery is cut to its loosest form; first/rounds: the descending threshold starting high
@@ -34,9 +34,9 @@ def _both(pool, request, n, settings, monkeypatch, budget):
 @pytest.mark.parametrize("cap, first, rounds", [(256, 0.25, 6), (1, 0.25, 6), (256, 0.9, 2), (256, 0.02, 6),
                                                 (256, 0.25, 1)])
 def test_pruned_ranking_equals_plain_bm25_on_generated_text(settings, tenant, pool, monkeypatch, cap, first, rounds):
-    monkeypatch.setattr(search_module, "_MAX_QUERY_TERMS", cap)
-    monkeypatch.setattr(search_module, "_FIRST_THRESHOLD", first)
-    monkeypatch.setattr(search_module, "_MAX_ROUNDS", rounds)
+    monkeypatch.setattr(gin_module, "_MAX_QUERY_TERMS", cap)
+    monkeypatch.setattr(gin_module, "_FIRST_THRESHOLD", first)
+    monkeypatch.setattr(gin_module, "_MAX_ROUNDS", rounds)
     rng = random.Random(11)
     vocab = [f"w{i}" for i in range(200)]
     weights = [1 / (i + 1) for i in range(200)]  # Zipf: a few very common words, many rare ones
@@ -64,7 +64,7 @@ def test_threshold_query_matches_exactly_the_subsets_that_reach_the_threshold():
         bounds = sorted((rng.uniform(0.2, 5) for _ in range(m)), reverse=True)
         literals = [f"'t{i}'" for i in range(m)]
         need = rng.uniform(-1, sum(bounds) * 1.2)
-        formula = search_module._threshold_query(literals, bounds, need)
+        formula = gin_module._threshold_query(literals, bounds, need)
         for held in itertools.product([False, True], repeat=m):
             reaches = any(held) and sum(b for b, h in zip(bounds, held) if h) >= need
             if formula is None:
@@ -76,14 +76,14 @@ def test_threshold_query_matches_exactly_the_subsets_that_reach_the_threshold():
 
 
 def test_threshold_query_cut_short_is_a_superset(monkeypatch):
-    monkeypatch.setattr(search_module, "_MAX_QUERY_TERMS", 3)
+    monkeypatch.setattr(gin_module, "_MAX_QUERY_TERMS", 3)
     rng = random.Random(5)
     for _ in range(100):
         m = rng.randint(4, 9)
         bounds = sorted((rng.uniform(0.2, 5) for _ in range(m)), reverse=True)
         literals = [f"'t{i}'" for i in range(m)]
         need = rng.uniform(0.1, sum(bounds))
-        formula = search_module._threshold_query(literals, bounds, need)
+        formula = gin_module._threshold_query(literals, bounds, need)
         expr = formula.replace("&", " and ").replace("|", " or ").replace("'", "")
         for held in itertools.product([False, True], repeat=m):
             if sum(b for b, h in zip(bounds, held) if h) >= need:
@@ -110,11 +110,11 @@ def test_pruned_ranking_equals_plain_bm25_on_every_scifact_query(pool, tenant, m
     assert len(queries) == 300
     for text in queries:
         request = SearchRequest(query=text, mode="keyword", tenant=tenant, limit=10)
-        monkeypatch.setattr(search_module, "_DF_BUDGET", 10**12)  # plain BM25: every term a candidate term
-        exact = search_module.gin_keyword_ranking(pool, request, 50, settings.search)
+        monkeypatch.setattr(gin_module, "_DF_BUDGET", 10**12)  # plain BM25: every term a candidate term
+        exact = gin_module.gin_keyword_ranking(pool, request, 50, settings.search)
         for n, budget in ((10, 2000), (10, 0), (50, 0)):
-            monkeypatch.setattr(search_module, "_DF_BUDGET", budget)
-            pruned = search_module.gin_keyword_ranking(pool, request, n, settings.search)
+            monkeypatch.setattr(gin_module, "_DF_BUDGET", budget)
+            pruned = gin_module.gin_keyword_ranking(pool, request, n, settings.search)
             assert _same_ranking(pruned, exact[:n]), (text, n, budget)
         for n in (10, 50):  # the postings path (no filters): every chunk holding a term, scored in numpy
             assert _same_ranking(keyword_ranking(pool, request, n, settings.search), exact[:n]), (text, n, "postings")

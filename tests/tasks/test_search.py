@@ -163,7 +163,7 @@ def test_rrf_fuses_ranks_with_weights():
 def test_maxscore_pruning_returns_the_exact_bm25_top_n(settings, tenant, pool, monkeypatch):
     import random
 
-    import tasks.search as search_module
+    import tasks.gin_keyword as gin_module
 
     rng = random.Random(7)
     vocab = [f"w{i}" for i in range(300)]
@@ -174,9 +174,9 @@ def test_maxscore_pruning_returns_the_exact_bm25_top_n(settings, tenant, pool, m
     for q in range(25):
         request = SearchRequest(query=" ".join(rng.sample(vocab[:60], 3) + rng.sample(vocab[60:], 2)),
                                 mode="keyword", tenant=tenant, limit=10)
-        monkeypatch.setattr(search_module, "_DF_BUDGET", 10**9)  # every term a candidate term: plain BM25
-        exact = search_module.gin_keyword_ranking(pool, request, 10, settings.search)
-        monkeypatch.setattr(search_module, "_DF_BUDGET", 1)  # prune as hard as possible
-        pruned = search_module.gin_keyword_ranking(pool, request, 10, settings.search)
+        monkeypatch.setattr(gin_module, "_DF_BUDGET", 10**9)  # every term a candidate term: plain BM25
+        exact = gin_module.gin_keyword_ranking(pool, request, 10, settings.search)
+        monkeypatch.setattr(gin_module, "_DF_BUDGET", 1)  # prune as hard as possible
+        pruned = gin_module.gin_keyword_ranking(pool, request, 10, settings.search)
         assert [round(s, 9) for _, s in pruned] == [round(s, 9) for _, s in exact]
         assert [c for c, _ in pruned] == [c for c, _ in exact]
