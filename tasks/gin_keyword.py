@@ -22,7 +22,9 @@ __all__ = ["gin_keyword_ranking"]
 # frequencies and lengths come from term_stats/tenant_stats, so only chunks matching a query term are read.
 # Both tables hold up to 16 shards per key (018_bm25_stats_shards.sql): the figures are their sums. While a bulk
 # load defers the tenant's term_stats (035_bulk_term_stats.sql), DEFERRED_DF counts the query's lexemes in the
-# tenant's chunks instead (those matching the query, then their lexemes): exact, at the cost of a second read.
+# tenant's chunks instead (those matching the query, then their lexemes), with the chunk count and total length
+# in the same statement, hence the same snapshot (the load commits meanwhile: a count from another snapshot could
+# exceed the chunks counted, and an idf go negative): exact, at the cost of a second read.
 QUERY_TERMS = """
 WITH q AS (SELECT DISTINCT lexeme FROM unnest(tsvector_to_array(to_tsvector('english', %(query)s))) AS lexeme),
 s AS (SELECT sum(n_chunks)::bigint AS n_chunks, sum(total_len)::bigint AS total_len,
@@ -32,8 +34,14 @@ SELECT q.lexeme, (SELECT sum(t.df)::bigint FROM term_stats t WHERE t.tenant_id =
        s.n_chunks, s.total_len, s.deferred
 FROM q CROSS JOIN s"""
 DEFERRED_DF = """
-SELECT u.lexeme, count(*) FROM chunks c, unnest(tsvector_to_array(c.tsv)) AS u(lexeme)
-WHERE c.tenant_id = %(tenant)s AND c.tsv @@ %(match)s::tsquery AND u.lexeme = ANY(%(lexemes)s) GROUP BY 1"""
+WITH s AS MATERIALIZED (SELECT count(*) AS n_chunks, sum(token_count)::bigint AS total_len FROM chunks
+                        WHERE tenant_id = %(tenant)s)
+SELECT u.lexeme, count(*), s.n_chunks, s.total_len
+FROM chunks c
+CROSS JOIN LATERAL unnest(tsvector_to_array(ts_filter(setweight(c.tsv, 'A', %(lexemes)s::text[]), '{a}'))) AS u(lexeme)
+CROSS JOIN s
+WHERE c.tenant_id = %(tenant)s AND c.tsv @@ %(match)s::tsquery
+GROUP BY u.lexeme, s.n_chunks, s.total_len"""
 # setweight + ts_filter keep only the query's lexemes of a chunk's tsvector (weights mark them), so each
 # candidate yields a handful of rows instead of one per distinct lexeme.
 KEYWORD_RANKING = """
@@ -67,14 +75,14 @@ def gin_keyword_ranking(db: ConnectionPool | Connection, request: SearchRequest,
     """
     with ranking_connection(db, settings) as conn:
         rows = conn.execute(QUERY_TERMS, {"query": request.query, "tenant": request.tenant}).fetchall()
+        if rows and rows[0][4]:  # deferred: counted in the chunks
+            rows = conn.execute(DEFERRED_DF, {"tenant": request.tenant, "lexemes": [r[0] for r in rows],
+                                              "match": " | ".join(_tsquery_literal(r[0]) for r in rows)}).fetchall()
         if not rows or not rows[0][2]:
             return []
-        total, total_len, deferred = rows[0][2], rows[0][3], rows[0][4]
-        frequencies = conn.execute(DEFERRED_DF, {
-            "tenant": request.tenant, "lexemes": [r[0] for r in rows],
-            "match": " | ".join(_tsquery_literal(r[0]) for r in rows)}).fetchall() if deferred else rows
+        total, total_len = rows[0][2], rows[0][3]
         avgdl = max(total_len / max(total, 1), 1.0)
-        terms = sorted(((lex, df, math.log(1 + (total - df + 0.5) / (df + 0.5))) for lex, df, *_ in frequencies
+        terms = sorted(((lex, df, math.log(1 + (total - df + 0.5) / (df + 0.5))) for lex, df, *_ in rows
                         if df and df > 0), key=lambda t: (-t[2], t[0]))
         if not terms:
             return []

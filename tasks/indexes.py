@@ -14,7 +14,7 @@ from psycopg_pool import ConnectionPool
 from blocks.embedded_conf import machine_memory
 from blocks.errors import StoreUnavailable
 from blocks.postgres import PgVectorStore, embedded_url
-from tasks.postings import defer_postings, rebuild_postings
+from tasks.postings import defer_postings, deferred_tenants, rebuild_postings
 
 __all__ = [
     "model_index_name", "drop_model_index", "build_model_index", "count_model_rows", "model_index_exists",
@@ -199,7 +199,7 @@ def bulk_load(pool: ConnectionPool, model_id: int, dimensions: int, new_rows: in
         # ingest sees them missing and rebuilds them. Otherwise try, without masking the error under way.
         if lock is not None and not isinstance(exc, StoreUnavailable):
             try:
-                _rebuild_indexes(lock, dimensions, memory_cap_mb, tenant if deferred else None)
+                _rebuild_indexes(lock, dimensions, memory_cap_mb)
             except Exception as rebuild_error:  # noqa: BLE001 - the first error is the one to report
                 exc.add_note(f"the search indexes were not rebuilt ({rebuild_error}); the next ingest rebuilds them")
         if lock is not None:
@@ -207,18 +207,20 @@ def bulk_load(pool: ConnectionPool, model_id: int, dimensions: int, new_rows: in
         raise
     if lock is not None:
         try:
-            _rebuild_indexes(lock, dimensions, memory_cap_mb, tenant if deferred else None)
+            _rebuild_indexes(lock, dimensions, memory_cap_mb)
         finally:
             lock.close()
 
 
-def _rebuild_indexes(lock: _IndexLock, dimensions: int, memory_cap_mb: int | None,
-                     deferred_tenant: str | None = None) -> None:
-    """Build the indexes on the connection holding their locks (and the postings a bulk load deferred)."""
+def _rebuild_indexes(lock: _IndexLock, dimensions: int, memory_cap_mb: int | None) -> None:
+    """Build the indexes on the connection holding their locks, and the postings and document frequencies of every
+    deferred tenant: a bulk load defers only while it holds the full-text index's lock, which this session holds
+    now, so each deferral is this load's own or one a load cut short left (the hourly compaction would rebuild
+    that one later; until then its tenant's keyword searches take the slower GIN path)."""
     build_model_index(lock.conn, lock.model_id, dimensions, memory_cap_mb=memory_cap_mb)
     build_keyword_index(lock.conn)
-    if deferred_tenant is not None:
-        rebuild_postings(lock.conn, deferred_tenant)
+    for tenant in deferred_tenants(lock.conn):
+        rebuild_postings(lock.conn, tenant)
     analyze(lock.conn)
 
 

@@ -33,7 +33,8 @@ from psycopg_pool import ConnectionPool
 
 from blocks.settings import SearchSettings
 
-__all__ = ["postings_ranking", "defer_postings", "compact_postings", "rebuild_postings", "tenants_to_compact"]
+__all__ = ["postings_ranking", "defer_postings", "deferred_tenants", "compact_postings", "rebuild_postings",
+           "tenants_to_compact"]
 
 # The query's lexemes with their document frequency, the tenant's totals, whether a bulk load deferred its
 # postings (migration 034), and the lexemes' postings (a lexeme with several segments comes once per segment;
@@ -53,6 +54,7 @@ POSTINGS_WHERE = POSTINGS.replace("p.n, p.entries", "p.n, p.segment, p.ctid::tex
 ENTRIES = """SELECT ctid::text, xmin::text, entries FROM chunk_postings
 WHERE ctid = ANY(%(tids)s::tid[]) AND tenant_id = %(tenant)s"""
 DEFER = "INSERT INTO postings_deferred (tenant_id) VALUES (%(tenant)s) ON CONFLICT DO NOTHING"
+DEFERRED = "SELECT tenant_id FROM postings_deferred ORDER BY 1"
 LIVE = "SELECT id FROM chunks WHERE tenant_id = %(tenant)s AND id = ANY(%(ids)s)"
 COMPACT = "SELECT devmesh_compact_postings(%(tenant)s)"
 # Tenants whose postings hold entries of deleted chunks (more entries than the live document frequencies add up
@@ -193,6 +195,11 @@ def defer_postings(pool: ConnectionPool, tenant: str) -> None:
     frequencies, and its keyword searches take the GIN path (a bulk load's bracket, tasks/indexes.bulk_load)."""
     with pool.connection() as conn:
         conn.execute(DEFER, {"tenant": tenant})
+
+
+def deferred_tenants(conn) -> list[str]:
+    """Tenants whose postings and document frequencies a bulk load deferred and has not rebuilt yet."""
+    return [r[0] for r in conn.execute(DEFERRED)]
 
 
 def compact_postings(pool: ConnectionPool, tenant: str) -> int:

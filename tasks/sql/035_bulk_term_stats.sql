@@ -8,6 +8,10 @@
 -- lexemes' document frequencies in the tenant's chunks (tasks/search.py): exact meanwhile.
 -- devmesh_compact_postings rebuilds both the postings and term_stats of the tenant, under its postings lock, in
 -- one transaction. Deletes now take that lock shared as inserts do (they skip term_stats while it is deferred).
+-- The triggers read postings_deferred in a snapshot taken after the lock only under READ COMMITTED (each statement
+-- its own snapshot); a REPEATABLE READ or SERIALIZABLE transaction (an external server's
+-- default_transaction_isolation) read it before, and may not see a rebuild that committed since: such a
+-- transaction always writes its postings and counts, which a later rebuild replaces anyway.
 --
 -- toast_tuple_target: a chunk row (text, its tsvector, metadata) is ~3 kB; above 2 kB PostgreSQL tried pglz on
 -- the tsvector (which does not shrink) and then on the text, ~7% of the bulk COPY's time. Rows up to 8 kB are
@@ -25,8 +29,9 @@ BEGIN
     ON CONFLICT (tenant_id, shard) DO UPDATE
         SET n_chunks = s.n_chunks + excluded.n_chunks, total_len = s.total_len + excluded.total_len;
     -- (a statement of its own, after the lock: it reads postings_deferred in a snapshot taken once the lock is held)
-    IF NOT EXISTS (SELECT 1 FROM (SELECT DISTINCT tenant_id FROM new_rows) t
-                   WHERE NOT EXISTS (SELECT 1 FROM postings_deferred d WHERE d.tenant_id = t.tenant_id)) THEN
+    IF current_setting('transaction_isolation') = 'read committed'
+       AND NOT EXISTS (SELECT 1 FROM (SELECT DISTINCT tenant_id FROM new_rows) t
+                       WHERE NOT EXISTS (SELECT 1 FROM postings_deferred d WHERE d.tenant_id = t.tenant_id)) THEN
         RETURN NULL;  -- every tenant here is deferred: its rebuild counts these chunks
     END IF;
     -- (a statement mixing tenants writes every one's postings and counts: a deferred tenant's are rebuilt anyway)
@@ -54,7 +59,8 @@ BEGIN
         SET n_chunks = s.n_chunks + excluded.n_chunks, total_len = s.total_len + excluded.total_len;
     INSERT INTO term_stats AS t (tenant_id, lexeme, shard, df)
         SELECT r.tenant_id, l.lexeme, sh, -count(*) FROM old_rows r, unnest(tsvector_to_array(r.tsv)) AS l(lexeme)
-        WHERE r.tenant_id NOT IN (SELECT tenant_id FROM postings_deferred)
+        WHERE current_setting('transaction_isolation') <> 'read committed'
+           OR r.tenant_id NOT IN (SELECT tenant_id FROM postings_deferred)
         GROUP BY 1, 2 ORDER BY 1, 2
     ON CONFLICT (tenant_id, lexeme, shard) DO UPDATE SET df = t.df + excluded.df;
     RETURN NULL;

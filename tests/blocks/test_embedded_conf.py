@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import blocks.embedded_conf as conf
-from blocks.embedded_conf import CONF_NAME, INCLUDE, machine_memory, shared_buffers_mb
+from blocks.embedded_conf import CONF_NAME, INCLUDE, apply_server_settings, machine_memory, shared_buffers_mb
 
 GB = 2**30
 
@@ -67,3 +67,12 @@ def test_an_older_cluster_gets_the_settings_at_its_next_start_and_alter_system_s
     assert _start(tmp_path, "ALTER SYSTEM RESET shared_buffers") == 160
     assert _start(tmp_path) == expected
     assert postgresql_conf.read_text().splitlines().count(INCLUDE) == 1
+
+
+def test_a_data_directory_that_cannot_take_the_settings_starts_with_what_it_has(tmp_path, caplog):
+    (tmp_path / "postgresql.conf").write_text("max_connections = 100\n")
+    (tmp_path / CONF_NAME / "taken").mkdir(parents=True)  # the settings file cannot be put in place
+    with caplog.at_level("WARNING", logger="devmesh.postgres"):
+        assert apply_server_settings(tmp_path) is False
+    assert "could not write the embedded server's settings" in caplog.text
+    assert not list(tmp_path.glob(f".{CONF_NAME}.*"))  # no staged file left behind

@@ -66,6 +66,15 @@ def test_indexes_left_missing_by_a_load_cut_short_are_rebuilt_by_the_next_ingest
     with pool.connection() as conn:
         indexes_module.drop_model_index(conn, model_id)
         indexes_module.drop_keyword_index(conn)
+        conn.execute("INSERT INTO postings_deferred (tenant_id) VALUES (%s)", [tenant])  # the load's deferral too
     summary = _small_ingest(settings, tenant)  # nobody holds the locks: the crashed loader's session is gone
     assert summary.bulk_index_rebuild is True
     assert _indexes(pool, model_id) == (True, True)
+    with pool.connection() as conn:  # and the deferral it left ends with them: postings and frequencies rebuilt
+        assert conn.execute("SELECT count(*) FROM postings_deferred WHERE tenant_id = %s", [tenant]).fetchone()[0] == 0
+        postings, df = conn.execute(
+            "SELECT (SELECT sum(n) FROM chunk_postings WHERE tenant_id = %(t)s),"
+            " (SELECT sum(df) FROM term_stats WHERE tenant_id = %(t)s)", {"t": tenant}).fetchone()
+        counted = conn.execute("SELECT count(*) FROM chunks, unnest(tsvector_to_array(tsv))"
+                               " WHERE tenant_id = %s", [tenant]).fetchone()[0]
+    assert postings == df == counted > 0

@@ -7,7 +7,10 @@ from __future__ import annotations
 import random
 import threading
 
+import psycopg
+
 from flows.ingest import DocumentSpec, IngestRequest, ingest_documents
+from tasks.gin_keyword import QUERY_TERMS
 from tasks.indexes import bulk_load
 from tasks.postings import compact_postings, postings_ranking, tenants_to_compact
 from tasks.registry import ensure_model
@@ -198,6 +201,59 @@ def test_a_new_tenants_first_bulk_load_is_searchable_while_it_runs(settings, ten
     for text, ranked in zip(queries, during):
         after = keyword_ranking(pool, SearchRequest(query=text, mode="keyword", tenant=tenant), 10, settings.search)
         assert _same_ranking(ranked, after), (text, ranked[:3], after[:3])
+
+
+def test_a_search_during_a_load_reads_frequencies_and_totals_in_one_snapshot(settings, tenant, pool, fake_embedder):
+    # a batch of the load commits between the search's first read (the tenant's totals) and its count of the
+    # frequencies in the chunks: both must come from one snapshot, or common words get more chunks than the
+    # tenant has (a negative idf) and the ranking is not BM25's
+    rng = random.Random(11)
+    later = _docs(rng, "late", 60)
+    request = SearchRequest(query="w0 w1 w2 w7", mode="keyword", tenant=tenant)
+    model_id = ensure_model(pool, fake_embedder.model_id, fake_embedder.dimensions)
+    fired = []
+
+    class CommittingMeanwhile(psycopg.Connection):
+        def execute(self, query, params=None, **kwargs):
+            cursor = super().execute(query, params, **kwargs)
+            if query is QUERY_TERMS and not fired:
+                fired.append(True)
+                ingest_documents(IngestRequest(tenant=tenant, documents=later), settings)
+            return cursor
+
+    with bulk_load(pool, model_id, fake_embedder.dimensions, new_rows=10**9, tenant=tenant):
+        ingest_documents(IngestRequest(tenant=tenant, documents=_docs(rng, "loaded", 20)), settings)
+        with CommittingMeanwhile.connect(pool.conninfo) as conn:
+            during = gin_keyword_ranking(conn, request, 20, settings.search)
+        assert fired
+        after = gin_keyword_ranking(pool, request, 20, settings.search)
+    assert during and all(score > 0 for _, score in during)
+    assert _same_ranking(during, after), (during[:3], after[:3])
+    assert _same_ranking(keyword_ranking(pool, request, 20, settings.search), after)  # and the rebuilt postings
+
+
+def test_outside_read_committed_a_deferred_tenants_writes_keep_their_statistics(tenant, pool):
+    # such a transaction reads the deferral in a snapshot older than the lock: a rebuild committed meanwhile would
+    # miss its chunks, so it always writes its postings and counts (a rebuild replaces them anyway)
+    with pool.connection() as conn:
+        conn.execute("INSERT INTO postings_deferred (tenant_id) VALUES (%s)", [tenant])
+    with pool.connection() as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        conn.execute("INSERT INTO documents (tenant_id, document_id, kind, content_hash, chunk_count)"
+                     " VALUES (%s, 'rr', 'text', 'h', 1)", [tenant])
+        conn.execute("INSERT INTO chunks (tenant_id, document_id, seq, content, content_hash, token_count)"
+                     " VALUES (%s, 'rr', 0, 'quokka zebra', 'h0', 2)", [tenant])
+    assert _live_df(pool, tenant) == 2 and _segments(pool, tenant)[2] == 2
+    with pool.connection() as conn:  # and its deletes take their counts back
+        conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        conn.execute("DELETE FROM chunks WHERE tenant_id = %s", [tenant])
+    assert _live_df(pool, tenant) == 0
+    with pool.connection() as conn:  # under READ COMMITTED the deferral holds
+        conn.execute("INSERT INTO chunks (tenant_id, document_id, seq, content, content_hash, token_count)"
+                     " VALUES (%s, 'rr', 0, 'quokka', 'h1', 1)", [tenant])
+    assert _live_df(pool, tenant) == 0
+    compact_postings(pool, tenant)
+    assert _live_df(pool, tenant) == 1 and _wrong_df(pool, tenant) == 0
 
 
 def test_postings_a_cut_short_load_left_deferred_are_rebuilt_by_compaction(settings, tenant, pool):
