@@ -24,6 +24,7 @@ from tasks.chunk import Message as Turn
 from tasks.embed import EmbedStats
 from tasks.search import SearchRequest
 from tasks.registry import resolve_model
+from tests.ranking import wrong_document_frequencies
 
 CHUNK = ChunkSettings(size=40, overlap=12)
 WINDOWS = ChunkSettings(size=40, overlap=12, conversation="windows")
@@ -348,13 +349,7 @@ def test_deleting_contexts_keeps_bm25_statistics_exact(pool, tenant, fake_embedd
         stats = conn.execute("SELECT sum(n_chunks), sum(total_len) FROM tenant_stats WHERE tenant_id = %s",
                              [tenant]).fetchone()
         real = conn.execute("SELECT count(*), sum(token_count) FROM chunks WHERE tenant_id = %s", [tenant]).fetchone()
-        wrong_df = conn.execute("""
-            SELECT count(*) FROM (SELECT tenant_id, lexeme, sum(df) AS df FROM term_stats GROUP BY 1, 2) t FULL JOIN (
-              SELECT l AS lexeme, count(*) AS df FROM chunks, unnest(tsvector_to_array(tsv)) AS l
-              WHERE tenant_id = %(t)s GROUP BY l) r USING (lexeme)
-            WHERE (t.tenant_id = %(t)s OR t.tenant_id IS NULL) AND coalesce(t.df, 0) <> coalesce(r.df, 0)""",
-            {"t": tenant}).fetchone()[0]
-    assert stats == real and wrong_df == 0
+    assert stats == real and wrong_document_frequencies(pool, tenant) == 0
     hits = C.search_contexts(pool, SearchRequest(query="topic1", tenant=tenant, mode="keyword"))
     assert hits == []
 

@@ -16,7 +16,7 @@ from tasks.postings import compact_postings, postings_ranking, tenants_to_compac
 from tasks.registry import ensure_model
 from tasks.search import SearchRequest, gin_keyword_ranking, keyword_ranking
 from tasks.store import delete_documents
-from tests.ranking import same_ranking as _same_ranking
+from tests.ranking import same_ranking as _same_ranking, wrong_document_frequencies
 
 
 def _docs(rng: random.Random, prefix: str, count: int) -> list[DocumentSpec]:
@@ -47,16 +47,6 @@ def _assert_same_as_gin(pool, settings, tenant: str, queries: list[str]) -> int:
 def _live_df(pool, tenant: str) -> int:
     with pool.connection() as conn:
         return conn.execute("SELECT coalesce(sum(df), 0) FROM term_stats WHERE tenant_id = %s", [tenant]).fetchone()[0]
-
-
-def _wrong_df(pool, tenant: str) -> int:
-    """Lexemes whose document frequency in term_stats is not the count of the tenant's chunks holding them."""
-    with pool.connection() as conn:
-        return conn.execute("""
-            SELECT count(*) FROM (SELECT lexeme, sum(df) AS df FROM term_stats WHERE tenant_id = %(t)s GROUP BY 1) t
-            FULL JOIN (SELECT l AS lexeme, count(*) AS df FROM chunks, unnest(tsvector_to_array(tsv)) AS l
-                       WHERE tenant_id = %(t)s GROUP BY l) r USING (lexeme)
-            WHERE coalesce(t.df, 0) <> coalesce(r.df, 0)""", {"t": tenant}).fetchone()[0]
 
 
 def _deferred(pool, tenant: str) -> bool:
@@ -165,7 +155,7 @@ def test_a_bulk_load_defers_its_tenants_postings_and_rebuilds_them(settings, ten
         assert _segments(pool, tenant)[2] == entries_before  # the load wrote no postings for its tenant,
         assert _live_df(pool, tenant) == df_before  # nor document frequencies, for its inserts or its deletes...
         assert _segments(pool, other)[2] == _live_df(pool, other)  # ...and every other tenant's as before
-        assert _wrong_df(pool, other) == 0
+        assert wrong_document_frequencies(pool, other) == 0
         request = SearchRequest(query=queries[0], mode="keyword", tenant=tenant)
         with pool.connection() as conn:
             assert postings_ranking(conn, request.query, tenant, 10, settings.search) is None
@@ -176,7 +166,7 @@ def test_a_bulk_load_defers_its_tenants_postings_and_rebuilds_them(settings, ten
                   for q in queries]
         assert any(tenant == t for t in tenants_to_compact(pool))
     assert not _deferred(pool, tenant)
-    assert _wrong_df(pool, tenant) == 0  # rebuilt from the chunks
+    assert wrong_document_frequencies(pool, tenant) == 0  # rebuilt from the chunks
     assert _segments(pool, tenant)[2] == _live_df(pool, tenant)  # rebuilt: every live chunk's entries once
     with pool.connection() as conn:
         assert postings_ranking(conn, queries[0], tenant, 10, settings.search) is not None
@@ -253,7 +243,7 @@ def test_outside_read_committed_a_deferred_tenants_writes_keep_their_statistics(
                      " VALUES (%s, 'rr', 0, 'quokka', 'h1', 1)", [tenant])
     assert _live_df(pool, tenant) == 0
     compact_postings(pool, tenant)
-    assert _live_df(pool, tenant) == 1 and _wrong_df(pool, tenant) == 0
+    assert _live_df(pool, tenant) == 1 and wrong_document_frequencies(pool, tenant) == 0
 
 
 def test_postings_a_cut_short_load_left_deferred_are_rebuilt_by_compaction(settings, tenant, pool):
